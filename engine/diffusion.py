@@ -1,0 +1,124 @@
+"""Noise schedule, forward process and the per-frame DDIM step (x0 parameterisation).
+
+Timesteps t are integers in 0..T with t = 0 meaning clean; every frame of a video has its own t.
+The forward process is z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps (the paper's Eq. 3 drops the square
+root on the noise term; that is a typo).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+def _check_int(name: str, value: int, low: int, high: int | None = None) -> None:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low or (
+        high is not None and value > high
+    ):
+        allowed = f">= {low}" if high is None else f"in {low}..{high}"
+        raise ValueError(f"{name} must be an integer {allowed}, got {value!r}")
+
+
+class DiffusionSchedule:
+    """Betas and cumulative alphas for T steps, with abar_0 = 1 standing for the clean signal.
+
+    kind="linear" is LDM's schedule, betas = linspace(sqrt(b0), sqrt(b1), T)**2. DESIGN.md: Table 6's
+    beta_end = 0.002 leaves abar_T near 0.45 (sampling would never start from noise); 0.02 is the default.
+    """
+
+    def __init__(self, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, kind: str = "linear"):
+        _check_int("T", T, 1)
+        if not 0 < beta_start <= beta_end < 1:
+            raise ValueError(f"betas must satisfy 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
+        if kind == "linear":
+            betas = np.linspace(beta_start**0.5, beta_end**0.5, T, dtype=np.float64) ** 2
+        elif kind == "cosine":  # Nichol & Dhariwal; beta_start/beta_end unused
+            steps = np.arange(T + 1, dtype=np.float64) / T
+            abar = np.cos((steps + 0.008) / 1.008 * np.pi / 2) ** 2
+            betas = np.clip(1 - abar[1:] / abar[:-1], 0, 0.999)
+        else:
+            raise ValueError(f"kind must be 'linear' or 'cosine', got {kind!r}")
+        self.T = T
+        self.kind = kind
+        self.beta_start, self.beta_end = beta_start, beta_end
+        self.betas = torch.from_numpy(betas)
+        # Index t holds abar_t; index 0 is the clean signal (abar_0 = 1).
+        self.alphas_cumprod = torch.from_numpy(np.concatenate([[1.0], np.cumprod(1.0 - betas)]))
+
+    def _coefficients(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """sqrt(abar_t), sqrt(1 - abar_t) gathered per frame and shaped to broadcast against `like`."""
+        if t.dtype.is_floating_point:
+            raise ValueError(f"timesteps must be integers, got dtype {t.dtype}")
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) > self.T):
+            raise ValueError(f"timesteps must lie in 0..{self.T}, got {int(t.min())}..{int(t.max())}")
+        abar = self.alphas_cumprod.to(like.device)[t.long()]
+        shape = tuple(t.shape) + (1,) * (like.dim() - t.dim())
+        return abar.sqrt().reshape(shape).to(like.dtype), (1.0 - abar).sqrt().reshape(shape).to(like.dtype)
+
+    def q_sample(self, z0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Noise clean latents to per-frame levels: z0 [B, F, ...], t [B, F] ints in 0..T. t = 0 returns z0."""
+        if tuple(z0.shape[: t.dim()]) != tuple(t.shape):
+            raise ValueError(f"timesteps of shape {tuple(t.shape)} do not match latents {tuple(z0.shape)}")
+        a, b = self._coefficients(t, z0)
+        mask = (t == 0).reshape(a.shape)
+        return torch.where(mask, z0, a * z0 + b * noise)
+
+    def eps_from_x0(self, z_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The noise implied by z_t and an x0 estimate; zero where t = 0."""
+        a, b = self._coefficients(t, z_t)
+        return torch.where(b > 0, (z_t - a * x0) / b.clamp_min(1e-12), torch.zeros_like(z_t))
+
+    def x0_from_eps(self, z_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The clean signal implied by z_t and a noise estimate (for eps-prediction models)."""
+        a, b = self._coefficients(t, z_t)
+        return (z_t - b * eps) / a
+
+    def ddim_grid(self, num_steps: int) -> "DDIMGrid":
+        """The n-step DDIM grid over this schedule."""
+        return DDIMGrid(self, num_steps)
+
+
+@dataclass
+class DDIMGrid:
+    """DDIM step indices k in 0..n mapped to timesteps: k = 0 is clean, k = n is pure noise (t = T)."""
+
+    schedule: DiffusionSchedule
+    num_steps: int
+
+    def __post_init__(self) -> None:
+        _check_int("num_steps", self.num_steps, 1, self.schedule.T)
+        n, T = self.num_steps, self.schedule.T
+        self.timesteps = torch.from_numpy(np.round(np.arange(n + 1) * T / n).astype(np.int64))
+
+    def t_of(self, k: torch.Tensor) -> torch.Tensor:
+        """Timesteps for step indices (any shape)."""
+        return self.timesteps.to(k.device)[k.long()]
+
+    def ddim_step(
+        self,
+        z_t: torch.Tensor,
+        x0_hat: torch.Tensor,
+        k_from: torch.Tensor,
+        k_to: torch.Tensor,
+        clip_x0: float | None = None,
+    ) -> torch.Tensor:
+        """Deterministic DDIM (eta = 0) per frame from level k_from to k_to, given an x0 prediction.
+
+        z_t, x0_hat: [B, F, ...]; k_from, k_to: [B, F] (or [F]). Frames whose level does not change are
+        returned unchanged bit for bit, so one call serves a row where only some frames move.
+        """
+        k_from = torch.as_tensor(k_from, device=z_t.device).expand(z_t.shape[:2])
+        k_to = torch.as_tensor(k_to, device=z_t.device).expand(z_t.shape[:2])
+        if bool((k_to > k_from).any()):
+            raise ValueError("a DDIM step cannot add noise: k_to must be <= k_from for every frame")
+        if clip_x0 is not None:
+            x0_hat = x0_hat.clamp(-clip_x0, clip_x0)
+        t_from, t_to = self.t_of(k_from), self.t_of(k_to)
+        eps_hat = self.schedule.eps_from_x0(z_t, x0_hat, t_from)
+        a_to, b_to = self.schedule._coefficients(t_to, z_t)
+        z_prev = a_to * x0_hat + b_to * eps_hat
+        z_prev = torch.where((t_to == 0).reshape(a_to.shape), x0_hat.to(z_t.dtype), z_prev)
+        return torch.where((k_from == k_to).reshape(a_to.shape), z_t, z_prev)
+

@@ -1,0 +1,17 @@
+"""Typed errors for problems a user can fix. The CLI prints them as one line and exits with code 2."""
+
+
+class ArdiffError(ValueError):
+    """Base class: bad input, a missing file, an unusable checkpoint. Never a bug in ardiff."""
+
+
+class VideoError(ArdiffError):
+    """A video or frame folder that cannot be read or written."""
+
+
+class CheckpointError(ArdiffError):
+    """A file that is not a valid ardiff checkpoint, or one that does not match what was asked."""
+
+
+class WeightsUnavailableError(ArdiffError):
+    """Pretrained weights (the default model, I3D for FVD) that are not on this machine."""

@@ -1,0 +1,237 @@
+"""Temporally causal DiT: predicts clean latents x0 for a window of frames, each at its own noise level.
+
+Tokens are frames x L latent tokens. Each frame's timestep drives adaLN-Zero modulation of that frame's
+tokens only. Attention is block-causal over frames (full within a frame): tokens of frame i see frames <= i
+and nothing later, and there are no global tokens. Temporal position is a rotary embedding over the
+absolute frame index, so keys cached for a clean frame stay valid as the window moves; a learned embedding
+tells the L token slots apart.
+
+Rotary positions count from the first frame the network sees (0..W-1), the range it was trained on. Only
+relative positions matter to attention, so a cached key is as good as a recomputed one for the same window;
+when the window slides the sampler refreshes the cache anyway, because a clean frame's keys in deeper
+layers depend on the earlier frames inside the window.
+
+The K/V cache API serves the sampler: `forward_cached` runs a run of consecutive frames after the frames
+held in a `KVCache` and returns the new frames' keys/values, which the caller appends once a frame is clean.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.models.layers import LabelEmbedder, Mlp, TimestepEmbedder, apply_rotary, approx_gelu, modulate, \
+    rotary_cos_sin
+from engine.models.presets import ModelConfig
+
+LayerKV = tuple[torch.Tensor, torch.Tensor]  # keys (rotary applied), values: [B, heads, tokens, head_dim]
+
+
+@dataclass
+class KVCache:
+    """Keys/values of consecutive clean frames [start, start + num_frames), one entry per DiT block."""
+
+    start: int = 0
+    num_frames: int = 0
+    layers: list[LayerKV] = field(default_factory=list)
+
+    @property
+    def end(self) -> int:
+        return self.start + self.num_frames
+
+    def append(self, new: list[LayerKV], num_frames: int, tokens_per_frame: int) -> None:
+        """Keep the first `num_frames` frames of a `forward_cached` result (the ones now clean)."""
+        if num_frames <= 0:
+            return
+        n = num_frames * tokens_per_frame
+        taken = [(k[:, :, :n], v[:, :, :n]) for k, v in new]
+        if self.layers:
+            self.layers = [(torch.cat([k0, k], 2), torch.cat([v0, v], 2)) for (k0, v0), (k, v) in
+                           zip(self.layers, taken)]
+        else:
+            self.layers = taken
+        self.num_frames += num_frames
+
+    def reset(self, start: int) -> None:
+        """Empty the cache; the next frames cached begin at `start`."""
+        self.start, self.num_frames, self.layers = start, 0, []
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with rotary time positions and optional cached keys/values in front."""
+
+    def __init__(self, hidden: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.proj = nn.Linear(hidden, hidden)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
+                past: LayerKV | None) -> tuple[torch.Tensor, LayerKV]:
+        B, S, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, S, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        new_kv = (k, v)
+        if past is not None:
+            k, v = torch.cat([past[0].to(k.dtype), k], 2), torch.cat([past[1].to(v.dtype), v], 2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(out.transpose(1, 2).reshape(B, S, C)), new_kv
+
+
+class DiTBlock(nn.Module):
+    """Pre-norm transformer block with per-frame adaLN-Zero modulation."""
+
+    def __init__(self, hidden: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(hidden, heads)
+        self.norm2 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(hidden, int(hidden * mlp_ratio), act_layer=approx_gelu)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: torch.Tensor | None, past: LayerKV | None) -> tuple[torch.Tensor, LayerKV]:
+        # x: [B, M, L, H] tokens of M frames; c: [B, M, 1, H] one conditioning vector per frame.
+        B, M, L, H = x.shape
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=-1)
+        h, kv = self.attn(modulate(self.norm1(x), shift1, scale1).reshape(B, M * L, H), cos, sin, mask, past)
+        x = x + gate1 * h.reshape(B, M, L, H)
+        x = x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        return x, kv
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, hidden: int, out_dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(hidden, out_dim)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+
+class DiT(nn.Module):
+    """x0-predicting diffusion transformer over [B, N, L, D] latents with per-frame timesteps [B, N]."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        d = cfg.dit
+        self.window = cfg.window
+        self.num_tokens, self.latent_dim = cfg.vae.num_latent_tokens, cfg.vae.latent_dim
+        self.num_timesteps = cfg.diffusion.num_timesteps
+        self.num_classes, self.causal = d.num_classes, d.attention == "causal"
+        self.heads, self.rope_theta = d.heads, d.rope_theta
+        self.x_embed = nn.Linear(self.latent_dim, d.hidden)
+        self.slot_embed = nn.Parameter(torch.zeros(1, 1, self.num_tokens, d.hidden))
+        self.t_embed = TimestepEmbedder(d.hidden)
+        self.y_embed = LabelEmbedder(d.num_classes, d.hidden) if d.num_classes > 0 else None
+        self.blocks = nn.ModuleList(DiTBlock(d.hidden, d.heads, d.mlp_ratio) for _ in range(d.depth))
+        self.final = FinalLayer(d.hidden, self.latent_dim)
+        self._masks: dict[tuple, torch.Tensor | None] = {}
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """DiT's init: xavier linears, zero biases, adaLN-Zero (modulation and output start at zero)."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.normal_(self.slot_embed, std=0.02)
+        for layer in (self.t_embed.mlp[0], self.t_embed.mlp[2]):
+            nn.init.normal_(layer.weight, std=0.02)
+        if self.y_embed is not None:
+            nn.init.normal_(self.y_embed.table.weight, std=0.02)
+        for block in self.blocks:
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final.adaLN_modulation[-1].weight)
+        nn.init.zeros_(self.final.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final.linear.weight)
+        nn.init.zeros_(self.final.linear.bias)
+
+    @property
+    def null_class(self) -> int:
+        return self.num_classes
+
+    # -- checks -------------------------------------------------------------------------------------------
+
+    def _check_inputs(self, z: torch.Tensor, t: torch.Tensor, class_label: torch.Tensor | None) -> None:
+        if z.dim() != 4 or tuple(z.shape[2:]) != (self.num_tokens, self.latent_dim):
+            raise ValueError(f"latents must be [B, N, {self.num_tokens}, {self.latent_dim}], got {tuple(z.shape)}")
+        if tuple(t.shape) != tuple(z.shape[:2]):
+            raise ValueError(f"timesteps must be [B, N] = {tuple(z.shape[:2])}, got {tuple(t.shape)}")
+        if t.dtype.is_floating_point:
+            raise ValueError(f"timesteps must be integers 0..{self.num_timesteps}, got dtype {t.dtype}")
+        if z.shape[1] == 0:
+            raise ValueError("latents hold no frames (N = 0)")
+        if class_label is not None:
+            if self.y_embed is None:
+                raise ValueError("this DiT is unconditional; class_label must be None")
+            if class_label.shape != z.shape[:1]:
+                raise ValueError(f"class_label must be [B] = [{z.shape[0]}], got {tuple(class_label.shape)}")
+
+    # -- core -----------------------------------------------------------------------------------------------
+
+    def _conditioning(self, t: torch.Tensor, class_label: torch.Tensor | None) -> torch.Tensor:
+        c = self.t_embed(t)  # [B, M, H]
+        if self.y_embed is not None:
+            if class_label is None:  # unconditional use of a class-conditional model: the null class
+                class_label = torch.full(t.shape[:1], self.null_class, dtype=torch.long, device=t.device)
+            c = c + self.y_embed(class_label)[:, None, :]
+        return c[:, :, None, :]
+
+    def _mask(self, past_frames: int, new_frames: int, device: torch.device) -> torch.Tensor | None:
+        """Block-causal mask of new tokens over (past + new) tokens; None when nothing must be hidden."""
+        if not self.causal or new_frames == 1:
+            return None
+        key = (past_frames, new_frames, str(device))
+        if key not in self._masks:
+            L = self.num_tokens
+            q_frame = torch.arange(new_frames, device=device).repeat_interleave(L) + past_frames
+            k_frame = torch.arange(past_frames + new_frames, device=device).repeat_interleave(L)
+            self._masks[key] = k_frame[None, :] <= q_frame[:, None]
+        return self._masks[key]
+
+    def _run(self, z: torch.Tensor, t: torch.Tensor, first_position: int, past: KVCache | None,
+             class_label: torch.Tensor | None) -> tuple[torch.Tensor, list[LayerKV]]:
+        B, M, L, _ = z.shape
+        x = self.x_embed(z) + self.slot_embed
+        c = self._conditioning(t, class_label)
+        positions = torch.arange(first_position, first_position + M, device=z.device).repeat_interleave(L)
+        cos, sin = rotary_cos_sin(positions, x.shape[-1] // self.heads, self.rope_theta)
+        past_frames = past.num_frames if past is not None else 0
+        mask = self._mask(past_frames, M, z.device)
+        new_kv = []
+        for i, block in enumerate(self.blocks):
+            layer_past = past.layers[i] if past is not None and past.num_frames else None
+            x, kv = block(x, c, cos, sin, mask, layer_past)
+            new_kv.append(kv)
+        return self.final(x, c), new_kv
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor, class_label: torch.Tensor | None = None) -> torch.Tensor:
+        """x0 predictions for a whole window: z [B, N, L, D], t [B, N] ints 0..T (0 = clean), N <= window."""
+        self._check_inputs(z, t, class_label)
+        if z.shape[1] > self.window:
+            raise ValueError(f"at most {self.window} frames fit the window, got {z.shape[1]}")
+        return self._run(z, t, 0, None, class_label)[0]
+
+    def forward_cached(self, z: torch.Tensor, t: torch.Tensor, cache: KVCache,
+                       class_label: torch.Tensor | None = None) -> tuple[torch.Tensor, list[LayerKV]]:
+        """Run frames [cache.end, cache.end + M) attending to the cached frames; return x0 and their K/V.
+
+        Rotary positions are relative to `cache.start`, the first frame of the window.
+
+        Equals `forward` over the window [cache.start, cache.end + M) restricted to the new frames.
+        """
+        self._check_inputs(z, t, class_label)
+        if not self.causal:
+            raise ValueError("a K/V cache needs causal attention; this DiT was built with attention='full'")
+        if cache.num_frames + z.shape[1] > self.window:
+            raise ValueError(f"cache ({cache.num_frames}) + new frames ({z.shape[1]}) exceed the window "
+                             f"of {self.window}")
+        return self._run(z, t, cache.num_frames, cache, class_label)

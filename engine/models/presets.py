@@ -1,0 +1,149 @@
+"""Model presets: one JSON-serialisable config used by the trainer, checkpoints, the pipeline and export."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class VAEConfig:
+    """AR-VAE: per-frame TiTok-style encoder, temporally causal decoder."""
+
+    image_size: int = 64
+    patch_size: int = 8
+    width: int = 256
+    encoder_depth: int = 4
+    decoder_depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    num_latent_tokens: int = 32  # L
+    latent_dim: int = 8  # D
+    temporal_window: int = 16  # the decoder's patch tokens see latents of this many frames (itself included)
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+@dataclass
+class DiTConfig:
+    """Temporally causal DiT over frames x L latent tokens."""
+
+    hidden: int = 256
+    depth: int = 8
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    num_classes: int = 0  # 0: unconditional; otherwise class index num_classes is the null class for CFG
+    attention: str = "causal"  # "causal" (block-causal over frames) | "full" (the paper's ablation)
+    rope_theta: float = 10000.0
+
+
+@dataclass
+class DiffusionConfig:
+    num_timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02  # DESIGN.md: Table 6's 0.002 never reaches noise; the released code uses 0.02
+    schedule: str = "linear"
+    prediction: str = "x0"  # "x0" (the paper's choice) | "eps" (ablation)
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to build the model pair and run it. `window` is the training length W."""
+
+    name: str = "default"
+    window: int = 16
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    dit: DiTConfig = field(default_factory=DiTConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+
+    def __post_init__(self) -> None:
+        validate_config(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        """Build a config from `to_dict()` output; unknown keys are an error, missing keys take defaults."""
+        if not isinstance(data, dict):
+            raise ValueError(f"model config must be a JSON object, got {type(data).__name__}")
+        parts = {"vae": VAEConfig, "dit": DiTConfig, "diffusion": DiffusionConfig}
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in parts:
+                kwargs[key] = _from_dict(parts[key], value, key)
+            elif key in ("name", "window"):
+                kwargs[key] = value
+            else:
+                raise ValueError(f"unknown model config key {key!r}")
+        return cls(**kwargs)
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _from_dict(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ValueError(f"model config {where!r} must be an object, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown key(s) in model config {where!r}: {', '.join(unknown)}")
+    return cls(**data)
+
+
+def validate_config(cfg: ModelConfig) -> None:
+    """Reject configs the models cannot be built from, naming the field and what is allowed."""
+    v, d = cfg.vae, cfg.dit
+    if cfg.window < 1:
+        raise ValueError(f"window must be >= 1, got {cfg.window}")
+    if v.patch_size < 1 or v.image_size % v.patch_size:
+        raise ValueError(f"vae.image_size ({v.image_size}) must be a multiple of vae.patch_size ({v.patch_size})")
+    if v.width % v.heads:
+        raise ValueError(f"vae.width ({v.width}) must be divisible by vae.heads ({v.heads})")
+    if d.hidden % d.heads or (d.hidden // d.heads) % 2:
+        raise ValueError(f"dit.hidden ({d.hidden}) / dit.heads ({d.heads}) must be an even integer (rotary)")
+    if d.attention not in ("causal", "full"):
+        raise ValueError(f"dit.attention must be 'causal' or 'full', got {d.attention!r}")
+    if cfg.diffusion.prediction not in ("x0", "eps"):
+        raise ValueError(f"diffusion.prediction must be 'x0' or 'eps', got {cfg.diffusion.prediction!r}")
+    for name, value in (("vae.num_latent_tokens", v.num_latent_tokens), ("vae.latent_dim", v.latent_dim),
+                        ("vae.temporal_window", v.temporal_window), ("dit.depth", d.depth),
+                        ("vae.encoder_depth", v.encoder_depth), ("vae.decoder_depth", v.decoder_depth)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if d.num_classes < 0:
+        raise ValueError(f"dit.num_classes must be >= 0, got {d.num_classes}")
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # Tests: a forward + backward in milliseconds.
+    "tiny": ModelConfig(
+        name="tiny",
+        window=16,
+        vae=VAEConfig(image_size=16, patch_size=4, width=32, encoder_depth=1, decoder_depth=1, heads=2,
+                      mlp_ratio=2.0, num_latent_tokens=4, latent_dim=4, temporal_window=4),
+        dit=DiTConfig(hidden=32, depth=2, heads=2, mlp_ratio=2.0),
+    ),
+    # The embedded model: 64x64 frames, window 16, trainable on a 2-core CPU in hours.
+    "default": ModelConfig(name="default"),
+    # Table 6 of the paper: VAE width 1024 / 24 layers / 16 heads, L = 32, D = 4 at 256x256, patch 16;
+    # DiT hidden 1152, depth 28, 16 heads (DiT-XL); window 16.
+    "paper": ModelConfig(
+        name="paper",
+        window=16,
+        vae=VAEConfig(image_size=256, patch_size=16, width=1024, encoder_depth=24, decoder_depth=24, heads=16,
+                      num_latent_tokens=32, latent_dim=4, temporal_window=16),
+        dit=DiTConfig(hidden=1152, depth=28, heads=16),
+    ),
+}
+
+
+def get_preset(name: str) -> ModelConfig:
+    """A fresh copy of a named preset ("tiny", "default", "paper")."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return ModelConfig.from_dict(PRESETS[name].to_dict())

@@ -1,0 +1,85 @@
+"""The AD inference scheduler (Sec. 3.4): which frame sits at which DDIM level in each network call.
+
+Levels are DDIM step indices k in 0..n (n = pure noise, 0 = clean). One row is one network call. Frame 1,
+and any frame whose predecessor was already clean before the row, steps k -> k - 1; every other frame
+follows its predecessor at a distance of s levels: k -> min(new k of predecessor + s, k), but never more than
+one level per row (the paper's Eq. 5, sign fixed; the one-level bound only matters after the window held a
+frame back). s = 0 is synchronous diffusion, s >= n frame-by-frame auto-regression.
+
+Videos longer than the training window W: the network only ever sees W frames. A frame may leave pure
+noise only when it fits in a window together with at least c clean frames before it (c = min_context once
+any frame is clean). This works for every s; with s = 0 it becomes chunked synchronous generation. (The
+released code slides a fixed window instead and silently skips frames when s < 4.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from engine.diffusion import _check_int
+
+
+@dataclass(frozen=True)
+class Row:
+    """One network call: the network sees `level_from`; the DDIM step lands each frame on `level_to`."""
+
+    level_from: np.ndarray  # [num_context + num_frames] ints in 0..n
+    level_to: np.ndarray
+    window: tuple[int, int]  # half-open frame range the network must see this row
+
+    @property
+    def active(self) -> np.ndarray:
+        """Frames whose level changes this row (only these are updated)."""
+        return self.level_from != self.level_to
+
+
+class ADScheduler:
+    """Rows of per-frame DDIM levels for asynchronous auto-regressive sampling."""
+
+    def __init__(self, num_steps: int = 50, s: int = 5, window: int = 16, min_context: int = 1) -> None:
+        _check_int("num_steps", num_steps, 1)
+        _check_int("s", s, 0)
+        _check_int("window", window, 2)
+        _check_int("min_context", min_context, 0, window - 1)
+        self.num_steps, self.s, self.window, self.min_context = num_steps, s, window, min_context
+
+    def rows(self, num_frames: int, num_context: int = 0) -> Iterator[Row]:
+        """Rows for `num_frames` new frames after `num_context` clean context frames (indices 0..C-1)."""
+        _check_int("num_frames", num_frames, 1)
+        _check_int("num_context", num_context, 0)
+        n, s, W = self.num_steps, self.s, self.window
+        total = num_context + num_frames
+        level = [0] * num_context + [n] * num_frames
+        first = num_context  # first frame that is not clean
+        while first < total:
+            context = min(self.min_context, first)
+            leave_limit = first - context + W  # frames before this index may leave pure noise
+            new = list(level)
+            last_active = first
+            for i in range(first, total):
+                if level[i] == n and i >= leave_limit:
+                    break  # held back by the window, and so is everything after it
+                target = -1 if i == first else new[i - 1] + s
+                new[i] = level[i] - 1 if target <= level[i] - 1 else level[i]
+                if new[i] == level[i]:
+                    if level[i] == n:
+                        break  # still pure noise: later frames are too
+                    continue
+                last_active = i
+            end = last_active + 1
+            yield Row(np.asarray(level), np.asarray(new), (max(0, end - W), end))
+            level = new
+            while first < total and level[first] == 0:
+                first += 1
+
+    def num_rows(self, num_frames: int, num_context: int = 0) -> int:
+        """Network calls needed; n + (N - 1) * s when N fits the window and s <= n."""
+        return sum(1 for _ in self.rows(num_frames, num_context))
+
+    def level_matrix(self, num_frames: int, num_context: int = 0) -> np.ndarray:
+        """[rows + 1, frames] levels: the start state then the state after each row (for plots and tests)."""
+        rows = list(self.rows(num_frames, num_context))
+        return np.stack([rows[0].level_from] + [r.level_to for r in rows])
