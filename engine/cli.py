@@ -1,0 +1,314 @@
+"""`ardiff`: continue, generate, inspect models and schedules from the command line.
+
+Every problem a user can fix ends as one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from engine.errors import ArdiffError
+
+EXIT_USAGE = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ArdiffError, ValueError, FileNotFoundError) as err:
+        print(f"ardiff: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("ardiff: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ardiff", description="Continue videos frame by frame with AR-Diffusion.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("continue", help="continue a clip with new frames")
+    p.add_argument("input", help="video file (mp4, avi, mov, mkv, webm, gif, ...) or a folder of frames")
+    p.add_argument("-o", "--output", required=True, help="output .mp4, .gif or folder of PNGs")
+    p.add_argument("--context", type=int, default=8, help="context frames taken from the end of the clip")
+    _add_sampling_args(p, frames=32, s=5)
+    p.set_defaults(func=cmd_continue)
+
+    p = sub.add_parser("generate", help="generate a video from nothing")
+    p.add_argument("-o", "--output", required=True, help="output .mp4, .gif or folder of PNGs")
+    p.add_argument("--fps", type=float, default=8.0)
+    p.add_argument("--class-label", type=int, default=None, help="class index for class-conditional models")
+    _add_sampling_args(p, frames=16, s=0)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("info", help="describe a checkpoint or a preset")
+    p.add_argument("checkpoint", nargs="?", help="checkpoint file (default: the embedded model)")
+    p.add_argument("--preset", help="describe a preset instead (tiny, default, paper); built without memory")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("schedule", help="show what s does: the AD scheduler's rows as a heat map")
+    p.add_argument("--frames", type=int, default=16, help="new frames")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps n")
+    p.add_argument("--s", type=int, default=5, help="level offset between neighbouring frames")
+    p.add_argument("--context", type=int, default=0, help="clean context frames in front")
+    p.add_argument("--window", type=int, default=16, help="frames the model sees at once")
+    p.add_argument("--min-context", type=int, default=1, help="clean frames kept in view once any exists")
+    p.add_argument("-o", "--output", help="heat map PNG (frames across, rows down, noise as colour)")
+    p.add_argument("--text", action="store_true", help="print the level matrix")
+    p.set_defaults(func=cmd_schedule)
+
+    p = sub.add_parser("demo", help="continue the demo clip in assets/ with the embedded model")
+    p.add_argument("-o", "--output", default="out/demo.mp4")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _add_sampling_args(p: argparse.ArgumentParser, frames: int, s: int) -> None:
+    p.add_argument("--frames", type=int, default=frames, help="new frames to make")
+    p.add_argument("--s", type=int, default=s, help="0: synchronous; >= steps: frame by frame")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps per frame")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-context", type=int, default=1, help="clean frames kept in view once any exists")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale on x0")
+    p.add_argument("--checkpoint", default=None, help="model checkpoint (default: the embedded model)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--sampler", default="cached", choices=["cached", "reference"])
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+# -- continue / generate ---------------------------------------------------------------------------------
+
+
+def cmd_continue(args: argparse.Namespace) -> int:
+    from engine.pipeline import load_pipeline
+    from engine.video_io import probe_video
+
+    _check_positive("--frames", args.frames)
+    _check_positive("--context", args.context)
+    info = probe_video(args.input)
+    pipe = load_pipeline(args.checkpoint, args.device)
+    if args.context > pipe.window - 1:
+        raise ArdiffError(f"--context {args.context} is longer than the model allows: at most "
+                          f"{pipe.window - 1} (window {pipe.window} minus one new frame)")
+    frames = _read_tail(args.input, args.context, info.num_frames)
+    _say(args, pipe.describe())
+    note = pipe.fit_note(frames)
+    if note:
+        _say(args, f"input {note} for the model")
+    events = pipe.continue_video(frames, num_new_frames=args.frames, s=args.s, steps=args.steps, seed=args.seed,
+                                 sampler=args.sampler, guidance_scale=args.guidance, min_context=args.min_context)
+    return _run_and_write(args, events, args.frames, info.fps)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from engine.pipeline import load_pipeline
+
+    _check_positive("--frames", args.frames)
+    pipe = load_pipeline(args.checkpoint, args.device)
+    _say(args, pipe.describe())
+    events = pipe.generate(num_frames=args.frames, s=args.s, steps=args.steps, seed=args.seed,
+                           class_label=args.class_label, sampler=args.sampler, guidance_scale=args.guidance,
+                           min_context=args.min_context)
+    return _run_and_write(args, events, args.frames, args.fps)
+
+
+def _run_and_write(args: argparse.Namespace, events, num_new: int, fps: float) -> int:
+    from engine.pipeline import Done, FrameReady, Progress
+    from engine.video_io import contact_sheet, write_video
+
+    done = None
+    first_frame_at = None
+    with _progress_bar(args.quiet) as update:
+        for event in events:
+            if isinstance(event, FrameReady) and first_frame_at is None:
+                first_frame_at = time.perf_counter()
+            elif isinstance(event, Progress):
+                update(event, num_new)
+            elif isinstance(event, Done):
+                done = event
+    output = write_video(args.output, done.video, fps=fps)
+    sheet = _sheet_path(Path(args.output))
+    contact_sheet(done.video, context=done.num_context, path=sheet)
+    rate = ""
+    if first_frame_at is not None and num_new > 1:
+        after_first = time.perf_counter() - first_frame_at
+        rate = f", {(num_new - 1) / max(after_first, 1e-9):.1f} frames/s after the first"
+    _say(args, f"wrote {output} ({len(done.video)} frames: {done.num_context} context + "
+               f"{len(done.video) - done.num_context} new) and {sheet}; {done.elapsed:.1f} s{rate}")
+    return 0
+
+
+def _read_tail(path: str, count: int, estimated_frames: int | None) -> np.ndarray:
+    """The last `count` frames of a clip. Frame counts from containers are estimates, so seek only near the
+    end when the estimate leaves a safe margin, and fall back to reading from the start."""
+    from collections import deque
+
+    from engine.errors import VideoError
+    from engine.video_io import iter_frames
+
+    margin = 64
+    if estimated_frames and estimated_frames > count + 2 * margin:
+        try:
+            tail = deque(iter_frames(path, start=estimated_frames - count - margin), maxlen=count)
+            if len(tail) == count:
+                return np.stack(tail)
+        except VideoError:
+            pass
+    return np.stack(deque(iter_frames(path), maxlen=count))
+
+
+def _sheet_path(output: Path) -> Path:
+    base = output if output.suffix == "" else output.with_suffix("")
+    return base.parent / f"{base.name}_sheet.png"
+
+
+class _progress_bar:
+    """Rows, frames done and frames/s on stderr (rich), or nothing when quiet."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def __enter__(self) -> Callable:
+        if self.quiet:
+            return lambda event, total: None
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("rows"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                 TextColumn("frames {task.fields[frames]}"), TextColumn("{task.fields[rate]}"),
+                                 TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
+        self.progress.start()
+        self.task = self.progress.add_task("sampling", total=None, frames="0", rate="")
+
+        def update(event, total_frames: int) -> None:
+            rate = event.frames_done / event.elapsed if event.elapsed > 0 else 0.0
+            self.progress.update(self.task, completed=event.row, total=event.total_rows,
+                                 frames=f"{event.frames_done}/{total_frames}", rate=f"{rate:.1f} fr/s")
+
+        return update
+
+    def __exit__(self, *exc) -> None:
+        if not self.quiet:
+            self.progress.stop()
+
+
+# -- info ------------------------------------------------------------------------------------------------
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import torch
+
+    from engine.checkpoint import default_checkpoint_path, read_checkpoint_header
+    from engine.models import build_models, get_preset
+
+    if args.preset:
+        cfg, meta, source = get_preset(args.preset), {}, f"preset {args.preset}"
+    else:
+        path = Path(args.checkpoint) if args.checkpoint else default_checkpoint_path()
+        if not args.checkpoint and not path.is_file():
+            raise ArdiffError(f"the embedded default model is not at {path}; give a checkpoint or --preset NAME")
+        cfg, meta = read_checkpoint_header(path)
+        source = str(path)
+    with torch.device("meta"):  # sizes without allocating: the paper preset needs no memory
+        vae, dit = build_models(cfg)
+    counts = {"vae": _count(vae), "vae_encoder": _count_params(vae.encoder_parameters()),
+              "vae_decoder": _count_params(vae.decoder_parameters()), "dit": _count(dit)}
+    if args.json:
+        print(json.dumps({"source": source, "config": cfg.to_dict(), "parameters": counts, "meta": meta}, indent=2))
+        return 0
+    v, d = cfg.vae, cfg.dit
+    print(f"{source}")
+    print(f"  frames        {v.image_size}x{v.image_size}, window {cfg.window}, latents L={v.num_latent_tokens} "
+          f"x D={v.latent_dim}")
+    print(f"  AR-VAE        {counts['vae'] / 1e6:.2f}M parameters (encoder {counts['vae_encoder'] / 1e6:.2f}M, "
+          f"decoder {counts['vae_decoder'] / 1e6:.2f}M); width {v.width}, depth {v.encoder_depth}+"
+          f"{v.decoder_depth}, patch {v.patch_size}")
+    print(f"  DiT           {counts['dit'] / 1e6:.2f}M parameters; hidden {d.hidden}, depth {d.depth}, "
+          f"heads {d.heads}, attention {d.attention}, classes {d.num_classes or 'none'}")
+    diff = cfg.diffusion
+    print(f"  diffusion     T={diff.num_timesteps}, {diff.schedule} betas {diff.beta_start}..{diff.beta_end}, "
+          f"predicts {diff.prediction}")
+    for key, value in meta.items():
+        print(f"  {key:<13} {value if not isinstance(value, (dict, list)) else json.dumps(value)}")
+    return 0
+
+
+def _count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _count_params(params) -> int:
+    return sum(p.numel() for p in params)
+
+
+# -- schedule --------------------------------------------------------------------------------------------
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from engine.schedulers import ADScheduler
+    from engine.visualize import schedule_heatmap
+
+    ad = ADScheduler(args.steps, args.s, args.window, args.min_context)
+    levels = ad.level_matrix(args.frames, args.context)
+    rows = len(levels) - 1
+    frame_forwards = sum(r.window[1] - r.window[0] for r in ad.rows(args.frames, args.context))
+    print(f"s={args.s}, n={args.steps}, {args.frames} new frames after {args.context} context, window "
+          f"{args.window}: {rows} rows = {rows} network calls ({frame_forwards} frame-forwards without a cache)")
+    if args.text:
+        width = len(str(args.steps))
+        for r, row in enumerate(levels):
+            print(f"{r:>5} " + " ".join(f"{v:>{width}}" for v in row))
+    if args.output:
+        path = schedule_heatmap(levels, args.steps, args.output, num_context=args.context)
+        print(f"wrote {path}")
+    return 0
+
+
+# -- demo ------------------------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from engine.checkpoint import ASSETS_DIR, default_checkpoint_path
+
+    if not default_checkpoint_path().is_file():
+        print("The embedded default model is not shipped yet; here is what the sampler will do with it:\n")
+        schedule_args = build_parser().parse_args(
+            ["schedule", "--frames", "24", "--context", "8", "--s", "5", "-o", str(Path(args.output).parent /
+                                                                              "schedule.png")])
+        return cmd_schedule(schedule_args)
+    demo = ASSETS_DIR / "demo.mp4"
+    continue_args = build_parser().parse_args(
+        ["continue", str(demo), "-o", args.output, "--context", "8", "--frames", "24", "--device", args.device])
+    return cmd_continue(continue_args)
+
+
+# -- helpers ---------------------------------------------------------------------------------------------
+
+
+def _check_positive(flag: str, value: int) -> None:
+    if value < 1:
+        raise ArdiffError(f"{flag} must be at least 1, got {value}")
+
+
+def _say(args: argparse.Namespace, text: str) -> None:
+    if not getattr(args, "quiet", False):
+        print(text, file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

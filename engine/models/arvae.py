@@ -1,0 +1,374 @@
+"""AR-VAE (paper Sec. 3.1): a per-frame TiTok-style encoder and a temporally causal decoder.
+
+Encoder, per frame: patches + L learned latent tokens through a ViT; only the latent outputs are kept,
+projected to D channels (continuous, no quantiser) and normalised to unit length.
+
+Decoder, per frame i: P learned patch placeholders + frame i's L latent tokens. In every block
+  - latent tokens attend to frame i's latent tokens only, so their states are a function of z_i alone
+    (a frame's states can be computed once and cached: incremental decoding is exact and cheap);
+  - patch tokens attend to frame i's patch and latent tokens (the "spatial" attention) and, through a
+    separate gated cross-attention (the "temporal" path), to the latent tokens of the previous
+    temporal_window - 1 frames. Nothing of a later frame reaches frame i.
+
+The temporal path has its own query/key/value/output projections, a learned key per frame offset (so a
+patch knows how far back a latent lies) and a per-channel gate initialised at zero. Frame 0 and single
+frames never use it, so a per-frame image stage trains everything else (`encoder_parameters()`,
+`decoder_parameters()`); the `vae-temporal` stage then trains `temporal_parameters()`, and with the gate
+at zero the model starts from exactly the image model.
+
+Batch `decode` and incremental `decode_next` run the same block code: a block receives the frames to
+decode plus the temporal memory (key/value projections of latent tokens) of up to W - 1 earlier frames,
+which is empty for `decode` and the cached frames for `decode_next`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.models.layers import Mlp, PatchEmbed, approx_gelu
+from engine.models.presets import VAEConfig
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with an optional boolean mask (True = may attend)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(out.transpose(1, 2).reshape(B, T, C))
+
+
+class Block(nn.Module):
+    """Pre-norm ViT block (encoder)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, hidden_features=int(dim * mlp_ratio), act_layer=approx_gelu)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class TemporalAttention(nn.Module):
+    """Gated cross-attention: patch tokens read the latent tokens of up to `max_offset` earlier frames.
+
+    `memory(h_latent)` is what a frame leaves for later frames (keys/values of its latent tokens, without
+    any offset information, so it can be cached once). At read time the key gets a learned vector for
+    how many frames back it lies; this keeps the path translation-invariant in time.
+    """
+
+    def __init__(self, dim: int, heads: int, max_offset: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.offset_key = nn.Parameter(torch.zeros(max_offset, dim))  # row k: a latent k + 1 frames back
+        self.proj = nn.Linear(dim, dim)
+        self.gate = nn.Parameter(torch.zeros(dim))  # zero: the path starts switched off (module docstring)
+
+    def memory(self, h_latent: torch.Tensor) -> torch.Tensor:
+        """[..., L, C] normed latent states -> [..., L, 2C] keys and values."""
+        return self.kv(h_latent)
+
+    def forward(
+        self, h_patch: torch.Tensor, window: torch.Tensor, valid: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """h_patch [B', P, C]; window [B', S, L, 2C], slot s lying S - s frames back; valid [B', S] or None.
+
+        Every row of `valid` must have a True entry (a frame with no history is not passed in at all).
+        """
+        Bq, P, C = h_patch.shape
+        S, L = window.shape[1], window.shape[2]
+        k, v = window.chunk(2, dim=-1)
+        offsets = self.offset_key[:S].flip(0).to(k.dtype)  # slot s -> offset_key[S - 1 - s]
+        k = (k + offsets[None, :, None, :]).reshape(Bq, S * L, C)
+        v = v.reshape(Bq, S * L, C)
+        d = C // self.heads
+        q = self.q(h_patch).view(Bq, P, self.heads, d).transpose(1, 2)
+        k = k.view(Bq, S * L, self.heads, d).transpose(1, 2)
+        v = v.view(Bq, S * L, self.heads, d).transpose(1, 2)
+        mask = None if valid is None else valid.repeat_interleave(L, dim=1)[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.gate * self.proj(out.transpose(1, 2).reshape(Bq, P, C))
+
+
+class DecoderBlock(nn.Module):
+    """Pre-norm block over frames of [P patch tokens, L latent tokens] with the temporal path for patches."""
+
+    def __init__(
+        self, dim: int, heads: int, mlp_ratio: float, num_patches: int, temporal_window: int
+    ) -> None:
+        super().__init__()
+        self.num_patches = num_patches
+        self.temporal_window = temporal_window
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.temporal = TemporalAttention(dim, heads, temporal_window - 1) if temporal_window > 1 else None
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, hidden_features=int(dim * mlp_ratio), act_layer=approx_gelu)
+
+    def forward(
+        self, x: torch.Tensor, spatial_mask: torch.Tensor, past: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """x [B, N, P + L, C]: N consecutive frames; past [B, M, L, 2C]: memory of the M frames before them.
+
+        Returns the new x and this layer's memory of the N frames ([B, N, L, 2C]; None with no temporal path).
+        """
+        B, N, T, C = x.shape
+        P = self.num_patches
+        h = self.norm1(x)
+        a = self.attn(h.reshape(B * N, T, C), spatial_mask).view(B, N, T, C)
+        mem = None
+        if self.temporal is not None:
+            mem = self.temporal.memory(h[:, :, P:])
+            seq = mem if past is None else torch.cat([past, mem], dim=1)  # frame n sits at seq index M + n
+            M = seq.shape[1] - N
+            S = min(self.temporal_window - 1, M + N - 1)  # slots per window: at most W - 1 earlier frames
+            first = 0 if M > 0 else 1  # a frame with nothing before it has no temporal term
+            if S > 0 and first < N:
+                # Query frame n reads seq indices M + n - S .. M + n - 1 (strictly earlier frames only);
+                # negative indices are padding, clamped for the gather and masked out of the attention.
+                query_pos = M + torch.arange(first, N, device=x.device)
+                idx = query_pos[:, None] - S + torch.arange(S, device=x.device)  # [Nq, S]
+                window = seq[:, idx.clamp(min=0)]  # [B, Nq, S, L, 2C]
+                Nq = N - first
+                padded = M + first - S < 0  # the smallest index, known without reading idx
+                valid = (idx >= 0).expand(B, Nq, S).reshape(B * Nq, S) if padded else None
+                t = self.temporal(h[:, first:, :P].reshape(B * Nq, P, C), window.flatten(0, 1), valid)
+                # Zero for frame 0 (if it has no past) and for latent tokens; adding 0 leaves them exact.
+                a = a + F.pad(t.view(B, Nq, P, C), (0, 0, 0, T - P, first, 0))
+        x = x + a
+        x = x + self.mlp(self.norm2(x))
+        return x, mem
+
+
+@dataclass
+class DecodeState:
+    """Incremental decoding state: per decoder layer, the temporal memory of the last W - 1 frames."""
+
+    batch_size: Optional[int] = None
+    device: Optional[torch.device] = None
+    dtype: Optional[torch.dtype] = None
+    num_frames: int = 0  # frames decoded so far
+    memory: list[Optional[torch.Tensor]] = field(default_factory=list)  # per layer: [B, <= W - 1, L, 2C]
+
+
+class ARVAE(nn.Module):
+    """Auto-regressive video auto-encoder: frames [B, N, 3, H, W] in [-1, 1] <-> latents [B, N, L, D]."""
+
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        C, P, L = cfg.width, cfg.num_patches, cfg.num_latent_tokens
+        # Encoder
+        self.patch_embed = PatchEmbed(cfg.image_size, cfg.patch_size, 3, C)
+        self.enc_pos_embed = nn.Parameter(torch.zeros(1, P, C))
+        self.latent_tokens = nn.Parameter(torch.zeros(1, L, C))
+        self.encoder_blocks = nn.ModuleList(
+            [Block(C, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.encoder_depth)]
+        )
+        self.enc_norm = nn.LayerNorm(C)
+        self.to_latent = nn.Linear(C, cfg.latent_dim)
+        # Set by the trainer to 1 / std of the (unit-norm) latents over data so diffusion sees unit variance.
+        self.register_buffer("latent_scale", torch.tensor(1.0))
+        # Decoder
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, C))  # one placeholder shared by patches and frames
+        self.dec_pos_embed = nn.Parameter(torch.zeros(1, P, C))
+        self.from_latent = nn.Linear(cfg.latent_dim, C)
+        self.latent_slot_embed = nn.Parameter(torch.zeros(1, L, C))
+        self.decoder_blocks = nn.ModuleList([
+            DecoderBlock(C, cfg.heads, cfg.mlp_ratio, P, cfg.temporal_window)
+            for _ in range(cfg.decoder_depth)
+        ])
+        self.dec_norm = nn.LayerNorm(C)
+        self.to_pixels = nn.Linear(C, cfg.patch_size * cfg.patch_size * 3)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """DiT-style: xavier-uniform linears with zero bias, small normal embeddings, temporal gates at zero.
+
+        The output layer is not zeroed (unlike DiT's): a zero decoder would hide every data path from the
+        causality tests and gives the reconstruction loss nothing to start from.
+        """
+        def _basic_init(module: nn.Module) -> None:
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+        self.apply(_basic_init)
+        w = self.patch_embed.proj.weight  # a conv that is a linear map on flattened patches
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.patch_embed.proj.bias)
+        embeddings = (self.enc_pos_embed, self.latent_tokens, self.mask_token, self.dec_pos_embed,
+                      self.latent_slot_embed)
+        for p in embeddings:
+            nn.init.trunc_normal_(p, std=0.02)
+        for block in self.decoder_blocks:
+            if block.temporal is not None:
+                nn.init.trunc_normal_(block.temporal.offset_key, std=0.02)
+                nn.init.zeros_(block.temporal.gate)
+        self.latent_scale.fill_(1.0)
+
+    # ---- parameter groups (disjoint; together they are all parameters) ----
+
+    def encoder_parameters(self) -> Iterator[nn.Parameter]:
+        for m in (self.patch_embed, self.encoder_blocks, self.enc_norm, self.to_latent):
+            yield from m.parameters()
+        yield self.enc_pos_embed
+        yield self.latent_tokens
+
+    def temporal_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters used only by cross-frame attention (empty when temporal_window == 1)."""
+        for block in self.decoder_blocks:
+            if block.temporal is not None:
+                yield from block.temporal.parameters()
+
+    def decoder_parameters(self) -> Iterator[nn.Parameter]:
+        """The decoder's per-frame parameters (everything of the decoder except `temporal_parameters()`)."""
+        temporal = {id(p) for p in self.temporal_parameters()}
+        for m in (self.from_latent, self.decoder_blocks, self.dec_norm, self.to_pixels):
+            yield from (p for p in m.parameters() if id(p) not in temporal)
+        yield from (self.mask_token, self.dec_pos_embed, self.latent_slot_embed)
+
+    # ---- encoder ----
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames [B, N, 3, H, W] in [-1, 1] -> latents [B, N, L, D] (unit norm x latent_scale), per frame."""
+        self._check_frames(frames)
+        B, N = frames.shape[:2]
+        x = self.patch_embed(frames.flatten(0, 1)) + self.enc_pos_embed  # frames fold into the batch
+        x = torch.cat([x, self.latent_tokens.expand(B * N, -1, -1).to(x.dtype)], dim=1)
+        for block in self.encoder_blocks:
+            x = block(x)
+        z = self.to_latent(self.enc_norm(x[:, self.cfg.num_patches:]))
+        # Unit L2 norm per token, as in the released code: with no KL term the latent magnitude is otherwise
+        # unconstrained; bounding it keeps the scale diffusion sees fixed (then set to unit variance by
+        # latent_scale). Done in float32: it is cheap and the latents are the diffusion model's data.
+        z = F.normalize(z.float(), dim=-1) * self.latent_scale
+        return z.view(B, N, self.cfg.num_latent_tokens, self.cfg.latent_dim)
+
+    # ---- decoder ----
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents [B, N, L, D] -> frames [B, N, 3, H, W]; frame i depends on latents i - W + 1 .. i only."""
+        self._check_latents(latents, "decode", "[B, N, L, D]", 4)
+        frames, _ = self._decode_frames(latents, [None] * len(self.decoder_blocks))
+        return frames
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """Reconstruction (encode then decode), for training."""
+        return self.decode(self.encode(frames))
+
+    def start_decode(
+        self, batch_size: Optional[int] = None, device: Optional[torch.device | str] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> DecodeState:
+        """A fresh incremental-decoding state; arguments left out are taken from the first `decode_next` call.
+
+        `dtype`, if given, is the dtype latents are cast to before decoding.
+        """
+        return DecodeState(batch_size=batch_size, device=None if device is None else torch.device(device),
+                           dtype=dtype, memory=[None] * len(self.decoder_blocks))
+
+    def decode_next(self, latent: torch.Tensor, state: DecodeState) -> torch.Tensor:
+        """Decode the next frame: latent [B, L, D] -> frame [B, 3, H, W], as `decode` of the whole sequence.
+
+        Updates `state` in place, keeping per layer the memory of at most temporal_window - 1 frames.
+        """
+        self._check_latents(latent, "decode_next", "[B, L, D]", 3)
+        if state.batch_size is None:
+            state.batch_size = latent.shape[0]
+        elif latent.shape[0] != state.batch_size:
+            raise ValueError(f"decode_next: this state decodes batches of {state.batch_size}, got a latent "
+                             f"with batch size {latent.shape[0]} (start a new state with start_decode())")
+        if state.device is None:
+            state.device = latent.device
+        latent = latent.to(state.device)
+        if state.dtype is not None:
+            latent = latent.to(state.dtype)
+        frames, memory = self._decode_frames(latent[:, None], state.memory)
+        keep = self.cfg.temporal_window - 1  # >= 1 wherever a layer has memory
+        for i, (past, mem) in enumerate(zip(state.memory, memory)):
+            if mem is not None:  # append this frame, drop frames W - 1 or more back: bounded memory
+                state.memory[i] = (mem if past is None else torch.cat([past, mem], dim=1))[:, -keep:]
+        state.num_frames += 1
+        return frames[:, 0]
+
+    def _decode_frames(
+        self, latents: torch.Tensor, past: list[Optional[torch.Tensor]]
+    ) -> tuple[torch.Tensor, list[Optional[torch.Tensor]]]:
+        """latents [B, N, L, D] of N consecutive frames; past: per layer, the memory of the frames before."""
+        B, N, L, _ = latents.shape
+        P, C = self.cfg.num_patches, self.cfg.width
+        lat = self.from_latent(latents / self.latent_scale) + self.latent_slot_embed  # [B, N, L, C]
+        patches = (self.mask_token + self.dec_pos_embed).to(lat.dtype).expand(B, N, P, C)
+        x = torch.cat([patches, lat], dim=2)
+        mask = self._spatial_mask(x.device)
+        memory = []
+        for block, block_past in zip(self.decoder_blocks, past):
+            x, mem = block(x, mask, block_past)
+            memory.append(mem)
+        # No tanh: the output is trained towards [-1, 1] by the L1 loss and left unsquashed so saturated
+        # pixels keep their gradient; callers clamp when converting to uint8.
+        x = self.to_pixels(self.dec_norm(x[:, :, :P]))  # [B, N, P, p*p*3]
+        return self._unpatchify(x), memory
+
+    def _spatial_mask(self, device: torch.device) -> torch.Tensor:
+        """[P + L, P + L], True = may attend: patches see the whole frame, latent tokens only latents."""
+        P, L = self.cfg.num_patches, self.cfg.num_latent_tokens
+        is_latent = torch.arange(P + L, device=device) >= P
+        return ~is_latent[:, None] | is_latent[None, :]
+
+    def _unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, N, P, p*p*3] -> [B, N, 3, H, W] (row-major patches, as PatchEmbed flattens them)."""
+        B, N = x.shape[:2]
+        p, g = self.cfg.patch_size, self.cfg.image_size // self.cfg.patch_size
+        x = x.view(B, N, g, g, p, p, 3).permute(0, 1, 6, 2, 4, 3, 5)
+        return x.reshape(B, N, 3, g * p, g * p)
+
+    # ---- input checks ----
+
+    def _check_frames(self, frames: torch.Tensor) -> None:
+        size = self.cfg.image_size
+        if frames.dim() != 5:
+            raise ValueError(f"encode expects frames [B, N, 3, H, W], got a {frames.dim()}-d tensor of shape "
+                             f"{tuple(frames.shape)}")
+        B, N, ch, H, W = frames.shape
+        if not frames.is_floating_point():
+            raise ValueError(f"encode expects float frames in [-1, 1], got dtype {frames.dtype} "
+                             f"(convert uint8 with x / 127.5 - 1)")
+        if N == 0:
+            raise ValueError("encode expects at least one frame (N >= 1), got N = 0")
+        if ch != 3:
+            raise ValueError(f"encode expects 3 (RGB) channels at dim 2 of [B, N, 3, H, W], got {ch}")
+        if (H, W) != (size, size):
+            raise ValueError(f"encode expects {size}x{size} frames (the model's resolution), got {H}x{W}; "
+                             f"engine.video_io resizes videos to the model's resolution")
+
+    def _check_latents(self, latents: torch.Tensor, where: str, layout: str, dims: int) -> None:
+        L, D = self.cfg.num_latent_tokens, self.cfg.latent_dim
+        if latents.dim() != dims:
+            raise ValueError(f"{where} expects latents {layout}, got a {latents.dim()}-d tensor of shape "
+                             f"{tuple(latents.shape)}")
+        if tuple(latents.shape[-2:]) != (L, D):
+            raise ValueError(f"{where} expects latents with (L, D) = ({L}, {D}) in the last two dims, got "
+                             f"{tuple(latents.shape[-2:])}")
+        if dims == 4 and latents.shape[1] == 0:
+            raise ValueError(f"{where} expects at least one frame (N >= 1), got N = 0")

@@ -1,0 +1,229 @@
+import dataclasses
+
+import pytest
+import torch
+
+from engine.models.arvae import ARVAE
+from engine.models.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss
+from engine.models.presets import get_preset
+
+
+def tiny_cfg(**changes):
+    return dataclasses.replace(get_preset("tiny").vae, **changes)
+
+
+def make_vae(gate: float = 0.0, **changes) -> ARVAE:
+    torch.manual_seed(0)
+    vae = ARVAE(tiny_cfg(**changes)).eval()
+    if gate:
+        with torch.no_grad():
+            for block in vae.decoder_blocks:
+                block.temporal.gate.fill_(gate)
+    return vae
+
+
+def frames(B: int, N: int, size: int = 16) -> torch.Tensor:
+    return torch.rand(B, N, 3, size, size) * 2 - 1
+
+
+def latents(vae: ARVAE, B: int, N: int) -> torch.Tensor:
+    z = torch.randn(B, N, vae.cfg.num_latent_tokens, vae.cfg.latent_dim)
+    return torch.nn.functional.normalize(z, dim=-1)
+
+
+@torch.no_grad()
+def test_decoder_is_causal_within_the_temporal_window():
+    vae = make_vae(gate=1.0, decoder_depth=3)  # depth 3: a leak into latent states spreads past the window
+    W, N = vae.cfg.temporal_window, 7  # N > W: frames beyond the window must not change either
+    z = latents(vae, 2, N)
+    base = vae.decode(z)
+    for j in range(N):
+        z2 = z.clone()
+        z2[:, j] += 0.5 * torch.randn_like(z2[:, j])
+        out = vae.decode(z2)
+        for i in range(N):
+            if i < j or i >= j + W:
+                assert torch.equal(out[:, i], base[:, i]), f"perturbing frame {j} changed frame {i}"
+            else:
+                assert (out[:, i] - base[:, i]).abs().max() > 1e-4, f"frame {j} does not reach frame {i}"
+
+
+@torch.no_grad()
+def test_frame_depends_only_on_its_window():
+    vae = make_vae(gate=1.0, decoder_depth=3)
+    W, N = vae.cfg.temporal_window, 7
+    z = latents(vae, 1, N)
+    full = vae.decode(z)
+    for i in range(N):
+        alone = vae.decode(z[:, max(0, i - W + 1): i + 1])[:, -1]
+        torch.testing.assert_close(alone, full[:, i], atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+def test_zero_gate_decodes_each_frame_like_an_image():
+    vae = make_vae()  # init: gates at zero, so the image stage sees a per-frame decoder
+    z = latents(vae, 2, 5)
+    full = vae.decode(z)
+    for i in range(5):
+        torch.testing.assert_close(vae.decode(z[:, i: i + 1])[:, 0], full[:, i], atol=1e-6, rtol=0)
+
+
+@torch.no_grad()
+def test_encoder_is_per_frame():
+    vae = make_vae()
+    x = frames(2, 4)
+    base = vae.encode(x)
+    for j in range(4):
+        x2 = x.clone()
+        x2[:, j] = frames(2, 1)[:, 0]
+        z = vae.encode(x2)
+        for i in range(4):
+            if i == j:
+                assert (z[:, i] - base[:, i]).abs().max() > 1e-3
+            else:
+                assert torch.equal(z[:, i], base[:, i]), f"pixel frame {j} changed latent frame {i}"
+
+
+@pytest.mark.parametrize("window", [4, 1])
+@torch.no_grad()
+def test_incremental_decode_matches_batch_decode(window):
+    vae = make_vae(gate=1.0 if window > 1 else 0.0, temporal_window=window)
+    for N in (1, 3, 4, 9):  # 9 > W exercises eviction of old frames
+        z = latents(vae, 2, N)
+        state = vae.start_decode(batch_size=2, device="cpu", dtype=torch.float32)
+        steps = torch.stack([vae.decode_next(z[:, i], state) for i in range(N)], dim=1)
+        torch.testing.assert_close(steps, vae.decode(z), atol=1e-5, rtol=0)
+        assert state.num_frames == N
+        for mem in state.memory:  # bounded: at most W - 1 frames per layer
+            if window == 1:
+                assert mem is None
+            else:
+                assert mem.shape[:2] == (2, min(N, window - 1))
+    state = vae.start_decode()  # no arguments: inferred from the first call
+    assert vae.decode_next(latents(vae, 3, 1)[:, 0], state).shape == (3, 3, 16, 16)
+    assert state.batch_size == 3
+
+
+def test_unpatchify_places_patches_row_major_with_pixels_channel_last():
+    vae = make_vae()
+    p, g = vae.cfg.patch_size, vae.cfg.image_size // vae.cfg.patch_size
+    tokens = torch.arange(g * g * p * p * 3, dtype=torch.float32).view(1, 1, g * g, p * p * 3)
+    img = vae._unpatchify(tokens)[0, 0]
+    for gy, gx, py, px, c in [(0, 1, 2, 3, 1), (1, 0, 3, 2, 2), (2, 3, 0, 1, 0), (3, 3, 3, 3, 2)]:
+        assert img[c, gy * p + py, gx * p + px] == tokens[0, 0, gy * g + gx, (py * p + px) * 3 + c]
+
+
+@torch.no_grad()
+def test_shapes_unit_norm_and_latent_scale():
+    vae = make_vae()
+    cfg = vae.cfg
+    x = frames(2, 3)
+    z = vae.encode(x)
+    assert z.shape == (2, 3, cfg.num_latent_tokens, cfg.latent_dim) and z.dtype == torch.float32
+    torch.testing.assert_close(z.norm(dim=-1), torch.ones(2, 3, cfg.num_latent_tokens))
+    recon = vae.decode(z)
+    assert recon.shape == x.shape and recon.dtype == torch.float32
+    assert torch.equal(vae(x), recon)
+
+    vae.latent_scale.fill_(2.5)
+    z_scaled = vae.encode(x)
+    torch.testing.assert_close(z_scaled.norm(dim=-1), torch.full((2, 3, cfg.num_latent_tokens), 2.5))
+    torch.testing.assert_close(z_scaled, 2.5 * z)
+    torch.testing.assert_close(vae.decode(z_scaled), recon, atol=1e-5, rtol=0)  # decode undoes the scale
+
+    vae.latent_scale.fill_(0.37)
+    sd = vae.state_dict()
+    assert "latent_scale" in sd
+    other = ARVAE(cfg)
+    assert other.latent_scale.item() == 1.0
+    other.load_state_dict(sd)
+    assert other.latent_scale.item() == pytest.approx(0.37)
+
+
+def test_parameter_groups_partition_and_temporal_path_is_inert_for_single_frames():
+    vae = make_vae()
+    enc, dec, tmp = (list(vae.encoder_parameters()), list(vae.decoder_parameters()),
+                     list(vae.temporal_parameters()))
+    ids = [id(p) for p in enc + dec + tmp]
+    assert len(ids) == len(set(ids)) and set(ids) == {id(p) for p in vae.parameters()}
+    gates = {id(b.temporal.gate) for b in vae.decoder_blocks}
+    assert gates <= {id(p) for p in tmp} and all(p.abs().sum() == 0 for p in tmp if id(p) in gates)
+    assert not list(ARVAE(tiny_cfg(temporal_window=1)).temporal_parameters())
+
+    vae.train()
+    vae(frames(2, 1)).square().mean().backward()  # single frames: the image stage
+    assert all(p.grad is None for p in tmp)
+    assert all(p.grad is not None for p in enc + dec)
+
+
+def test_forward_backward_gives_finite_nonzero_gradients():
+    vae = make_vae(gate=0.5).train()
+    x = frames(2, 3)
+    loss = (vae(x) - x).abs().mean()
+    loss.backward()
+    for group in (vae.encoder_parameters, vae.decoder_parameters, vae.temporal_parameters):
+        for p in group():
+            assert p.grad is not None and torch.isfinite(p.grad).all()
+            assert p.grad.abs().max() > 0, f"zero gradient for a parameter of shape {tuple(p.shape)}"
+
+
+@torch.no_grad()
+def test_bf16_autocast_runs_and_is_close_to_fp32():
+    vae = make_vae(gate=0.5)
+    x = frames(2, 3)
+    ref_z, ref = vae.encode(x), vae(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z = vae.encode(x)
+        out = vae(x)
+        state = vae.start_decode()
+        step = vae.decode_next(z[:, 0], state)
+    assert z.dtype == torch.float32 and torch.isfinite(out).all() and torch.isfinite(step).all()
+    assert (z - ref_z).abs().max() < 0.1
+    assert (out.float() - ref).abs().mean() < 0.05 and (out.float() - ref).abs().max() < 0.3
+
+
+def test_bad_inputs_raise_informative_errors():
+    vae = make_vae()
+    L, D = vae.cfg.num_latent_tokens, vae.cfg.latent_dim
+    cases = [
+        (lambda: vae.encode(torch.zeros(3, 16, 16)), "[B, N, 3, H, W]"),
+        (lambda: vae.encode(torch.zeros(1, 2, 1, 16, 16)), "got 1"),
+        (lambda: vae.encode(torch.zeros(1, 2, 3, 32, 24)), "16x16"),
+        (lambda: vae.encode(torch.zeros(1, 2, 3, 32, 24)), "engine.video_io"),
+        (lambda: vae.encode(torch.zeros(1, 0, 3, 16, 16)), "N = 0"),
+        (lambda: vae.encode(torch.zeros(1, 1, 3, 16, 16, dtype=torch.uint8)), "float"),
+        (lambda: vae.decode(torch.zeros(1, L, D)), "[B, N, L, D]"),
+        (lambda: vae.decode(torch.zeros(1, 2, L + 1, D)), f"({L}, {D})"),
+        (lambda: vae.decode(torch.zeros(1, 2, L, D + 1)), f"({L}, {D + 1})"),
+        (lambda: vae.decode(torch.zeros(1, 0, L, D)), "N = 0"),
+        (lambda: vae.decode_next(torch.zeros(1, 1, L, D), vae.start_decode()), "[B, L, D]"),
+        (lambda: vae.decode_next(torch.zeros(2, L, D - 1), vae.start_decode()), f"({L}, {D})"),
+        (lambda: vae.decode_next(torch.zeros(2, L, D), vae.start_decode(batch_size=3)), "batch size 2"),
+    ]
+    for fn, text in cases:
+        with pytest.raises(ValueError) as info:
+            fn()
+        assert text in str(info.value), f"{text!r} not in {str(info.value)!r}"
+
+
+def test_discriminator_outputs_a_logit_map():
+    disc = PatchDiscriminator(channels=8)
+    assert disc(torch.randn(2, 3, 16, 16)).shape == (2, 1, 2, 2)
+    assert disc(torch.randn(2, 3, 64, 64)).shape == (2, 1, 8, 8)
+    video = torch.randn(2, 4, 3, 16, 16, requires_grad=True)
+    logits = disc(video)
+    assert logits.shape == (2, 4, 1, 2, 2)
+    hinge_g_loss(logits).backward()
+    assert video.grad.abs().sum() > 0
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in disc.parameters())
+    with pytest.raises(ValueError, match="B, C, H, W"):
+        disc(torch.randn(3, 16, 16))
+
+
+def test_hinge_losses():
+    full = lambda v: torch.full((2, 1, 4, 4), float(v))  # noqa: E731
+    assert hinge_d_loss(full(2), full(-2)).item() == 0.0  # confident and right: no loss
+    assert hinge_d_loss(full(0), full(0)).item() == 1.0
+    assert hinge_d_loss(full(-1), full(1)).item() == 2.0  # 0.5 * (2 + 2)
+    assert hinge_d_loss(full(0.5), full(-2)).item() == 0.25  # only the real margin is violated
+    assert hinge_g_loss(full(3)).item() == -3.0

@@ -1,0 +1,117 @@
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.cli import main
+from engine.video_io import probe_video, read_video, write_video
+
+DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo.mp4"
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_continue_end_to_end_on_demo_clip(tmp_path, capsys, tiny_checkpoint):
+    out = tmp_path / "result.mp4"
+    code, _, err = run_cli(capsys, "continue", DEMO, "-o", out, "--frames", 6, "--s", 2, "--steps", 4,
+                           "--context", 4, "--checkpoint", tiny_checkpoint, "--device", "cpu")
+    assert code == 0, err
+    video = read_video(out)
+    assert video.shape == (10, 16, 16, 3)  # 4 context + 6 new at the model's resolution
+    assert probe_video(out).fps == pytest.approx(probe_video(DEMO).fps, rel=1e-3)
+    sheet = tmp_path / "result_sheet.png"
+    assert sheet.is_file()
+    assert "centre-cropped 176x144" in err and "4 context + 6 new" in err and "frames/s" in err
+    # The context frames are the clip's last frames.
+    ref = read_video(DEMO)[-4:]
+    from engine.video_io import fit_frames
+    assert np.abs(video[:4].astype(int) - fit_frames(ref, 16).astype(int)).mean() < 6  # lossy mp4
+
+
+def test_generate_to_png_folder_and_gif(tmp_path, capsys, tiny_checkpoint):
+    code, _, err = run_cli(capsys, "generate", "-o", tmp_path / "frames", "--frames", 3, "--steps", 2,
+                           "--checkpoint", tiny_checkpoint, "--quiet")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == [f"frame_{i:06d}.png" for i in range(3)]
+    code, _, _ = run_cli(capsys, "generate", "-o", tmp_path / "g.gif", "--frames", 2, "--steps", 2,
+                         "--checkpoint", tiny_checkpoint, "--quiet")
+    assert code == 0 and read_video(tmp_path / "g.gif").shape[0] == 2
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["continue", "{missing}", "-o", "{out}"], "no such file"),
+        (["continue", "{text}", "-o", "{out}"], "notes.txt"),
+        (["continue", "{demo}", "-o", "{out}", "--frames", "0"], "--frames must be at least 1"),
+        (["continue", "{demo}", "-o", "{out}", "--s", "-1"], "s must be an integer >= 0"),
+        (["continue", "{demo}", "-o", "{out}", "--context", "20"], "--context 20 is longer"),
+        (["continue", "{demo}", "-o", "{out}", "--checkpoint", "{pickle}"], "never unpickles"),
+        (["continue", "{demo}", "-o", "{out}", "--checkpoint", "{text}"], "not a safetensors"),
+        (["continue", "{empty_dir}", "-o", "{out}"], "no PNG/JPG frames"),
+        (["continue", "{demo}", "-o", "{out}", "--device", "tpu"], "device must be"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, tiny_checkpoint, argv, message):
+    (tmp_path / "notes.txt").write_text("not a video")
+    (tmp_path / "model.pt").write_bytes(pickle.dumps({"a": 1}))
+    (tmp_path / "empty").mkdir()
+    names = {"missing": tmp_path / "nope.mp4", "text": tmp_path / "notes.txt", "out": tmp_path / "out.mp4",
+             "demo": DEMO, "pickle": tmp_path / "model.pt", "empty_dir": tmp_path / "empty"}
+    argv = [a.format(**names) for a in argv]
+    if "--checkpoint" not in argv:
+        argv += ["--checkpoint", str(tiny_checkpoint)]
+    code, out, err = run_cli(capsys, *argv, "--quiet")
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ardiff: error:") and message in lines[0], err
+    assert not (tmp_path / "out.mp4").exists() and not (tmp_path / "out_sheet.png").exists()
+
+
+def test_argparse_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["continue"])
+    assert exc.value.code == 2
+
+
+def test_info_preset_paper_counts(capsys):
+    code, out, _ = run_cli(capsys, "info", "--preset", "paper", "--json")
+    assert code == 0
+    info = json.loads(out)
+    assert 640e6 < info["parameters"]["dit"] < 700e6
+    assert info["config"]["dit"]["hidden"] == 1152 and info["config"]["vae"]["width"] == 1024
+    code, out, _ = run_cli(capsys, "info", "--preset", "paper")
+    assert "DiT           673.67M" in out
+
+
+def test_info_checkpoint(capsys, tiny_checkpoint):
+    code, out, _ = run_cli(capsys, "info", tiny_checkpoint)
+    assert code == 0 and "random weights for tests" in out and "16x16" in out
+
+
+def test_schedule_text_and_png(tmp_path, capsys):
+    code, out, _ = run_cli(capsys, "schedule", "--frames", 3, "--steps", 4, "--s", 1, "--text", "-o",
+                           tmp_path / "s.png")
+    assert code == 0
+    assert "6 rows = 6 network calls" in out
+    lines = [line.split() for line in out.splitlines() if line.strip() and line.split()[0].isdigit()]
+    assert lines[0][1:] == ["4", "4", "4"] and lines[1][1:] == ["3", "4", "4"] and lines[-1][1:] == ["0", "0", "0"]
+    from PIL import Image
+    image = Image.open(tmp_path / "s.png")
+    assert image.width > 3 and image.height > 7
+    code, _, err = run_cli(capsys, "schedule", "--window", 1)
+    assert code == 2 and "window must be" in err
+
+
+def test_console_script_entry_point(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "engine.cli", "schedule", "--frames", "2", "--steps", "2"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "rows" in result.stdout

@@ -1,0 +1,109 @@
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import engine.pipeline as pipeline_mod
+from engine.pipeline import Done, FrameReady, Progress, load_pipeline, resolve_device
+
+
+@pytest.fixture
+def pipe(tiny_checkpoint):
+    return load_pipeline(tiny_checkpoint, device="cpu")
+
+
+def clip(n=6, h=30, w=40, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+
+
+def test_continue_streams_frames_in_order(pipe):
+    frames = clip()
+    events = list(pipe.continue_video(frames, num_new_frames=12, s=3, steps=6, seed=1))
+    ready = [e for e in events if isinstance(e, FrameReady)]
+    progress = [e for e in events if isinstance(e, Progress)]
+    done = events[-1]
+    assert isinstance(done, Done) and not done.cancelled and done.num_context == 6
+    assert [e.index for e in ready] == list(range(6, 18))
+    assert [p.row for p in progress] == list(range(1, len(progress) + 1))
+    assert progress[-1].row == progress[-1].total_rows == 6 + 11 * 3
+    assert done.video.shape == (18, 16, 16, 3) and done.video.dtype == np.uint8
+    for e in ready:  # streamed frames are the frames of the final video
+        assert np.array_equal(e.image, done.video[e.index])
+    # The first frame arrives as soon as it is clean (row n), long before the last row.
+    first = events.index(ready[0])
+    rows_before_first = sum(isinstance(e, Progress) for e in events[:first])
+    assert rows_before_first == 5  # frame 1 turns clean in row 6 = n; its Progress follows the frame
+    assert done.video[:6].shape == (6, 16, 16, 3)
+    assert done.stats.frame_forwards > 0
+
+
+def test_same_seed_same_video_and_samplers_agree(pipe):
+    frames = clip()
+    runs = [list(pipe.continue_video(frames, num_new_frames=20, s=2, steps=5, seed=3, sampler=name))[-1].video
+            for name in ("cached", "reference", "cached")]
+    assert np.array_equal(runs[0], runs[2])
+    assert np.abs(runs[0].astype(int) - runs[1].astype(int)).max() <= 1  # latents agree to 1e-4
+    other = list(pipe.continue_video(frames, num_new_frames=20, s=2, steps=5, seed=4))[-1].video
+    assert not np.array_equal(other[6:], runs[0][6:])
+
+
+def test_generate_and_context_of_one_frame(pipe):
+    events = list(pipe.generate(num_frames=5, s=0, steps=4))
+    assert events[-1].video.shape == (5, 16, 16, 3) and events[-1].num_context == 0
+    assert sorted(e.index for e in events if isinstance(e, FrameReady)) == list(range(5))
+    one = list(pipe.continue_video(clip(1), num_new_frames=3, s=1, steps=3))
+    assert one[-1].video.shape == (4, 16, 16, 3)
+
+
+def test_cancel_ends_stream_within_one_row(pipe):
+    cancel = threading.Event()
+    threads = threading.active_count()
+    seen = []
+    for event in pipe.continue_video(clip(), num_new_frames=30, s=2, steps=5, cancel=cancel):
+        seen.append(event)
+        if isinstance(event, FrameReady) and event.index == 8:
+            cancel.set()
+            rows_at_cancel = sum(isinstance(e, Progress) for e in seen)
+    rows_after = sum(isinstance(e, Progress) for e in seen) - rows_at_cancel
+    assert rows_after <= 1
+    done = seen[-1]
+    assert isinstance(done, Done) and done.cancelled and len(done.video) < 36
+    assert threading.active_count() == threads
+
+
+def test_bad_arguments_fail_at_the_call(pipe):
+    with pytest.raises(ValueError, match="num_new_frames"):
+        pipe.continue_video(clip(), num_new_frames=0)
+    with pytest.raises(ValueError, match="s must"):
+        pipe.continue_video(clip(), s=-1)
+    with pytest.raises(ValueError, match=r"context must be 1..15"):
+        pipe.continue_video(clip(16))
+    with pytest.raises(ValueError, match="uint8"):
+        pipe.continue_video(clip().astype(np.float32))
+    with pytest.raises(ValueError, match="unconditional"):
+        pipe.generate(class_label=1)
+    with pytest.raises(ValueError, match="steps must be <= 1000"):
+        pipe.generate(steps=2000)
+
+
+def test_device_choice(monkeypatch, tiny_checkpoint):
+    assert resolve_device("cpu")[0].type == "cpu"
+    monkeypatch.setattr(pipeline_mod, "cpu_supports_bf16", lambda: False)
+    assert resolve_device("auto") == (torch.device("cpu"), None) or torch.cuda.is_available()
+    assert "float32" in load_pipeline(tiny_checkpoint, "cpu").describe()
+    monkeypatch.setattr(pipeline_mod, "cpu_supports_bf16", lambda: True)
+    pipe = load_pipeline(tiny_checkpoint, "cpu")
+    assert pipe.autocast_dtype == torch.bfloat16 and "bfloat16 autocast" in pipe.describe()
+    events = list(pipe.generate(num_frames=2, s=1, steps=2))  # bf16 autocast runs end to end
+    assert events[-1].video.shape == (2, 16, 16, 3)
+    with pytest.raises(ValueError, match="device must be"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA"):
+            resolve_device("cuda")
+
+
+def test_fit_note(pipe):
+    assert pipe.fit_note(clip(2, 16, 16)) is None
+    assert "16x16" in pipe.fit_note(clip(2, 30, 40))

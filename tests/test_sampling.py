@@ -1,0 +1,124 @@
+import pytest
+import torch
+
+from engine.diffusion import DiffusionSchedule
+from engine.models import get_preset
+from engine.models.dit import DiT
+from engine.schedulers import ADScheduler
+from engine.sampling import CachedSampler, ReferenceSampler, make_sampler
+from tests.helpers import randomize_
+
+STEPS = 8
+
+
+def tiny_dit(num_classes=0):
+    cfg = get_preset("tiny")
+    if num_classes:
+        cfg = cfg.replace(dit=cfg.dit.__class__(**{**cfg.dit.__dict__, "num_classes": num_classes}))
+    return randomize_(DiT(cfg), std=0.15).eval(), cfg
+
+
+def run(name, dit, s, N, C, guidance=1.0, label=None, window=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(2, N, dit.num_tokens, dit.latent_dim, generator=g)
+    context = torch.randn(2, C, dit.num_tokens, dit.latent_dim, generator=g)
+    sampler = make_sampler(name, dit, DiffusionSchedule(), ADScheduler(STEPS, s, window, 1),
+                           guidance_scale=guidance)
+    with torch.no_grad():
+        steps = list(sampler.sample(context, noise, label))
+    return sampler, steps
+
+
+@pytest.mark.parametrize("s", [0, 1, 3, 5, STEPS])
+@pytest.mark.parametrize("N,C", [(12, 0), (9, 4), (40, 0), (40, 3)])
+def test_cached_equals_reference(s, N, C):
+    dit, _ = tiny_dit()
+    ref, ref_steps = run("reference", dit, s, N, C)
+    fast, fast_steps = run("cached", dit, s, N, C)
+    assert (fast.latents - ref.latents).abs().max() <= 1e-4
+    assert fast.stats.rows == ref.stats.rows == len(ref_steps)
+    assert [st.clean_frames for st in fast_steps] == [st.clean_frames for st in ref_steps]
+
+
+def test_result_depends_on_context_and_noise():
+    """Guards the equality tests against a trivial model: context and noise both reach every new frame."""
+    dit, _ = tiny_dit()
+    base, _ = run("cached", dit, 3, 20, 3)
+    other_seed, _ = run("cached", dit, 3, 20, 3, seed=1)
+    diff = (base.latents[:, 3:] - other_seed.latents[:, 3:]).abs().amax(dim=(0, 2, 3))
+    assert (diff > 1e-3).all()
+
+
+@pytest.mark.parametrize("s", [0, 3])
+def test_cached_equals_reference_with_guidance(s):
+    dit, _ = tiny_dit(num_classes=3)
+    label = torch.tensor([0, 2])
+    ref, _ = run("reference", dit, s, 20, 2, guidance=3.0, label=label)
+    fast, _ = run("cached", dit, s, 20, 2, guidance=3.0, label=label)
+    assert (fast.latents - ref.latents).abs().max() <= 1e-4
+    unguided, _ = run("cached", dit, s, 20, 2, guidance=1.0, label=label)
+    assert (unguided.latents - fast.latents).abs().max() > 1e-3  # guidance changes the result
+
+
+@pytest.mark.parametrize("s,N,C", [(0, 40, 0), (3, 40, 3), (STEPS, 40, 2), (1, 16, 0)])
+def test_work_is_counted_and_bounded(s, N, C):
+    dit, _ = tiny_dit()
+    fast, _ = run("cached", dit, s, N, C)
+    ref, _ = run("reference", dit, s, N, C)
+    st = fast.stats
+    assert st.active_updates == N * STEPS  # every new frame takes exactly n DDIM steps
+    assert st.cache_writes <= C + N  # each frame's clean K/V is written once (refreshes counted apart)
+    assert st.frame_forwards <= st.active_updates + st.cache_writes + st.refresh_frames
+    assert st.frame_forwards < ref.stats.frame_forwards or s == 0 and N <= 16
+    assert st.network_calls == ref.stats.network_calls
+
+
+def test_clean_frames_are_reported_once_in_order():
+    dit, _ = tiny_dit()
+    _, steps = run("cached", dit, 2, 30, 3)
+    reported = [i for st in steps for i in st.clean_frames]
+    assert reported == list(range(3, 33))
+    for st in steps:  # the latents handed out are the final ones
+        assert st.latents.shape == (2, len(st.clean_frames), 4, 4)
+
+
+def test_cancel_stops_within_one_row():
+    import threading
+
+    dit, _ = tiny_dit()
+    cancel = threading.Event()
+    sampler = CachedSampler(dit, DiffusionSchedule(), ADScheduler(STEPS, 2, 16, 1))
+    noise = torch.randn(1, 10, 4, 4)
+    rows = 0
+    with torch.no_grad():
+        for step in sampler.sample(torch.zeros(1, 0, 4, 4), noise, cancel=cancel):
+            rows += 1
+            if rows == 5:
+                cancel.set()
+    assert rows == 5 and sampler.stats.rows == 5
+
+
+def test_eps_prediction_converts_to_x0():
+    dit, _ = tiny_dit()
+    sched = DiffusionSchedule()
+    noise = torch.randn(1, 4, 4, 4)
+    a = ReferenceSampler(dit, sched, ADScheduler(STEPS, 0, 16), prediction="eps")
+    b = CachedSampler(dit, sched, ADScheduler(STEPS, 0, 16), prediction="eps")
+    with torch.no_grad():
+        list(a.sample(torch.zeros(1, 0, 4, 4), noise))
+        list(b.sample(torch.zeros(1, 0, 4, 4), noise))
+    x0_run = ReferenceSampler(dit, sched, ADScheduler(STEPS, 0, 16))
+    with torch.no_grad():
+        list(x0_run.sample(torch.zeros(1, 0, 4, 4), noise))
+    assert (a.latents - b.latents).abs().max() <= 1e-4
+    assert (a.latents - x0_run.latents).abs().max() > 1e-3
+
+
+def test_bad_sampler_arguments():
+    dit, _ = tiny_dit()
+    with pytest.raises(ValueError, match="sampler must be"):
+        make_sampler("fast", dit, DiffusionSchedule(), ADScheduler())
+    with pytest.raises(ValueError, match="exceeds the model's window"):
+        make_sampler("cached", dit, DiffusionSchedule(), ADScheduler(window=32))
+    with pytest.raises(ValueError, match="class-conditional"):
+        run("cached", dit, 0, 4, 0, guidance=2.0, label=torch.tensor([0, 0]))
