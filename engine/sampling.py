@@ -78,6 +78,7 @@ class Sampler:
         self.latents = torch.cat([context, noise], 1).float()
         self._class_label = class_label
         self._guided = guided
+        self._table = self.dit.conditioning_table(self.grid.timesteps, self._labels(context.shape[0]))
         self._begin()
         num_context, num_frames = context.shape[1], noise.shape[1]
         total = self.scheduler.num_rows(num_frames, num_context)
@@ -139,7 +140,7 @@ class ReferenceSampler(Sampler):
         batch = self.latents.shape[0]
         z = self.latents[:, a:b]
         t = self._levels_to_t(row.level_from[a:b], batch)
-        out = self.dit(self._double(z), self._double(t), self._labels(batch))
+        out = self.dit(self._double(z), self._double(t), self._labels(batch), table=self._table)
         self.stats.network_calls += 1
         self.stats.frame_forwards += b - a
         self._step(a, b, self._x0(out, z, t), row)
@@ -161,7 +162,8 @@ class CachedSampler(Sampler):
         start = self.cache.end  # clean frames not yet cached are computed once here, then cached
         z = self.latents[:, start:b]
         t = self._levels_to_t(row.level_from[start:b], batch)
-        out, kv = self.dit.forward_cached(self._double(z), self._double(t), self.cache, self._labels(batch))
+        out, kv = self.dit.forward_cached(self._double(z), self._double(t), self.cache, self._labels(batch),
+                                          table=self._table)
         self.cache.append(kv, first - start, self.dit.num_tokens)
         first_write = max(start, self._cached_upto)
         self.stats.cache_writes += max(0, first - first_write)

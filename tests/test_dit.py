@@ -146,3 +146,22 @@ def test_paper_preset_size_on_meta_device():
         dit = DiT(get_preset("paper"))
     n = sum(p.numel() for p in dit.parameters())
     assert 640e6 < n < 700e6  # DiT-XL/2 is about 675M
+
+
+@torch.no_grad()
+def test_conditioning_table_matches_direct_computation(cfg):
+    ccfg = cfg.replace(dit=cfg.dit.__class__(**{**cfg.dit.__dict__, "num_classes": 2}))
+    dit = randomize_(DiT(ccfg)).eval()
+    grid = torch.tensor([0, 250, 500, 750, 1000])
+    labels = torch.tensor([1, 2])
+    table = dit.conditioning_table(grid, labels)
+    z, _ = inputs(cfg, N=5)
+    t = grid[torch.tensor([0, 1, 1, 3, 4])].expand(2, -1)
+    torch.testing.assert_close(dit(z, t, labels, table=table), dit(z, t, labels), atol=1e-6, rtol=0)
+    cache = KVCache()
+    x0, _ = dit.forward_cached(z, t, cache, labels, table=table)
+    torch.testing.assert_close(x0, dit(z, t, labels), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="outside the conditioning table"):
+        dit(z, torch.full_like(t, 3), labels, table=table)
+    with pytest.raises(ValueError, match="other class labels"):
+        dit(z, t, torch.tensor([0, 0]), table=table)

@@ -92,11 +92,11 @@ class DiTBlock(nn.Module):
         self.mlp = Mlp(hidden, int(hidden * mlp_ratio), act_layer=approx_gelu)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+    def forward(self, x: torch.Tensor, modulation: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 mask: torch.Tensor | None, past: LayerKV | None) -> tuple[torch.Tensor, LayerKV]:
-        # x: [B, M, L, H] tokens of M frames; c: [B, M, 1, H] one conditioning vector per frame.
+        # x: [B, M, L, H] tokens of M frames; modulation: [B, M, 1, 6H], adaLN_modulation(c) for each frame.
         B, M, L, H = x.shape
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=-1)
+        shift1, scale1, gate1, shift2, scale2, gate2 = modulation.chunk(6, dim=-1)
         h, kv = self.attn(modulate(self.norm1(x), shift1, scale1).reshape(B, M * L, H), cos, sin, mask, past)
         x = x + gate1 * h.reshape(B, M, L, H)
         x = x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
@@ -110,9 +110,24 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(hidden, out_dim)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
+    def forward(self, x: torch.Tensor, modulation: torch.Tensor) -> torch.Tensor:
+        shift, scale = modulation.chunk(2, dim=-1)
         return self.linear(modulate(self.norm(x), shift, scale))
+
+
+@dataclass
+class ConditioningTable:
+    """adaLN modulations precomputed for a set of timesteps (a DDIM grid) and class labels.
+
+    A frame's modulation depends only on its timestep and the class, and sampling visits n + 1 timesteps,
+    so the sampler computes them once per run instead of once per frame per row: a third of the DiT's
+    weights (the adaLN projections) then drop out of every call, which matters most for one-frame calls.
+    """
+
+    index_of_t: torch.Tensor  # [T + 1] position of each timestep in the table, -1 where absent
+    blocks: list[torch.Tensor]  # per block [B or 1, K, 1, 6H]
+    final: torch.Tensor  # [B or 1, K, 1, 2H]
+    class_label: torch.Tensor | None
 
 
 class DiT(nn.Module):
@@ -197,11 +212,39 @@ class DiT(nn.Module):
             self._masks[key] = k_frame[None, :] <= q_frame[:, None]
         return self._masks[key]
 
+    @torch.no_grad()
+    def conditioning_table(self, timesteps: torch.Tensor, class_label: torch.Tensor | None = None
+                           ) -> ConditioningTable:
+        """Precompute adaLN modulations for these timesteps (e.g. a DDIM grid) and class labels [B]."""
+        timesteps = timesteps.to(self.x_embed.weight.device)
+        c = self._conditioning(timesteps[None].expand(1 if class_label is None else len(class_label), -1),
+                               class_label)
+        index = torch.full((self.num_timesteps + 1,), -1, dtype=torch.long, device=timesteps.device)
+        index[timesteps] = torch.arange(len(timesteps), device=timesteps.device)
+        return ConditioningTable(index, [b.adaLN_modulation(c) for b in self.blocks],
+                                 self.final.adaLN_modulation(c), class_label)
+
+    def _modulations(self, t: torch.Tensor, class_label: torch.Tensor | None,
+                     table: ConditioningTable | None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        if table is None:
+            c = self._conditioning(t, class_label)
+            return [b.adaLN_modulation(c) for b in self.blocks], self.final.adaLN_modulation(c)
+        if (class_label is None) != (table.class_label is None) or (
+                class_label is not None and not torch.equal(class_label, table.class_label)):
+            raise ValueError("the conditioning table was built for other class labels")
+        if bool((t[0] != t).any()):
+            raise ValueError("a conditioning table needs the same timesteps in every batch row")
+        idx = table.index_of_t[t[0]]
+        if bool((idx < 0).any()):
+            raise ValueError("timesteps outside the conditioning table")
+        return [m[:, idx] for m in table.blocks], table.final[:, idx]
+
     def _run(self, z: torch.Tensor, t: torch.Tensor, first_position: int, past: KVCache | None,
-             class_label: torch.Tensor | None) -> tuple[torch.Tensor, list[LayerKV]]:
+             class_label: torch.Tensor | None, table: ConditioningTable | None = None
+             ) -> tuple[torch.Tensor, list[LayerKV]]:
         B, M, L, _ = z.shape
         x = self.x_embed(z) + self.slot_embed
-        c = self._conditioning(t, class_label)
+        block_mods, final_mod = self._modulations(t, class_label, table)
         positions = torch.arange(first_position, first_position + M, device=z.device).repeat_interleave(L)
         cos, sin = rotary_cos_sin(positions, x.shape[-1] // self.heads, self.rope_theta)
         past_frames = past.num_frames if past is not None else 0
@@ -209,19 +252,21 @@ class DiT(nn.Module):
         new_kv = []
         for i, block in enumerate(self.blocks):
             layer_past = past.layers[i] if past is not None and past.num_frames else None
-            x, kv = block(x, c, cos, sin, mask, layer_past)
+            x, kv = block(x, block_mods[i], cos, sin, mask, layer_past)
             new_kv.append(kv)
-        return self.final(x, c), new_kv
+        return self.final(x, final_mod), new_kv
 
-    def forward(self, z: torch.Tensor, t: torch.Tensor, class_label: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, t: torch.Tensor, class_label: torch.Tensor | None = None,
+                table: ConditioningTable | None = None) -> torch.Tensor:
         """x0 predictions for a whole window: z [B, N, L, D], t [B, N] ints 0..T (0 = clean), N <= window."""
         self._check_inputs(z, t, class_label)
         if z.shape[1] > self.window:
             raise ValueError(f"at most {self.window} frames fit the window, got {z.shape[1]}")
-        return self._run(z, t, 0, None, class_label)[0]
+        return self._run(z, t, 0, None, class_label, table)[0]
 
     def forward_cached(self, z: torch.Tensor, t: torch.Tensor, cache: KVCache,
-                       class_label: torch.Tensor | None = None) -> tuple[torch.Tensor, list[LayerKV]]:
+                       class_label: torch.Tensor | None = None, table: ConditioningTable | None = None
+                       ) -> tuple[torch.Tensor, list[LayerKV]]:
         """Run frames [cache.end, cache.end + M) attending to the cached frames; return x0 and their K/V.
 
         Rotary positions are relative to `cache.start`, the first frame of the window.
@@ -234,4 +279,4 @@ class DiT(nn.Module):
         if cache.num_frames + z.shape[1] > self.window:
             raise ValueError(f"cache ({cache.num_frames}) + new frames ({z.shape[1]}) exceed the window "
                              f"of {self.window}")
-        return self._run(z, t, cache.num_frames, cache, class_label)
+        return self._run(z, t, cache.num_frames, cache, class_label, table)

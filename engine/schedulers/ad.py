@@ -24,11 +24,33 @@ from engine.diffusion import _check_int
 
 @dataclass(frozen=True)
 class Row:
-    """One network call: the network sees `level_from`; the DDIM step lands each frame on `level_to`."""
+    """One network call: the network sees `level_from`; the DDIM step lands each frame on `level_to`.
 
-    level_from: np.ndarray  # [num_context + num_frames] ints in 0..n
-    level_to: np.ndarray
+    Stored compactly (frames before `first` are clean, frames after the in-flight segment are pure noise),
+    so a row costs O(window), not O(video length), to make; the full arrays are built on access.
+    """
+
+    first: int  # frames [0, first) are clean before this row
+    segment_from: np.ndarray  # levels of frames [first, first + len(segment)) before the row
+    segment_to: np.ndarray  # ... and after it
+    num_frames: int  # context + new frames
+    num_steps: int  # n: the level of pure noise
     window: tuple[int, int]  # half-open frame range the network must see this row
+
+    def _full(self, segment: np.ndarray) -> np.ndarray:
+        full = np.full(self.num_frames, self.num_steps, dtype=np.int64)
+        full[: self.first] = 0
+        full[self.first: self.first + len(segment)] = segment
+        return full
+
+    @property
+    def level_from(self) -> np.ndarray:
+        """[num_context + num_frames] ints in 0..n before the row."""
+        return self._full(self.segment_from)
+
+    @property
+    def level_to(self) -> np.ndarray:
+        return self._full(self.segment_to)
 
     @property
     def active(self) -> np.ndarray:
@@ -52,28 +74,25 @@ class ADScheduler:
         _check_int("num_context", num_context, 0)
         n, s, W = self.num_steps, self.s, self.window
         total = num_context + num_frames
-        level = [0] * num_context + [n] * num_frames
         first = num_context  # first frame that is not clean
+        flight: list[int] = []  # levels of frames [first, first + len(flight)); every later frame is at n
         while first < total:
             context = min(self.min_context, first)
-            leave_limit = first - context + W  # frames before this index may leave pure noise
-            new = list(level)
-            last_active = first
-            for i in range(first, total):
-                if level[i] == n and i >= leave_limit:
-                    break  # held back by the window, and so is everything after it
-                target = -1 if i == first else new[i - 1] + s
-                new[i] = level[i] - 1 if target <= level[i] - 1 else level[i]
-                if new[i] == level[i]:
-                    if level[i] == n:
-                        break  # still pure noise: later frames are too
-                    continue
-                last_active = i
+            leave_limit = min(first - context + W, total)  # frames before this index may leave pure noise
+            new: list[int] = []
+            for i in range(first, leave_limit):
+                level = flight[i - first] if i - first < len(flight) else n
+                target = -1 if i == first else new[-1] + s
+                moved = level - 1 if target <= level - 1 else level
+                if moved == level == n:
+                    break  # still pure noise, and so is everything after it
+                new.append(moved)
+            old = flight + [n] * (len(new) - len(flight))
+            last_active = first + max(i for i, (a, b) in enumerate(zip(old, new)) if a != b)
             end = last_active + 1
-            yield Row(np.asarray(level), np.asarray(new), (max(0, end - W), end))
-            level = new
-            while first < total and level[first] == 0:
-                first += 1
+            yield Row(first, np.asarray(old), np.asarray(new), total, n, (max(0, end - W), end))
+            done = next((i for i, level in enumerate(new) if level > 0), len(new))
+            first, flight = first + done, new[done:]
 
     def num_rows(self, num_frames: int, num_context: int = 0) -> int:
         """Network calls needed; n + (N - 1) * s when N fits the window and s <= n."""

@@ -1,0 +1,42 @@
+"""Shared helpers for the benchmark scripts: timing with medians, and a header naming machine and date."""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import statistics
+import sys
+import time
+from typing import Callable
+
+import torch
+
+
+def machine() -> str:
+    cpu = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    from engine.pipeline import cpu_supports_bf16
+
+    return (f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+            f"native bf16: {'yes' if cpu_supports_bf16() else 'no'}")
+
+
+def header(title: str) -> str:
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"## {title}\n\n{date}; {machine()}\n`{' '.join(['python'] + sys.argv)}`\n"
+
+
+def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall time of `fn` in seconds (these machines are shared and noisy: medians, not means)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)

@@ -1,0 +1,61 @@
+"""Forward time of the `default` models on this machine: the DiT over a full 16-frame window vs one active
+frame with a 15-frame K/V cache (the sampler's common case), and the VAE's incremental decode of one frame;
+float32 vs bfloat16 autocast. Random weights (timing does not depend on them)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from contextlib import nullcontext
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from bench.common import header, median_time  # noqa: E402
+from engine.models import build_models, get_preset  # noqa: E402
+from engine.models.dit import KVCache  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--preset", default="default")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--dtypes", default="fp32,bf16")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    cfg = get_preset(args.preset)
+    vae, dit = build_models(cfg)
+    for p in dit.parameters():  # live adaLN paths, as after training
+        torch.nn.init.normal_(p, std=0.02)
+    vae.eval(), dit.eval()
+    W, L, D = cfg.window, cfg.vae.num_latent_tokens, cfg.vae.latent_dim
+    z = torch.randn(1, W, L, D)
+    t = torch.randint(0, 1000, (1, W))
+    print(header(f"Model forward, preset {args.preset}"))
+    print("| dtype | DiT full window (16 frames) ms | DiT 1 frame + 15 cached ms | ratio | "
+          "DiT 10 frames + 6 cached ms | VAE decode_next ms |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name in args.dtypes.split(","):
+        ctx = nullcontext() if name == "fp32" else torch.autocast("cpu", dtype=torch.bfloat16)
+        with torch.no_grad(), ctx:
+            full = median_time(lambda: dit(z, t), args.repeats)
+            cache = KVCache()
+            _, kv = dit.forward_cached(z[:, :15], t[:, :15], cache)
+            cache.append(kv, 15, L)
+            one = median_time(lambda: dit.forward_cached(z[:, 15:], t[:, 15:], cache), args.repeats)
+            cache6 = KVCache()
+            _, kv = dit.forward_cached(z[:, :6], t[:, :6], cache6)
+            cache6.append(kv, 6, L)
+            ten = median_time(lambda: dit.forward_cached(z[:, 6:], t[:, 6:], cache6), args.repeats)
+            state = vae.start_decode()
+            for i in range(W - 1):
+                vae.decode_next(z[:, i], state)
+            dec = median_time(lambda: vae.decode_next(z[:, -1], state), args.repeats)
+        print(f"| {name} | {full * 1e3:.1f} | {one * 1e3:.1f} | {one / full:.3f} | {ten * 1e3:.1f} | "
+              f"{dec * 1e3:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
