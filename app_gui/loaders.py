@@ -1,0 +1,39 @@
+"""What the window runs on worker threads to get a clip or a model, plus the one check the GUI words itself.
+
+torch and the engine's models are imported here lazily, on the worker thread, so the window appears at
+once instead of after the (seconds-long) torch import.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+CLIP_MEMORY_BUDGET = 1 << 30  # bytes of decoded frames kept for the player (1 GiB)
+
+
+def read_clip(path: str) -> tuple[np.ndarray, float, bool]:
+    """(frames uint8 [N, H, W, 3], fps, truncated): the clip, capped to CLIP_MEMORY_BUDGET of frames."""
+    from engine.video_io import probe_video, read_video
+
+    info = probe_video(path)
+    cap = max(16, CLIP_MEMORY_BUDGET // max(1, info.width * info.height * 3))
+    frames = read_video(path, max_frames=cap + 1)
+    return frames[:cap], info.fps, len(frames) > cap
+
+
+def load_model(checkpoint: str, device: str):
+    """A Pipeline for a checkpoint path ("" = the embedded default) on "auto" | "cpu" | "cuda"."""
+    from engine.pipeline import load_pipeline
+
+    return load_pipeline(checkpoint or None, device)
+
+
+def cuda_problem() -> str | None:
+    """Why CUDA cannot be used here, in words for the GUI (the engine's message names a CLI flag), or None."""
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    why = ("this PyTorch build has no CUDA support" if torch.version.cuda is None
+           else "no NVIDIA GPU was found")
+    return f"CUDA was chosen, but {why}. Choose Auto or CPU as the device."

@@ -1,0 +1,88 @@
+"""Settings that survive between runs: the last parameters, model, device, folders and recent clips.
+
+Stored as one small JSON file in the platform's config folder (platformdirs), so a person finds the app
+as they left it. Unknown or malformed values fall back to defaults: a damaged file never stops the app.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import platformdirs
+
+APP_NAME = "ardiff"
+FILE_NAME = "gui.json"
+MAX_RECENT = 8
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def config_path() -> Path:
+    """Where the settings live (looked up on each call, so tests can redirect platformdirs)."""
+    return Path(platformdirs.user_config_dir(APP_NAME, appauthor=False)) / FILE_NAME
+
+
+@dataclass
+class Settings:
+    """Everything the window restores on start. Field defaults are the first-run values."""
+
+    s: int = 5
+    new_frames: int = 16
+    steps: int = 50
+    context: int = 8
+    seed: int = 0
+    guidance: float = 1.0
+    class_label: int = -1  # -1: unconditional
+    checkpoint: str = ""  # "" = the embedded default model
+    device: str = "auto"
+    recent: list[str] = field(default_factory=list)
+    last_dir: str = ""
+    save_dir: str = ""
+    geometry: str = ""  # QMainWindow.saveGeometry() as hex
+    path: Path | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None) -> Settings:
+        """Read settings from `path` (default: `config_path()`); missing or broken files give defaults."""
+        path = Path(path) if path is not None else config_path()
+        settings = cls(path=path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return settings
+        if not isinstance(data, dict):
+            return settings
+        for f in fields(cls):
+            if f.name == "path" or f.name not in data:
+                continue
+            default, value = getattr(settings, f.name), data[f.name]
+            if isinstance(default, bool) or not isinstance(value, type(default)):
+                if isinstance(default, float) and isinstance(value, int):
+                    value = float(value)
+                else:
+                    continue  # wrong type: keep the default rather than crash later
+            setattr(settings, f.name, value)
+        settings.recent = [p for p in settings.recent if isinstance(p, str)][:MAX_RECENT]
+        if settings.device not in DEVICES:
+            settings.device = "auto"
+        return settings
+
+    def save(self) -> None:
+        """Write atomically (temp file + rename): a crash mid-write keeps the previous settings."""
+        path = self.path or config_path()
+        data = {k: v for k, v in asdict(self).items() if k != "path"}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a read-only home must not break the app; settings are a convenience
+
+    def add_recent(self, clip: str | os.PathLike) -> None:
+        """Put `clip` first in the recent list (no duplicates, at most MAX_RECENT)."""
+        text = str(Path(clip).resolve())
+        self.recent = [text] + [p for p in self.recent if p != text]
+        del self.recent[MAX_RECENT:]
