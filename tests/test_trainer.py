@@ -1,0 +1,452 @@
+"""ardiff-train: every stage learns, resume is bit-exact, FoPP is what trains, bad input is one line + exit 2.
+
+`tiny` preset, synthetic or generated data, seeded, fp32 on CPU. DDP lives in test_ddp.py.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from trainer import cli
+from trainer import train as train_mod
+from trainer.config import ConfigError, TrainConfig, load_config
+from trainer.train import latest_checkpoint, load_run, read_checkpoint, train
+
+FAST = ["progress=false", "precision=fp32"]
+
+
+def cfg_for(stage: str, *sets: str) -> TrainConfig:
+    return load_config(stage, "tiny", [*FAST, *sets])
+
+
+def losses(result, key: str = "loss") -> list[float]:
+    return [r[key] for r in result.records]
+
+
+def assert_falls(values: list[float]) -> None:
+    first, last = np.mean(values[:10]), np.mean(values[-10:])
+    assert last < 0.7 * first, f"loss did not fall: first 10 {first:.4f}, last 10 {last:.4f}"
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def vae_run(tmp_path_factory):
+    """100 steps of the image stage (GAN on from step 50): the VAE the later stages start from."""
+    torch.set_num_threads(1)
+    run = tmp_path_factory.mktemp("runs") / "vae-image"
+    return train(cfg_for("vae-image"), run)
+
+
+@pytest.fixture(scope="module")
+def dit_run(vae_run, tmp_path_factory):
+    torch.set_num_threads(1)
+    run = tmp_path_factory.mktemp("runs") / "diffusion"
+    return train(cfg_for("diffusion", f"vae={vae_run.run_dir}"), run)
+
+
+# --------------------------------------------------------------------------- every stage learns
+
+
+def test_vae_image_loss_falls_and_latent_scale_is_measured(vae_run):
+    assert vae_run.step == 100 and not vae_run.stopped
+    assert_falls(losses(vae_run, "rec"))
+    assert any("gan_weight" in r for r in vae_run.records[50:])  # the GAN switched on at disc_start
+    run = load_run(vae_run.run_dir)
+    scale = float(run.ema["latent_scale"])
+    assert run.meta["latent_scale_measured"] and 1.2 < scale < 4.0  # unit-norm 4-d tokens: std near 0.5
+    assert (vae_run.run_dir / "loss.png").is_file()
+    assert len((vae_run.run_dir / "metrics.jsonl").read_text().splitlines()) == 100
+
+
+def test_vae_temporal_loss_falls(tmp_path):
+    start = train(cfg_for("vae-image", "max_steps=2"), tmp_path / "img")
+    result = train(cfg_for("vae-temporal", f"vae={start.run_dir}"), tmp_path / "tmp")
+    assert_falls(losses(result, "rec"))
+    gates = [v for k, v in load_run(result.run_dir).model.items() if k.endswith("temporal.gate")]
+    assert gates and all(float(g.abs().max()) > 0 for g in gates)  # the temporal path switched on
+
+
+def test_vae_temporal_with_the_rest_frozen_trains_only_temporal_parameters(vae_run, tmp_path):
+    result = train(cfg_for("vae-temporal", f"vae={vae_run.run_dir}", "temporal_rest_lr_scale=0", "max_steps=3",
+                           "gan=true", "disc_start=0"), tmp_path / "t")
+    before, after = load_run(vae_run.run_dir).ema, load_run(result.run_dir).model
+    changed = {k for k in after if not k.endswith("latent_scale") and not torch.equal(before[k], after[k])}
+    assert changed and all(".temporal." in k for k in changed)
+
+
+def test_diffusion_loss_falls(dit_run):
+    assert_falls(losses(dit_run))
+    meta = load_run(dit_run.run_dir).meta
+    assert meta["vae_source"]["stage"] == "vae-image"
+    assert [r["stage"] for r in meta["recipe"]] == ["vae-image", "diffusion"]
+
+
+# --------------------------------------------------------------------------- resume is bit-exact
+
+
+def _all_state(run_dir: Path) -> dict[str, torch.Tensor]:
+    meta, tensors = read_checkpoint(latest_checkpoint(run_dir))
+    return tensors
+
+
+@pytest.mark.parametrize("stage", ["diffusion", "vae-image"])
+def test_resume_is_bitwise_identical(stage, vae_run, tmp_path):
+    sets = ["max_steps=20", "checkpoint_every=100", "grad_accum=2", "batch_size=4", "lr_schedule=cosine",
+            "num_items=40", "seed=5"]  # 40 items / 4: epochs end at steps 5, 10, 15, 20
+    if stage == "diffusion":
+        sets.append(f"vae={vae_run.run_dir}")
+    else:
+        sets.append("disc_start=4")
+    straight = train(cfg_for(stage, *sets), tmp_path / "straight")
+
+    def ctrl_c_at_10(step, record):  # the real handler: SIGINT finishes the step, saves, returns
+        if step == 10:
+            signal.raise_signal(signal.SIGINT)
+
+    first = train(cfg_for(stage, *sets), tmp_path / "split", on_step=ctrl_c_at_10)
+    assert first.stopped and first.step == 10
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    second = train(cfg_for(stage, *sets), tmp_path / "split", resume=True)
+    assert second.step == 20 and not second.stopped
+    a, b = _all_state(straight.run_dir), _all_state(second.run_dir)
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"not bit-exact after resume: {different[:5]}"
+    assert losses(straight) == [r["loss"] for r in map(json.loads, (tmp_path / "split" / "metrics.jsonl")
+                                                       .read_text().splitlines())]
+
+
+def test_resume_refuses_config_changes_and_a_fresh_run_refuses_a_used_dir(vae_run, tmp_path):
+    run = tmp_path / "r"
+    train(cfg_for("vae-image", "max_steps=2"), run)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(cfg_for("vae-image", "max_steps=2"), run)
+    with pytest.raises(ConfigError, match="cannot change batch_size"):
+        train(cfg_for("vae-image", "max_steps=4", "batch_size=2"), run, resume=True)
+    assert train(cfg_for("vae-image", "max_steps=4"), run, resume=True).step == 4  # max_steps may grow
+    again = train(cfg_for("vae-image", "max_steps=4"), run, resume=True)  # finished: nothing to do
+    assert again.step == 4 and again.last_checkpoint.name == "step-00000004"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest.json", "step-00000002",
+                                                                       "step-00000004"]
+
+
+# --------------------------------------------------------------------------- FoPP and the ablation switches
+
+
+def test_diffusion_trains_on_fopp_compositions_by_default(vae_run, tmp_path, monkeypatch):
+    from engine.schedulers import fopp
+
+    drawn = []
+    original = fopp.FoPPScheduler.sample
+
+    def spy(self, batch, generator=None, device=None, **kw):
+        t = original(self, batch, generator=generator, device=device, **kw)
+        drawn.append(t.clone())
+        return t
+
+    monkeypatch.setattr(fopp.FoPPScheduler, "sample", spy)
+    seen = []
+    monkeypatch.setattr(train_mod, "diffusion_loss",
+                        lambda dit, sched, z0, t, noise, pred: (seen.append(t.clone()), _real_loss(dit, sched, z0, t,
+                                                                                                   noise, pred))[1])
+    cfg = load_config("diffusion", None, [*FAST, f"vae={vae_run.run_dir}", "max_steps=6", "batch_size=8"])
+    assert cfg.scheduler == "fopp" and cfg.clean_prefix_p == 0.25  # the defaults, with no config file
+    train(cfg, tmp_path / "d")
+    assert len(drawn) == 6
+    t = torch.cat(seen)
+    assert t.shape == (48, 16)
+    assert bool((t[:, 1:] >= t[:, :-1]).all())  # non-decreasing
+    clean = (t == 0).any(1)
+    assert 0 < int(clean.sum()) < 48  # the clean-prefix augmentation, on some clips only
+    # the clips without a clean prefix are exactly FoPP's draws
+    fopp_draws = torch.cat(drawn)
+    assert torch.equal(t[~clean], fopp_draws[~clean])
+
+
+def _real_loss(*args):
+    from trainer.losses import diffusion_loss
+
+    return diffusion_loss(*args)
+
+
+@pytest.mark.parametrize("sets", [
+    ["scheduler=equal", "clean_prefix_p=0"],
+    ["scheduler=independent"],
+    ["scheduler=naive-nondecreasing"],
+    ["prediction=eps", "attention=full"],
+])
+def test_ablation_switches_are_real_code_paths(sets, vae_run, tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(train_mod, "diffusion_loss",
+                        lambda dit, sched, z0, t, noise, pred: (seen.append((dit, t.clone(), pred)),
+                                                                _real_loss(dit, sched, z0, t, noise, pred))[1])
+    cfg = cfg_for("diffusion", f"vae={vae_run.run_dir}", "max_steps=2", *sets)
+    train(cfg, tmp_path / "a")
+    dit, t, pred = seen[0]
+    assert pred == cfg.prediction and dit.causal == (cfg.attention == "causal")
+    if cfg.scheduler == "equal":
+        assert bool((t == t[:, :1]).all())
+    if cfg.scheduler == "independent":
+        assert bool((t[:, 1:] < t[:, :-1]).any())
+    assert load_run(tmp_path / "a").model_config.dit.attention == cfg.attention
+
+
+# --------------------------------------------------------------------------- package
+
+
+def test_package_gives_the_checkpoint_the_engine_loads(vae_run, dit_run, tmp_path):
+    from engine.checkpoint import load_checkpoint
+
+    out = tmp_path / "model.safetensors"
+    assert cli.main(["package", "--vae", str(vae_run.run_dir), "--diffusion", str(dit_run.run_dir),
+                     "-o", str(out)]) == 0
+    ck = load_checkpoint(out)
+    run = load_run(dit_run.run_dir)
+    for k, v in run.ema.items():  # EMA weights, not the raw ones
+        assert torch.equal(ck.dit.state_dict()[k], v)
+    assert ck.meta["latent_scale"] == pytest.approx(float(ck.vae.latent_scale))
+    assert ck.meta["steps"] == {"vae-image": 100, "diffusion": 100}
+    assert ck.meta["data"]["diffusion"]["spec"] == "synthetic:bouncing"
+    small = tmp_path / "bf16.safetensors"
+    assert cli.main(["package", "--diffusion", str(dit_run.run_dir), "-o", str(small), "--dtype", "bf16"]) == 0
+    assert small.stat().st_size < out.stat().st_size
+    with torch.no_grad():
+        frames = torch.rand(1, 2, 3, 16, 16) * 2 - 1
+        z = ck.vae.encode(frames)
+        assert ck.dit(z, torch.tensor([[0, 500]])).shape == z.shape
+
+
+def test_package_refuses_a_different_vae(vae_run, dit_run, tmp_path):
+    other = train(cfg_for("vae-image", "max_steps=1", "seed=9"), tmp_path / "other")
+    assert cli.main(["package", "--vae", str(other.run_dir), "--diffusion", str(dit_run.run_dir),
+                     "-o", str(tmp_path / "m.safetensors")]) == 2
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+# --------------------------------------------------------------------------- messy data
+
+
+def test_a_folder_with_bad_files_trains_and_reports_them(vae_run, tmp_path, capsys):
+    from engine.video_io import write_video
+    from trainer.data import DatasetWarning
+    from trainer.synthetic import bouncing_clip
+
+    root = tmp_path / "videos"
+    root.mkdir()
+    good = write_video(root / "good.mp4", bouncing_clip(1, 24, size=32))
+    write_video(root / "short.mp4", bouncing_clip(2, 3, size=32))  # shorter than a 4-frame clip
+    (root / "corrupt.mp4").write_bytes(Path(good).read_bytes()[:1500])
+    (root / "empty.mp4").write_bytes(b"")
+    (root / "notes.txt").write_text("not a video")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train(cfg_for("vae-temporal", f"vae={vae_run.run_dir}", f"data={root}", "max_steps=3",
+                               "num_frames=4", "batch_size=2", f"data_cache={tmp_path / 'cache'}"), tmp_path / "r")
+    assert result.step == 3
+    bad = [str(w.message) for w in caught if issubclass(w.category, DatasetWarning)]
+    for name in ("short.mp4", "corrupt.mp4", "empty.mp4", "notes.txt"):
+        assert sum(name in m for m in bad) == 1, (name, bad)
+    skipped = load_run(result.run_dir).meta["data"]["skipped"]
+    assert skipped == {"corrupt": 1, "empty": 1, "not_video": 1, "too_short": 1}
+    assert "skipped: 1 corrupt, 1 empty, 1 not_video, 1 too_short" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- bad input: one line, exit 2
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str]:
+    code = cli.main(args)
+    err = capsys.readouterr().err
+    return code, err
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    assert code == 2
+    lines = [l for l in err.splitlines() if l.startswith("ardiff-train: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+def test_unknown_key_and_wrong_types_are_one_line_errors(tmp_path, capsys):
+    code, err = run_cli(["diffusion", "--config", "tiny", "--set", "learning_rate=1", "--run-dir", str(tmp_path)],
+                        capsys)
+    assert_one_line_error(code, err, "unknown config key 'learning_rate'")
+    code, err = run_cli(["vae-image", "--set", "batch_size=eight", "--run-dir", str(tmp_path)], capsys)
+    assert_one_line_error(code, err, "batch_size", "integer")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('batch_size = "8"\n')
+    code, err = run_cli(["vae-image", "--config", str(bad), "--run-dir", str(tmp_path)], capsys)
+    assert_one_line_error(code, err, "batch_size", "integer", "str")
+    bad.write_text("[vae-imag]\nlr = 1.0\n")
+    code, err = run_cli(["vae-image", "--config", str(bad), "--run-dir", str(tmp_path)], capsys)
+    assert_one_line_error(code, err, "unknown table [vae-imag]")
+    code, err = run_cli(["vae-image", "--set", "scheduler=fop", "--run-dir", str(tmp_path)], capsys)
+    assert_one_line_error(code, err, "scheduler", "fopp")
+    code, err = run_cli(["vae-image", "--set", "perceptual_weights=lpips.pth", "--run-dir", str(tmp_path)], capsys)
+    assert_one_line_error(code, err, "not supported yet")
+    assert not list(tmp_path.glob("checkpoints"))
+
+
+def test_missing_data_and_empty_dataset(tmp_path, capsys):
+    code, err = run_cli(["vae-image", "--config", "tiny", "--set", f"data={tmp_path / 'nope'}", "--set",
+                         "progress=false", "--run-dir", str(tmp_path / "r1")], capsys)
+    assert_one_line_error(code, err, "does not exist")
+    (tmp_path / "empty").mkdir()
+    code, err = run_cli(["vae-image", "--config", "tiny", "--set", f"data={tmp_path / 'empty'}", "--set",
+                         "progress=false", "--set", f"data_cache={tmp_path / 'c'}", "--run-dir", str(tmp_path / "r2")],
+                        capsys)
+    assert_one_line_error(code, err, "no usable")
+
+
+def test_a_vae_that_does_not_match_the_diffusion_config(vae_run, tmp_path, capsys):
+    code, err = run_cli(["diffusion", "--config", "tiny", "--set", "preset=default", "--set",
+                         f"vae={vae_run.run_dir}", "--set", "progress=false", "--run-dir", str(tmp_path / "d")], capsys)
+    assert_one_line_error(code, err, "does not match preset 'default'", "image_size=16 (wanted 64)")
+    code, err = run_cli(["diffusion", "--config", "tiny", "--set", f"vae={tmp_path / 'missing'}", "--run-dir",
+                         str(tmp_path / "d")], capsys)
+    assert_one_line_error(code, err, "does not exist")
+    not_ckpt = tmp_path / "weights.safetensors"
+    not_ckpt.write_bytes(b"\x00" * 64)
+    code, err = run_cli(["diffusion", "--config", "tiny", "--set", f"vae={not_ckpt}", "--run-dir",
+                         str(tmp_path / "d")], capsys)
+    assert_one_line_error(code, err, "not a safetensors checkpoint")
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(vae_run, tmp_path, capsys, monkeypatch):
+    calls = {"n": 0}
+
+    def poisoned(*args):
+        calls["n"] += 1
+        loss, per_frame = _real_loss(*args)
+        return (loss * float("nan") if calls["n"] > 5 else loss), per_frame
+
+    monkeypatch.setattr(train_mod, "diffusion_loss", poisoned)
+    run = tmp_path / "d"
+    code, err = run_cli(["diffusion", "--config", "tiny", "--set", f"vae={vae_run.run_dir}", "--set",
+                         "checkpoint_every=5", "--set", "max_steps=20", "--set", "progress=false",
+                         "--run-dir", str(run)], capsys)
+    assert_one_line_error(code, err, "loss became nan at step 6", "step-00000005")
+    assert latest_checkpoint(run).name == "step-00000005"
+    assert load_run(run).step == 5
+
+
+def test_a_failing_save_keeps_the_previous_checkpoint(vae_run, tmp_path, capsys, monkeypatch):
+    real_save = train_mod.save_file
+    calls = {"n": 0}
+
+    def flaky(tensors, path, metadata=None):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            real_save(dict(list(tensors.items())[:3]), path, metadata=metadata)  # half a file, then the crash
+            raise OSError(28, "No space left on device")
+        return real_save(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(train_mod, "save_file", flaky)
+    run = tmp_path / "d"
+    code, err = run_cli(["vae-image", "--config", "tiny", "--set", "checkpoint_every=3", "--set", "max_steps=10",
+                         "--set", "progress=false", "--run-dir", str(run)], capsys)
+    assert_one_line_error(code, err, "could not save the checkpoint of step 6", "No space left", "intact")
+    assert latest_checkpoint(run).name == "step-00000003"
+    assert load_run(run).step == 3
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest.json", "step-00000003"]
+    # and the run resumes from it (a temp dir left by a killed writer is cleaned up)
+    stale = run / "checkpoints" / ".step-00000009.x1y2.tmp"
+    stale.mkdir()
+    monkeypatch.setattr(train_mod, "save_file", real_save)
+    code, err = run_cli(["vae-image", "--run-dir", str(run), "--resume", "--set", "max_steps=4"], capsys)
+    assert code == 0 and load_run(run).step == 4
+    assert not stale.exists()
+
+
+def test_console_script_exit_code(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "trainer.cli", "diffusion", "--set", "bogus=1", "--run-dir",
+                           str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "unknown config key 'bogus'" in proc.stderr
+
+
+def test_packaged_configs_parse():
+    for name in ("tiny", "default", "paper"):
+        for stage in ("vae-image", "vae-temporal", "diffusion"):
+            cfg = load_config(stage, name, ["vae=x"] if stage != "vae-image" else [])
+            assert cfg.preset == name or name == "tiny"
+    paper = load_config("diffusion", "paper", ["vae=x"])
+    assert (paper.lr, paper.batch_size, paper.grad_accum) == (2e-4, 16, 8)
+
+
+def test_lr_schedule_and_ema_rule():
+    from trainer.ema import EMA
+    from trainer.train import lr_at
+
+    cfg = TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=10, lr_schedule="cosine", max_steps=110)
+    assert lr_at(cfg, 0) == pytest.approx(0.1) and lr_at(cfg, 9) == pytest.approx(1.0)
+    assert lr_at(cfg, 60) == pytest.approx(0.55) and lr_at(cfg, 110) == pytest.approx(0.1)
+    m = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(m.weight)
+    ema = EMA(m, decay=0.9)
+    with torch.no_grad():
+        m.weight.fill_(1.0)
+    ema.update(m)
+    assert float(ema.params["weight"]) == pytest.approx(0.1)  # DiT: d * ema + (1 - d) * param
+
+
+def test_sigterm_finishes_the_step_saves_and_exits_130(tmp_path):
+    import os
+    import time
+
+    run = tmp_path / "r"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "trainer.cli", "vae-image", "--config", "tiny", "--set",
+                             "max_steps=1000000", "--set", "checkpoint_every=1000000", "--set", "progress=false",
+                             "--run-dir", str(run)], stderr=subprocess.PIPE, text=True, env=env)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and (not metrics.is_file() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "stopped by SIGTERM" in err and "Traceback" not in err
+    step = load_run(run).step
+    assert step >= 3 and len(metrics.read_text().splitlines()) == step
+    assert cli.main(["vae-image", "--run-dir", str(run), "--resume", "--set", f"max_steps={step + 2}",
+                     "--set", "progress=false"]) == 0
+    assert load_run(run).step == step + 2
+
+
+def test_latent_cache_trains_like_encoding_on_the_fly(vae_run, tmp_path):
+    sets = [f"vae={vae_run.run_dir}", "max_steps=4", "num_items=32", "flip=false"]
+    plain = train(cfg_for("diffusion", *sets), tmp_path / "plain")
+    cached = train(cfg_for("diffusion", *sets, "latent_cache=true"), tmp_path / "cached")
+    assert (tmp_path / "cached" / "latents.safetensors").is_file()
+    assert losses(cached) == pytest.approx(losses(plain), abs=1e-5)
+
+
+def test_precision_auto_follows_the_hardware_and_bf16_runs(vae_run, tmp_path, capsys):
+    from engine.pipeline import cpu_supports_bf16
+
+    train(load_config("vae-image", "tiny", ["progress=false", "max_steps=2", "disc_start=1"]), tmp_path / "auto")
+    err = capsys.readouterr().err
+    if cpu_supports_bf16():
+        assert "bf16 autocast (auto: this CPU has AMX/AVX512-BF16)" in err
+    else:
+        assert "fp32 (auto: this CPU has no AMX/AVX512-BF16" in err
+    for stage, extra in (("vae-image", ["disc_start=1"]), ("diffusion", [f"vae={vae_run.run_dir}"])):
+        result = train(load_config(stage, "tiny", ["progress=false", "max_steps=2", "precision=bf16", *extra]),
+                       tmp_path / f"bf16-{stage}")
+        assert all(np.isfinite(losses(result)))
+    assert "bf16 autocast (asked for" in capsys.readouterr().err

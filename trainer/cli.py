@@ -1,0 +1,107 @@
+"""`ardiff-train`: train the AR-VAE (image, then temporal stage) and the AR-Diffusion DiT; package the result.
+
+    ardiff-train vae-image    --config tiny --run-dir runs/vae-img
+    ardiff-train vae-temporal --config tiny --set vae=runs/vae-img --run-dir runs/vae-tmp
+    ardiff-train diffusion    --config tiny --set vae=runs/vae-tmp --run-dir runs/dit [--resume]
+    ardiff-train package --vae runs/vae-tmp --diffusion runs/dit -o model.safetensors [--dtype bf16]
+    torchrun --nproc_per_node=K -m trainer.cli diffusion ...        (DDP; or the ardiff-train script path)
+
+Every problem a user can fix ends as one line on stderr and exit code 2; Ctrl-C / SIGTERM save the state
+and exit with 130 (resume with --resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from engine.errors import ArdiffError
+from trainer.config import STAGES, TrainConfig, load_config
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ardiff-train", description="Train ardiff models (AR-VAE, AR-Diffusion).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    helps = {"vae-image": "AR-VAE, per-frame stage (encoder + decoder; L1, then + hinge GAN)",
+             "vae-temporal": "AR-VAE, temporal stage (the decoder's causal cross-frame attention)",
+             "diffusion": "AR-Diffusion DiT on the latents of a trained VAE (FoPP compositions)"}
+    for stage in STAGES:
+        p = sub.add_parser(stage, help=helps[stage])
+        p.add_argument("--config", help="TOML file or a packaged config name (tiny, default, paper)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
+                       help="override a config key (repeatable)")
+        p.add_argument("--run-dir", required=True, help="directory for checkpoints, metrics and the loss curve")
+        p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
+        p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+        p.set_defaults(func=cmd_train, stage=stage)
+    p = sub.add_parser("package", help="EMA weights of a VAE run and a diffusion run -> one checkpoint")
+    p.add_argument("--vae", help="the VAE run (default: the one the diffusion run recorded)")
+    p.add_argument("--diffusion", required=True, help="the diffusion run")
+    p.add_argument("-o", "--output", required=True, help="output .safetensors")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="weight dtype to ship")
+    p.set_defaults(func=cmd_package)
+    return parser
+
+
+def resolve_config(args: argparse.Namespace) -> TrainConfig:
+    base = None
+    if args.resume:
+        from pathlib import Path
+
+        from trainer.train import latest_checkpoint, read_checkpoint
+
+        path = latest_checkpoint(Path(args.run_dir)) if Path(args.run_dir).is_dir() else None
+        if path is None:
+            raise ArdiffError(f"--resume: {args.run_dir} has no checkpoint to resume from")
+        base = read_checkpoint(path)[0]["train_config"]
+    return load_config(args.stage, args.config, args.sets, base=base)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = resolve_config(args)
+    if args.print_config:
+        print(json.dumps(cfg.to_dict(), indent=1))
+        return 0
+    from trainer.train import train
+
+    result = train(cfg, args.run_dir, resume=args.resume)
+    return EXIT_INTERRUPTED if result.stopped else 0
+
+
+def cmd_package(args: argparse.Namespace) -> int:
+    from trainer.package import package
+
+    path = package(args.diffusion, args.output, vae=args.vae, dtype=args.dtype)
+    print(f"ardiff-train: wrote {path}", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ArdiffError, ValueError, FileNotFoundError) as err:
+        print(f"ardiff-train: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("ardiff-train: interrupted (no checkpoint written for the unfinished step)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""`ardiff-train package`: a VAE run + a diffusion run -> the single checkpoint engine.checkpoint loads.
+
+EMA weights of both networks, the diffusion run's model config, and as metadata the training recipe (every
+stage with its steps), the data provenance of each stage, the latent scale, and where it all came from.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from engine.checkpoint import read_checkpoint_header, save_checkpoint
+from engine.errors import CheckpointError
+from engine.models.dit import DiT
+from trainer.train import load_run, load_vae_source
+
+DTYPES = {"fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+
+
+def package(diffusion_run: str, output: str, vae: str | None = None, dtype: str = "fp32") -> Path:
+    if dtype not in DTYPES:
+        raise CheckpointError(f"--dtype must be one of fp32, bf16, fp16; got {dtype!r}")
+    diff = load_run(diffusion_run)
+    if diff.stage != "diffusion":
+        raise CheckpointError(f"--diffusion: {diffusion_run} is a {diff.stage} run, not a diffusion run")
+    used = diff.meta.get("vae_source") or {}
+    vae_path = vae or used.get("path")
+    if not vae_path:
+        raise CheckpointError("--vae is needed: the diffusion run does not record its VAE")
+    src = load_vae_source(vae_path)
+    if used.get("digest") and src.info["digest"] != used["digest"]:
+        raise CheckpointError(
+            f"the diffusion run {diffusion_run} was trained on the latents of the VAE at {used.get('path')} "
+            f"(step {used.get('step')}, weights {used['digest']}), but --vae {vae_path} holds different weights "
+            f"({src.info['digest']}, step {src.info['step']}): package the VAE the diffusion model was trained on")
+    if src.model_config.vae != diff.model_config.vae:
+        raise CheckpointError(f"--vae {vae_path} has a different VAE config than the diffusion run's model")
+    scale = float(used.get("latent_scale", src.info["latent_scale"]))
+    src.vae.latent_scale.fill_(scale)  # the scale the diffusion model saw its latents at
+    dit = DiT(diff.model_config)
+    dit.load_state_dict(diff.ema)
+    recipe = diff.meta.get("recipe", [])
+    meta = {
+        "recipe": recipe,
+        "steps": {r["stage"]: r["steps"] for r in recipe},
+        "data": {"vae": src.info.get("data"), "diffusion": diff.meta.get("data")},
+        "latent_scale": scale,
+        "weights": "ema",
+        "ema_decay": diff.train_config.ema_decay,
+        "sources": {"vae": src.info["path"], "vae_step": src.info["step"],
+                    "diffusion": str(Path(diffusion_run).resolve()), "diffusion_step": diff.step},
+        "packaged_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    path = save_checkpoint(output, src.vae, dit, diff.model_config, meta=meta, dtype=DTYPES[dtype])
+    read_checkpoint_header(path)  # what the engine reads first: fail here, not in the user's hands
+    return path
