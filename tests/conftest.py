@@ -24,6 +24,7 @@ def tiny_checkpoint(tmp_path_factory):
     from tests.helpers import randomize_
 
     cfg = get_preset("tiny")
+    torch.manual_seed(1234)
     vae, dit = build_models(cfg)
     randomize_(dit, std=0.15)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
