@@ -1,0 +1,112 @@
+"""`ardiff-tui`: the terminal app's command line (and its headless --screenshot mode)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from app_tui.settings import DEVICES, Settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ardiff-tui",
+                                description="Continue videos with AR-Diffusion, in a terminal.")
+    p.add_argument("clip", nargs="?", help="video file or frame folder to open")
+    p.add_argument("--checkpoint", help="model checkpoint (default: the embedded model)")
+    p.add_argument("--device", default="auto", help=f"{' | '.join(DEVICES)}")
+    defaults = Settings()
+    p.add_argument("--s", type=int, default=defaults.s, help="levels between neighbouring frames")
+    p.add_argument("--frames", type=int, default=defaults.frames, help="new frames to make")
+    p.add_argument("--steps", type=int, default=defaults.steps, help="DDIM steps per frame")
+    p.add_argument("--context", type=int, default=defaults.context,
+                   help="frames taken from the end of the clip")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--no-images", action="store_true", help="text only: no graphics, no colour blocks")
+    p.add_argument("--screenshot", metavar="PATH.svg", help="render the app to an SVG and exit (no terminal)")
+    p.add_argument("--screenshot-after", type=int, metavar="N",
+                   help="with --screenshot: generate, and take it when N new frames are made")
+    p.add_argument("--size", default="120x36", help="with --screenshot: columns x rows (default 120x36)")
+    return p
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        cols, rows = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"ardiff-tui: error: --size must look like 120x36, got {text!r}") from None
+    return cols, rows
+
+
+def leave_a_core_for_the_ui() -> None:
+    """Torch's CPU thread pool busy-waits on every core; with the UI thread on one of them both crawl
+    (a CPU run took 20x longer on 2 cores). Give torch all cores but one."""
+    import torch
+
+    cores = os.cpu_count() or 1
+    if cores > 1 and torch.get_num_threads() >= cores:
+        torch.set_num_threads(cores - 1)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    leave_a_core_for_the_ui()
+    settings = Settings(s=args.s, frames=args.frames, steps=args.steps, context=args.context, seed=args.seed,
+                        checkpoint=Path(args.checkpoint).expanduser() if args.checkpoint else None,
+                        device=args.device)
+    mode = "text" if args.no_images else ("halfcell" if args.screenshot else "auto")
+
+    from app_tui.app import ArdiffApp
+    from app_tui.widgets.preview import prepare_images
+
+    try:
+        prepare_images(mode)  # must ask the terminal before Textual takes it over
+    except Exception as err:  # textual-image trips on odd terminals (0x0 size): fall back to cells
+        print(f"ardiff-tui: no terminal graphics ({type(err).__name__}: {err}); drawing with text cells",
+              file=sys.stderr)
+        mode = "halfcell"
+    if args.screenshot:
+        return _screenshot(args, settings, mode)
+    app = ArdiffApp(clip=args.clip, settings=settings, image_mode=mode)
+    saved = app.run() or []
+    for path in saved:
+        print(f"ardiff-tui: saved {path}")
+    if app.unsaved:
+        print(f"ardiff-tui: {len(app.frames)} generated frames were not saved", file=sys.stderr)
+    return app.return_code or 0
+
+
+def _screenshot(args: argparse.Namespace, settings: Settings, mode: str) -> int:
+    """Run headless at --size, wait for the clip (and N frames with --screenshot-after), write the SVG."""
+    from app_tui.app import ArdiffApp
+
+    out = Path(args.screenshot)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    after = (args.screenshot_after, str(out)) if args.screenshot_after else None
+    app = ArdiffApp(clip=args.clip, settings=settings, image_mode=mode, screenshot_after=after)
+
+    async def pilot(pilot) -> None:
+        await pilot.pause()
+        if app.load_worker is not None:
+            await app.load_worker.wait()  # the clip has loaded (or failed)
+        await pilot.pause(0.2)
+        if after:
+            app.action_generate()
+            return  # the app takes the picture at frame N and exits
+        app.save_screenshot(filename=out.name, path=str(out.parent))
+        app.exit([])
+
+    app.run(headless=True, size=_size(args.size), auto_pilot=pilot)
+    if app.errors:
+        print(f"ardiff-tui: {app.errors[-1]}", file=sys.stderr)
+    if not out.is_file():
+        print(f"ardiff-tui: error: no screenshot written to {out}", file=sys.stderr)
+        return 2
+    print(f"ardiff-tui: wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

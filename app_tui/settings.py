@@ -1,0 +1,62 @@
+"""The generation settings the user types, parsed and checked before anything runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.errors import ArdiffError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class SettingsError(ArdiffError):
+    """A setting the user must fix; `field` names the input to focus."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one Generate press asks for. `checkpoint` None means the embedded default model."""
+
+    s: int = 5
+    frames: int = 32
+    steps: int = 50
+    context: int = 8
+    seed: int = 0
+    checkpoint: Path | None = None
+    device: str = "auto"
+
+
+# field -> (label shown in the form, smallest allowed value)
+INT_FIELDS: dict[str, tuple[str, int]] = {
+    "s": ("s", 0),
+    "frames": ("new frames", 1),
+    "steps": ("steps", 1),
+    "context": ("context", 1),
+    "seed": ("seed", 0),
+}
+
+
+def parse_settings(values: dict[str, str]) -> Settings:
+    """Form text -> Settings; the first bad field raises SettingsError saying what to type instead."""
+    parsed: dict[str, object] = {}
+    for field, (label, low) in INT_FIELDS.items():
+        text = values.get(field, "").strip()
+        try:
+            number = int(text)
+        except ValueError:
+            raise SettingsError(field, f"{label} must be a whole number, got {text!r}") from None
+        if number < low:
+            raise SettingsError(field, f"{label} must be at least {low}, got {number}")
+        parsed[field] = number
+    checkpoint = values.get("checkpoint", "").strip()
+    parsed["checkpoint"] = Path(checkpoint).expanduser() if checkpoint else None
+    device = values.get("device", "auto").strip() or "auto"
+    if device not in DEVICES and not device.startswith("cuda:"):
+        raise SettingsError("device", f"device must be auto, cpu or cuda, got {device!r}")
+    parsed["device"] = device
+    return Settings(**parsed)  # type: ignore[arg-type]

@@ -1,0 +1,1 @@
+"""The app's own widgets: frame preview, filmstrip, schedule heat map, video file tree."""

@@ -1,0 +1,126 @@
+"""One generation job, run on a worker thread: load the model, stream the pipeline's events to the UI.
+
+Knows nothing of Textual: the app passes `emit`, which hands each event to the UI thread and returns when
+the UI has drawn it (so a slow terminal throttles the model instead of queueing thousands of frames).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from app_tui.settings import Settings
+from engine.errors import ArdiffError, CheckpointError, WeightsUnavailableError
+from engine.pipeline import Pipeline, load_pipeline
+from engine.schedulers.ad import ADScheduler
+from engine.video_io import fit_frames
+
+MIN_CONTEXT = 1  # the pipeline's default: one clean frame stays in view once any exists
+
+
+@dataclass
+class Started:
+    """The model is loaded and the run is valid: what the UI needs before the first frame."""
+
+    description: str  # Pipeline.describe()
+    fit_note: str | None  # how the clip was resized, if it was
+    context: np.ndarray  # fitted context frames, uint8 [C, R, R, 3] (C may be 0)
+    num_new: int
+    schedule: np.ndarray  # [rows + 1, C + new] DDIM levels, the whole run known in advance
+    steps: int
+
+
+@dataclass
+class Failed:
+    """The job stopped on a problem; `message` is one line fit for the screen."""
+
+    message: str
+    field: str | None = None  # the setting to fix, when one is to blame
+    details: Path | None = None  # traceback file, for bugs only
+
+
+@dataclass
+class Job:
+    """What to run. `context` None generates from nothing. Set `cancel` to stop within one row."""
+
+    settings: Settings
+    context: np.ndarray | None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+class PipelineCache:
+    """Keeps the last loaded pipeline, so pressing Generate again does not reload the weights."""
+
+    def __init__(self) -> None:
+        self._key: tuple[str | None, str] | None = None
+        self._pipe: Pipeline | None = None
+        self._lock = threading.Lock()
+
+    def get(self, checkpoint: Path | None, device: str) -> Pipeline:
+        key = (str(checkpoint) if checkpoint else None, device)
+        with self._lock:
+            if self._key != key or self._pipe is None:
+                self._pipe, self._key = None, None  # free the old model before loading the next
+                self._pipe, self._key = load_pipeline(checkpoint, device), key
+            return self._pipe
+
+
+def one_line(err: BaseException) -> str:
+    """An exception as one line of text (messages with newlines would tear the log)."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def run_job(job: Job, cache: PipelineCache, emit: Callable[[object], None]) -> None:
+    """Run `job`, passing Started, then FrameReady/Progress events, then Done (or one Failed) to `emit`."""
+    s = job.settings
+    try:
+        pipe = cache.get(s.checkpoint, s.device)
+        if job.context is None:
+            context = np.zeros((0, pipe.resolution, pipe.resolution, 3), np.uint8)
+            events = pipe.generate(num_frames=s.frames, s=s.s, steps=s.steps, seed=s.seed, cancel=job.cancel,
+                                   min_context=MIN_CONTEXT)
+            note = None
+        else:
+            if len(job.context) > pipe.window - 1:
+                emit(Failed(f"context {len(job.context)} is longer than this model allows: at most "
+                            f"{pipe.window - 1} (window {pipe.window} minus one new frame)", field="context"))
+                return
+            events = pipe.continue_video(job.context, num_new_frames=s.frames, s=s.s, steps=s.steps,
+                                         seed=s.seed, cancel=job.cancel, min_context=MIN_CONTEXT)
+            context, note = fit_frames(job.context, pipe.resolution), pipe.fit_note(job.context)
+        # The same scheduler the pipeline builds, so the heat map is the run's own schedule.
+        min_context = max(0, min(MIN_CONTEXT, len(context), pipe.window - 1))
+        scheduler = ADScheduler(s.steps, s.s, pipe.window, min_context)
+        schedule = scheduler.level_matrix(s.frames, len(context))
+        emit(Started(pipe.describe(), note, context, s.frames, schedule, s.steps))
+        for event in events:
+            emit(event)
+    except (WeightsUnavailableError, CheckpointError) as err:
+        emit(Failed(one_line(err), field="checkpoint"))
+    except ArdiffError as err:
+        emit(Failed(one_line(err), field=_field_for(err)))
+    except ValueError as err:  # the pipeline's argument checks, resolve_device
+        emit(Failed(one_line(err), field=_field_for(err)))
+    except Exception as err:  # a bug or the machine (CUDA out of memory): one line here, the rest in a file
+        emit(Failed(f"{type(err).__name__}: {one_line(err)}", details=_save_traceback()))
+
+
+def _field_for(err: BaseException) -> str | None:
+    text = str(err)
+    for needle, name in (("device", "device"), ("checkpoint", "checkpoint"), ("safetensors", "checkpoint"),
+                         ("steps", "steps"), ("context", "context"), ("num_new_frames", "frames")):
+        if needle in text:
+            return name
+    return None
+
+
+def _save_traceback() -> Path:
+    with tempfile.NamedTemporaryFile("w", prefix="ardiff-tui-", suffix=".log", delete=False) as f:
+        f.write(traceback.format_exc())
+    return Path(f.name)

@@ -1,0 +1,321 @@
+"""ardiff-tui: Textual pilot tests with the tiny random-weight checkpoint (fast, seeded, CPU only)."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("textual")
+pytest.importorskip("textual_image")
+
+from rich.segment import Segment  # noqa: E402
+from textual import events  # noqa: E402
+from textual.widgets import Footer, Header, Input  # noqa: E402
+
+from app_tui.app import ArdiffApp  # noqa: E402
+from app_tui.render import ASCII_RAMP  # noqa: E402
+from app_tui.screens import HelpScreen, SaveScreen  # noqa: E402
+from app_tui.settings import Settings, SettingsError, parse_settings  # noqa: E402
+from app_tui.widgets.heatmap import SHADES, ScheduleHeatmap, cell_indices  # noqa: E402
+from engine.pipeline import FrameReady  # noqa: E402
+from engine.schedulers.ad import ADScheduler  # noqa: E402
+from engine.video_io import read_video, write_video  # noqa: E402
+
+DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo.mp4"
+FAST = dict(s=2, frames=6, steps=4, context=4, seed=0)  # 4 + (6 - 1) * 2 = 14 rows
+
+
+def make_app(checkpoint: Path | None, clip: Path | None = None, mode: str = "halfcell",
+             **settings) -> ArdiffApp:
+    values = {**FAST, **settings}
+    return ArdiffApp(clip=clip, settings=Settings(checkpoint=checkpoint, device="cpu", **values),
+                     image_mode=mode, start_dir=DEMO.parent)
+
+
+async def type_into(pilot, selector: str, text: str) -> None:
+    """Click a field, clear it and type, as a user would."""
+    await pilot.click(selector)
+    await pilot.press("home", "ctrl+k", *text)
+
+
+async def paste_into(pilot, selector: str, text: str) -> None:
+    """Click a field, clear it and paste (how a long path gets into a terminal; one event, not 60 keys)."""
+    await pilot.click(selector)
+    await pilot.press("home", "ctrl+k")
+    pilot.app.focused.post_message(events.Paste(text))
+    await pilot.pause()
+
+
+async def open_clip(pilot, path: Path) -> None:
+    await paste_into(pilot, "#path", str(path))
+    await pilot.press("enter")
+    await pilot.pause()
+    await pilot.app.load_worker.wait()
+    await pilot.pause()
+
+
+async def generate(pilot, key: str = "f5") -> None:
+    await pilot.press(key)
+    await finish(pilot)
+
+
+async def finish(pilot) -> None:
+    """Wait for the run's worker, then for the UI to apply its last events (Done or Failed)."""
+    app = pilot.app
+    if app.job_worker is not None:
+        await app.job_worker.wait()
+    for _ in range(100):
+        if not app.running:
+            break
+        await pilot.pause(0.05)
+    await pilot.pause()
+
+
+async def save_as(pilot, path: str) -> None:
+    """ctrl+s, type the path in the dialog, enter; wait for the file."""
+    await pilot.press("ctrl+s")
+    await pilot.pause()
+    assert isinstance(pilot.app.screen, SaveScreen)
+    await paste_into(pilot, "#save-path", path)
+    await pilot.press("enter")
+    await pilot.pause()
+    await pilot.app.save_worker.wait()
+    await pilot.pause()
+
+
+def plain_lines(widget) -> list[list[Segment]]:
+    """The segments a widget draws, line by line (what reaches the terminal)."""
+    return [list(widget.render_line(y)) for y in range(widget.size.height)]
+
+
+# ---------------------------------------------------------------------------------------------- the flow
+
+
+async def test_pick_clip_generate_save_and_read_back(tiny_checkpoint, tmp_path):
+    app = make_app(tiny_checkpoint)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await open_clip(pilot, DEMO)
+        assert app.clip is not None and app.clip.num_frames == 32
+        await type_into(pilot, "#set-s", "3")
+        await type_into(pilot, "#set-frames", "5")
+        await pilot.press("escape", "g")  # esc leaves the field, so g is a key, not a letter
+        await finish(pilot)
+
+        done = app.last_done
+        assert app.errors == [] and done is not None and not done.cancelled
+        assert done.num_context == 4 and len(done.video) == 4 + 5
+        assert len(app.frames) == 9 and app.frames[-1].shape == (16, 16, 3)
+        assert np.array_equal(app.frames[-1], done.video[-1])
+        strip = app.query_one("#filmstrip")
+        assert len(strip.frames) == 9 and strip.num_context == 4
+        heatmap = app.query_one(ScheduleHeatmap)
+        expected = ADScheduler(4, 3, 16, 1).level_matrix(5, 4)
+        assert np.array_equal(heatmap.levels, expected) and heatmap.row == len(expected) - 1
+        assert app.query_one("#progress").percentage == 1.0
+
+        out = tmp_path / "out" / "continued.mp4"
+        await save_as(pilot, str(out))
+        assert app.saved == [out.resolve()] and not app.unsaved
+        assert len(read_video(out)) == 9
+
+        await pilot.press("f10")
+        await pilot.pause()
+    assert app.return_value == [out.resolve()]  # main() prints these on exit
+
+
+async def test_cancel_midway_keeps_frames_so_far(tiny_checkpoint, tmp_path):
+    app = make_app(tiny_checkpoint, DEMO, frames=12)
+    emit = app._emit
+
+    made = []
+
+    def esc_at_third(job, event):  # the user presses Esc the moment the third new frame is made
+        emit(job, event)
+        if isinstance(event, FrameReady):
+            made.append(event.index)
+            if len(made) % 3 == 0:
+                app.call_from_thread(app.action_cancel)  # the worker waits until the UI has run it
+
+    app._emit = esc_at_third
+    async with app.run_test(size=(120, 36)) as pilot:
+        await app.load_worker.wait()
+        await generate(pilot)
+        done = app.last_done
+        assert done is not None and done.cancelled
+        assert len(done.video) == 4 + 3 and len(app.frames) == 7  # stopped within the row
+        assert not app.running and app.unsaved
+        assert any("cancelled: kept 7 frames" in m for m in app.messages)
+
+        folder = tmp_path / "frames"
+        await save_as(pilot, str(folder) + "/")
+        assert len(read_video(folder)) == 7
+        await save_as(pilot, str(tmp_path / "partial.gif"))
+        assert len(read_video(tmp_path / "partial.gif")) == 7
+
+        await generate(pilot, "g")  # a fresh run after a cancel works and replaces the frames
+        assert app.last_done.cancelled  # (the hook cancels again at the third frame)
+        assert len(app.frames) == 7 and app.unsaved
+
+        await app.action_quit()  # unsaved frames: the first quit only warns
+        assert app.is_running and app.return_value is None
+        await pilot.press("q")
+    assert app.return_value == [folder.resolve(), (tmp_path / "partial.gif").resolve()]
+
+
+async def test_80x24_layout_nothing_overlaps(tiny_checkpoint):
+    app = make_app(tiny_checkpoint, DEMO)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await app.load_worker.wait()
+        await generate(pilot)
+        assert app.errors == []
+        screen = app.screen.region
+        names = ["#clip-panel", "#form", "#buttons", "#context-preview", "#newest-preview", "#filmstrip",
+                 "#heatmap", "#log", "#status"]
+        regions = {name: app.query_one(name).region for name in names}
+        regions["header"] = app.query_one(Header).region
+        regions["footer"] = app.query_one(Footer).region
+        for name, region in regions.items():
+            assert region.area > 0, name
+            assert screen.contains_region(region), name
+        for (a, ra), (b, rb) in itertools.combinations(regions.items(), 2):
+            assert not ra.overlaps(rb), f"{a} {ra} overlaps {b} {rb}"
+        for field in ["#set-s", "#set-frames", "#set-steps", "#set-context", "#set-seed", "#set-checkpoint",
+                      "#set-device", "#generate", "#cancel", "#save"]:
+            region = app.query_one(field).region
+            assert region.area > 0 and regions["#form"].contains_region(region) or \
+                regions["#buttons"].contains_region(region), field
+        assert app.query_one("#newest-preview").frame is not None
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+async def test_bad_file_shows_error_and_app_keeps_running(tiny_checkpoint, tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a video\n")
+    fake = tmp_path / "fake.mp4"
+    fake.write_text("definitely not an mp4\n" * 20)
+    app = make_app(tiny_checkpoint, DEMO)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await app.load_worker.wait()
+        for bad in (text, fake, tmp_path / "missing.mp4"):
+            await open_clip(pilot, bad)
+        assert len(app.errors) == 3
+        assert "not a video" in app.errors[0] and str(fake) in app.errors[1]
+        assert "no such file" in app.errors[2]
+        assert app.clip.path == DEMO  # nothing lost: the good clip is still loaded
+        assert "Traceback" not in app.export_screenshot()
+        await generate(pilot)  # and still works
+        assert app.last_done is not None and len(app.last_done.video) == 4 + 6
+
+        corrupt = tmp_path / "corrupt.safetensors"
+        corrupt.write_bytes(b"\x00" * 300)
+        app.query_one("#set-checkpoint", Input).value = str(corrupt)
+        await generate(pilot)  # a failed run keeps the last good frames, still saveable
+        assert "not a safetensors checkpoint" in app.errors[-1]
+        assert len(app.frames) == 10 and not app.query_one("#save").disabled
+
+
+async def test_corrupt_checkpoint_short_clip_and_no_cuda_are_messages(tiny_checkpoint, tmp_path, monkeypatch):
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x00garbage" * 64)
+    short = tmp_path / "short"
+    write_video(short, np.full((3, 16, 16, 3), 90, np.uint8))  # a 3-frame PNG folder
+    app = make_app(corrupt, DEMO)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await app.load_worker.wait()
+        await generate(pilot)
+        assert "not a safetensors checkpoint" in app.errors[-1]
+        assert app.focused is app.query_one("#set-checkpoint") and not app.running
+
+        import torch
+
+        if not torch.cuda.is_available():
+            app.query_one("#set-checkpoint", Input).value = str(tiny_checkpoint)
+            app.query_one("#set-device").value = "cuda"
+            await generate(pilot)
+            assert "no CUDA device" in app.errors[-1] and app.focused is app.query_one("#set-device")
+            app.query_one("#set-device").value = "cpu"
+
+        app.query_one("#set-checkpoint", Input).value = ""  # the embedded default, absent here
+        monkeypatch.setenv("ARDIFF_CHECKPOINT", str(tmp_path / "nowhere.safetensors"))
+        await generate(pilot)
+        assert "embedded default model is not at" in app.errors[-1]
+
+        app.query_one("#set-checkpoint", Input).value = str(tiny_checkpoint)
+        await open_clip(pilot, short)
+        assert app.clip.num_frames == 3
+        await generate(pilot)
+        assert "only 3 frame(s), fewer than context 4" in app.errors[-1]
+        assert app.job_worker is None or not app.running
+
+        app.query_one("#set-steps", Input).value = "0"
+        await generate(pilot)
+        assert app.errors[-1] == "steps must be at least 1, got 0"
+        assert app.frames == [] and "Traceback" not in app.export_screenshot()
+
+
+# ------------------------------------------------------------------------------------------ modes, keys, CLI
+
+
+async def test_no_images_draws_text_only(tiny_checkpoint):
+    app = make_app(tiny_checkpoint, DEMO, mode="text")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await app.load_worker.wait()
+        await generate(pilot)
+        assert app.last_done is not None
+        from textual_image.widget._base import Image as GraphicsImage
+
+        assert not app.query(GraphicsImage)
+        allowed = set(ASCII_RAMP) | set(SHADES) | set("0123456789c ·>") | set("cleanoise(n=4)rowctx+w")
+        for selector in ("#context-preview .image", "#newest-preview .image", "#filmstrip", "#heatmap"):
+            widget = app.query_one(selector)
+            lines = plain_lines(widget)
+            assert any(seg.text.strip() for line in lines for seg in line), selector
+            for line in lines:
+                for seg in line:
+                    assert seg.style is None or seg.style.bgcolor is None, (selector, seg)
+                    if selector != "#heatmap" and not (seg.style and seg.style.color):
+                        assert set(seg.text) <= allowed, (selector, seg.text)
+                    assert "▀" not in seg.text, selector
+
+
+async def test_help_screen_lists_keys():
+    app = ArdiffApp(image_mode="halfcell", start_dir=DEMO.parent)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        text = app.export_screenshot()
+        for key in ("esc", "ctrl+s", "F5"):
+            assert key in text
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+        await pilot.press("q")  # nothing unsaved: q quits at once
+        await pilot.pause()
+    assert app.return_value == []
+
+
+def test_screenshot_cli_writes_svg(tmp_path):
+    from app_tui.main import main
+
+    out = tmp_path / "shot.svg"
+    assert main(["--screenshot", str(out), "--size", "80x24", str(DEMO)]) == 0
+    svg = out.read_text()
+    assert svg.startswith("<svg") and "demo.mp4" in svg
+
+
+def test_settings_and_heatmap_helpers():
+    ok = parse_settings({"s": "5", "frames": "32", "steps": "50", "context": "8", "seed": "0",
+                         "checkpoint": " ", "device": "cpu"})
+    assert ok == Settings(device="cpu")
+    with pytest.raises(SettingsError) as err:
+        parse_settings({"s": "x", "frames": "1", "steps": "1", "context": "1", "seed": "0"})
+    assert err.value.field == "s"
+    with pytest.raises(SettingsError) as err:
+        parse_settings({"s": "1", "frames": "1", "steps": "1", "context": "1", "seed": "0", "device": "tpu"})
+    assert err.value.field == "device"
+    assert list(cell_indices(4, 10)) == [0, 0, 0, 1, 1, 2, 2, 2, 3, 3]  # every frame shown, width used
+    assert list(cell_indices(10, 5)) == [0, 2, 4, 6, 8]
