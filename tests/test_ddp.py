@@ -15,7 +15,8 @@ import torch
 import torch.multiprocessing as mp
 
 from trainer.config import load_config
-from trainer.train import load_run, train
+from trainer.state import load_run
+from trainer.train import train
 
 
 def _free_port() -> int:

@@ -17,9 +17,11 @@ import pytest
 import torch
 
 from trainer import cli
+from trainer import state as state_mod
 from trainer import train as train_mod
 from trainer.config import ConfigError, TrainConfig, load_config
-from trainer.train import latest_checkpoint, load_run, read_checkpoint, train
+from trainer.state import latest_checkpoint, load_run, read_checkpoint
+from trainer.train import train
 
 FAST = ["progress=false", "precision=fp32"]
 
@@ -345,7 +347,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(vae_r
 
 
 def test_a_failing_save_keeps_the_previous_checkpoint(vae_run, tmp_path, capsys, monkeypatch):
-    real_save = train_mod.save_file
+    real_save = state_mod.save_file
     calls = {"n": 0}
 
     def flaky(tensors, path, metadata=None):
@@ -355,7 +357,7 @@ def test_a_failing_save_keeps_the_previous_checkpoint(vae_run, tmp_path, capsys,
             raise OSError(28, "No space left on device")
         return real_save(tensors, path, metadata=metadata)
 
-    monkeypatch.setattr(train_mod, "save_file", flaky)
+    monkeypatch.setattr(state_mod, "save_file", flaky)
     run = tmp_path / "d"
     code, err = run_cli(["vae-image", "--config", "tiny", "--set", "checkpoint_every=3", "--set", "max_steps=10",
                          "--set", "progress=false", "--run-dir", str(run)], capsys)
@@ -366,7 +368,7 @@ def test_a_failing_save_keeps_the_previous_checkpoint(vae_run, tmp_path, capsys,
     # and the run resumes from it (a temp dir left by a killed writer is cleaned up)
     stale = run / "checkpoints" / ".step-00000009.x1y2.tmp"
     stale.mkdir()
-    monkeypatch.setattr(train_mod, "save_file", real_save)
+    monkeypatch.setattr(state_mod, "save_file", real_save)
     code, err = run_cli(["vae-image", "--run-dir", str(run), "--resume", "--set", "max_steps=4"], capsys)
     assert code == 0 and load_run(run).step == 4
     assert not stale.exists()

@@ -57,7 +57,7 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     if args.resume:
         from pathlib import Path
 
-        from trainer.train import latest_checkpoint, read_checkpoint
+        from trainer.state import latest_checkpoint, read_checkpoint
 
         path = latest_checkpoint(Path(args.run_dir)) if Path(args.run_dir).is_dir() else None
         if path is None:

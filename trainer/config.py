@@ -17,10 +17,11 @@ paper). Unknown keys, unknown tables and values of the wrong type are `ConfigErr
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from engine.errors import ArdiffError
 

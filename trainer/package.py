@@ -14,7 +14,8 @@ import torch
 from engine.checkpoint import read_checkpoint_header, save_checkpoint
 from engine.errors import CheckpointError
 from engine.models.dit import DiT
-from trainer.train import load_run, load_vae_source
+from trainer.state import load_run
+from trainer.train import load_vae_source
 
 DTYPES = {"fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}

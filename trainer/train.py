@@ -25,7 +25,6 @@ sliced per rank, so K processes at batch b give the same update as one process a
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -34,22 +33,20 @@ import shutil
 import signal
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from engine.atomic import atomic_path
 from engine.diffusion import DiffusionSchedule
-from engine.errors import ArdiffError, CheckpointError
+from engine.errors import ArdiffError
 from engine.models.arvae import ARVAE
 from engine.models.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss
 from engine.models.dit import DiT
@@ -58,9 +55,21 @@ from engine.schedulers import make_training_scheduler
 from trainer.config import RESUME_MUTABLE, ConfigError, TrainConfig, config_from_dict, stage_num_frames
 from trainer.ema import EMA
 from trainer.losses import adaptive_gan_weight, diffusion_loss
-
-STATE_FORMAT = "ardiff-train-state"
-STATE_VERSION = 1
+from trainer.state import (
+    STATE_FORMAT,
+    STATE_VERSION,
+    checkpoints_dir,
+    flatten_optimizer,
+    latest_checkpoint,
+    load_run,
+    prefixed,
+    read_checkpoint,
+    restore_rng,
+    rng_state,
+    unflatten_optimizer,
+    weights_digest,
+    write_checkpoint,
+)
 
 
 class TrainingError(ArdiffError):
@@ -160,159 +169,6 @@ def plot_loss_curve(records: list[dict[str, Any]], path: Path, key: str = "loss"
     d.text((m, H - 25), f"{key} (log scale) vs optimizer step", fill="black")
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
-
-
-# =========================================================================== run-directory state
-
-
-def _flatten_optimizer(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, torch.Tensor], dict]:
-    """Optimizer state -> (tensors for safetensors, JSON index). No pickles."""
-    sd = opt.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    state_index: dict[str, dict[str, Any]] = {}
-    for pid, st in sd["state"].items():
-        entry = {}
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                name = f"{prefix}.state.{pid}.{k}"
-                tensors[name] = v.detach().cpu().contiguous()
-                entry[k] = {"tensor": name}
-            else:
-                entry[k] = {"value": v}
-        state_index[str(pid)] = entry
-    return tensors, {"state": state_index, "param_groups": sd["param_groups"]}
-
-
-def _unflatten_optimizer(index: dict, tensors: dict[str, torch.Tensor]) -> dict:
-    state = {}
-    for pid, entry in index["state"].items():
-        state[int(pid)] = {k: (tensors[v["tensor"]] if "tensor" in v else v["value"]) for k, v in entry.items()}
-    return {"state": state, "param_groups": index["param_groups"]}
-
-
-def _rng_state(gen: torch.Generator) -> tuple[dict[str, torch.Tensor], dict]:
-    tensors = {"rng.torch": torch.get_rng_state(), "rng.train": gen.get_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = s
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    meta = {
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "python": [py_state[0], list(py_state[1]), py_state[2]],
-    }
-    return tensors, meta
-
-
-def _restore_rng(tensors: dict[str, torch.Tensor], meta: dict, gen: torch.Generator) -> None:
-    torch.set_rng_state(tensors["rng.torch"])
-    gen.set_state(tensors["rng.train"])
-    if torch.cuda.is_available():
-        states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
-        if states and len(states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(states)
-    n = meta["numpy"]
-    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
-    p = meta["python"]
-    random.setstate((p[0], tuple(p[1]), p[2]))
-
-
-def checkpoints_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / "checkpoints"
-
-
-def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint directory of a run, or None."""
-    pointer = checkpoints_dir(Path(run_dir)) / "latest.json"
-    if not pointer.is_file():
-        return None
-    try:
-        name = json.loads(pointer.read_text())["dir"]
-    except (ValueError, KeyError) as err:
-        raise CheckpointError(f"{pointer} is damaged ({err}); point it at a step-* folder by hand") from None
-    path = pointer.parent / name
-    if not (path / "state.json").is_file() or not (path / "state.safetensors").is_file():
-        raise CheckpointError(f"{pointer} points at {path}, which is incomplete")
-    return path
-
-
-def write_checkpoint(run_dir: Path, step: int, tensors: dict[str, torch.Tensor], meta: dict,
-                     keep: int) -> Path:
-    """Atomically write checkpoints/step-N/, then the latest.json pointer, then prune old checkpoints."""
-    root = checkpoints_dir(run_dir)
-    target = root / f"step-{step:08d}"
-    n = 0
-    while target.exists():  # the same step saved again (e.g. a finished run resumed): never overwrite
-        n += 1
-        target = root / f"step-{step:08d}-{n}"
-    with atomic_path(target, directory=True) as tmp:
-        save_file(tensors, str(tmp / "state.safetensors"), metadata={"format": STATE_FORMAT})
-        (tmp / "state.json").write_text(json.dumps(meta, indent=1))
-    with atomic_path(root / "latest.json") as tmp:
-        tmp.write_text(json.dumps({"dir": target.name, "step": step}))
-    done = sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.startswith("."))
-    for old in done[:-keep]:
-        if old != target:
-            for f in old.iterdir():
-                f.unlink()
-            old.rmdir()
-    return target
-
-
-def read_checkpoint(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(state.json, tensors) of one checkpoint directory."""
-    try:
-        meta = json.loads((path / "state.json").read_text())
-        with safe_open(str(path / "state.safetensors"), framework="pt") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"cannot read training checkpoint {path}: {err}") from None
-    if meta.get("format") != STATE_FORMAT:
-        raise CheckpointError(f"{path} is not an ardiff-train checkpoint")
-    return meta, tensors
-
-
-def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-
-@dataclass
-class RunWeights:
-    """The newest checkpoint of a run: its stage, configs and weights (model and EMA)."""
-
-    path: Path
-    stage: str
-    step: int
-    train_config: TrainConfig
-    model_config: ModelConfig
-    model: dict[str, torch.Tensor]
-    ema: dict[str, torch.Tensor]
-    meta: dict = field(default_factory=dict)
-    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-def load_run(run_dir: str | os.PathLike) -> RunWeights:
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"run directory not found: {run_dir}")
-    path = latest_checkpoint(run_dir)
-    if path is None:
-        raise CheckpointError(f"{run_dir} holds no training checkpoint (checkpoints/latest.json missing)")
-    meta, tensors = read_checkpoint(path)
-    return RunWeights(path=path, stage=meta["stage"], step=meta["step"],
-                      train_config=config_from_dict(meta["train_config"]),
-                      model_config=ModelConfig.from_dict(meta["model_config"]),
-                      model=_prefixed(tensors, "model."), ema=_prefixed(tensors, "ema."), meta=meta,
-                      tensors=tensors)
-
-
-def weights_digest(state: dict[str, torch.Tensor]) -> str:
-    """A short hash of a module's weights (latent_scale left out: it is recorded on its own)."""
-    h = hashlib.sha256()
-    for k in sorted(k for k in state if not k.endswith("latent_scale")):
-        h.update(k.encode())
-        h.update(state[k].detach().cpu().contiguous().float().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 @dataclass
@@ -590,7 +446,7 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
         if cfg.gan:
             disc = PatchDiscriminator(3, cfg.disc_channels, cfg.disc_layers).to(device)
             if vae_src is not None and vae_src.info["kind"] == "run":
-                prev = _prefixed(load_run(cfg.vae).tensors, "disc.")
+                prev = prefixed(load_run(cfg.vae).tensors, "disc.")
                 if prev and set(prev) == set(disc.state_dict()) and all(
                         prev[k].shape == v.shape for k, v in disc.state_dict().items()):
                     disc.load_state_dict(prev)
@@ -636,14 +492,14 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
     step, epoch, batch_in_epoch = 0, 0, 0
     latent_scale_measured = False
     if resume:
-        raw.load_state_dict(_prefixed(saved_tensors, "model."))
-        ema.load_state_dict({k: v.to(device) for k, v in _prefixed(saved_tensors, "ema.").items()},
+        raw.load_state_dict(prefixed(saved_tensors, "model."))
+        ema.load_state_dict({k: v.to(device) for k, v in prefixed(saved_tensors, "ema.").items()},
                             saved_meta["ema_updates"])
-        opt.load_state_dict(_unflatten_optimizer(saved_meta["optimizers"]["opt"], saved_tensors))
+        opt.load_state_dict(unflatten_optimizer(saved_meta["optimizers"]["opt"], saved_tensors))
         if disc is not None:
-            disc.load_state_dict(_prefixed(saved_tensors, "disc."))
-            d_opt.load_state_dict(_unflatten_optimizer(saved_meta["optimizers"]["d_opt"], saved_tensors))
-        _restore_rng(saved_tensors, saved_meta["rng"], gen)
+            disc.load_state_dict(prefixed(saved_tensors, "disc."))
+            d_opt.load_state_dict(unflatten_optimizer(saved_meta["optimizers"]["d_opt"], saved_tensors))
+        restore_rng(saved_tensors, saved_meta["rng"], gen)
         step = saved_meta["step"]
         epoch, batch_in_epoch = saved_meta["data_position"]["epoch"], saved_meta["data_position"]["batch"]
         latent_scale_measured = saved_meta.get("latent_scale_measured", False)
@@ -693,15 +549,15 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
             tensors: dict[str, torch.Tensor] = {}
             tensors.update({f"model.{k}": v.detach().cpu().contiguous() for k, v in raw.state_dict().items()})
             tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()})
-            opt_t, opt_index = _flatten_optimizer(opt, "opt")
+            opt_t, opt_index = flatten_optimizer(opt, "opt")
             tensors.update(opt_t)
             optimizers = {"opt": opt_index}
             if disc is not None:
                 tensors.update({f"disc.{k}": v.detach().cpu().contiguous() for k, v in disc.state_dict().items()})
-                d_t, d_index = _flatten_optimizer(d_opt, "d_opt")
+                d_t, d_index = flatten_optimizer(d_opt, "d_opt")
                 tensors.update(d_t)
                 optimizers["d_opt"] = d_index
-            rng_t, rng_meta = _rng_state(gen)
+            rng_t, rng_meta = rng_state(gen)
             tensors.update(rng_t)
             this = {"stage": cfg.stage, "steps": step_now, "preset": cfg.preset, "data": cfg.data,
                     "lr": cfg.lr, "batch_size": cfg.batch_size, "world_size": world, "grad_accum": cfg.grad_accum}
