@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 import statistics
 import sys
@@ -27,7 +28,9 @@ def machine() -> str:
 
 def header(title: str) -> str:
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return f"## {title}\n\n{date}; {machine()}\n`{' '.join(['python'] + sys.argv)}`\n"
+    env = " ".join(f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS",) if k in os.environ)
+    command = " ".join(([env] if env else []) + [".venv/bin/python"] + sys.argv)
+    return f"## {title}\n\n{date}; {machine()}\n`{command}`\n"
 
 
 def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:

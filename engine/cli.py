@@ -91,6 +91,9 @@ def _add_sampling_args(p: argparse.ArgumentParser, frames: int, s: int) -> None:
     p.add_argument("--checkpoint", default=None, help="model checkpoint (default: the embedded model)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--sampler", default="cached", choices=["cached", "reference"])
+    p.add_argument("--backend", default="eager", choices=["eager", "aoti", "onnx", "tensorrt"],
+                   help="run the graphs ardiff-export wrote to --export-dir")
+    p.add_argument("--export-dir", default=None, help="folder written by ardiff-export for this checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -104,7 +107,7 @@ def cmd_continue(args: argparse.Namespace) -> int:
     _check_positive("--frames", args.frames)
     _check_positive("--context", args.context)
     info = probe_video(args.input)
-    pipe = load_pipeline(args.checkpoint, args.device)
+    pipe = load_pipeline(args.checkpoint, args.device, backend=args.backend, export_dir=args.export_dir)
     if args.context > pipe.window - 1:
         raise ArdiffError(f"--context {args.context} is longer than the model allows: at most "
                           f"{pipe.window - 1} (window {pipe.window} minus one new frame)")
@@ -122,7 +125,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from engine.pipeline import load_pipeline
 
     _check_positive("--frames", args.frames)
-    pipe = load_pipeline(args.checkpoint, args.device)
+    pipe = load_pipeline(args.checkpoint, args.device, backend=args.backend, export_dir=args.export_dir)
     _say(args, pipe.describe())
     events = pipe.generate(num_frames=args.frames, s=args.s, steps=args.steps, seed=args.seed,
                            class_label=args.class_label, sampler=args.sampler, guidance_scale=args.guidance,

@@ -90,15 +90,27 @@ class Pipeline:
     device: torch.device
     autocast_dtype: torch.dtype | None = None
     notes: list[str] = field(default_factory=list)
+    backend: str = "eager"  # "eager" | "aoti" | "onnx" | "tensorrt" (the exported graphs of engine.export)
+    export_dir: str | Path | None = None
 
     def __post_init__(self) -> None:
         cfg = self.checkpoint.config
         d = cfg.diffusion
         self.config = cfg
         self.vae, self.dit = self.checkpoint.vae.to(self.device).eval(), self.checkpoint.dit.to(self.device).eval()
+        self.exported = None
+        if self.backend != "eager":
+            from engine.export import load_exported
+
+            self.exported = load_exported(self.export_dir, self.checkpoint, self.backend, self.device)
+            self.dit, self.vae = self.exported.dit, self.exported.vae  # stand-ins with the same interface
         self.schedule = DiffusionSchedule(d.num_timesteps, d.beta_start, d.beta_end, d.schedule)
         self.resolution = cfg.vae.image_size
         self.window = cfg.window
+        if self.exported is not None and self.exported.manifest["max_frames"] < self.window:
+            self.window = self.exported.manifest["max_frames"]
+            self.notes.append(f"sampling window limited to {self.window} frames (the export's --max-frames; "
+                              f"the model's window is {cfg.window})")
 
     def describe(self) -> str:
         """One line saying what runs where, e.g. 'default model (64x64, window 16) on cpu, float32'."""
@@ -107,8 +119,9 @@ class Pipeline:
         if self.device.type == "cpu" and self.autocast_dtype is None:
             why = " (this CPU has no native bfloat16)"
         source = self.checkpoint.path.name if self.checkpoint.path else "in-memory model"
+        backend = "" if self.exported is None else f"; sampling with {self.exported.describe()}"
         return (f"{self.config.name} model {source} ({self.resolution}x{self.resolution}, window {self.window}) "
-                f"on {self.device}, {precision}{why}")
+                f"on {self.device}, {precision}{why}, backend {self.backend}{backend}")
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -168,6 +181,11 @@ class Pipeline:
         # Validate everything before the first event, so bad arguments fail at the call, not mid-stream.
         if steps > self.schedule.T:
             raise ValueError(f"steps must be <= {self.schedule.T}, got {steps}")
+        if self.exported is not None and sampler_name != "cached":
+            from engine.export import ExportError
+
+            raise ExportError(f"the {self.backend} graphs run the cached sampler only; sampler={sampler_name!r} "
+                              f"needs backend='eager'")
         scheduler = ADScheduler(steps, s, self.window, max(0, min(min_context, self.window - 1)))
         label = None
         if class_label is not None:
@@ -208,8 +226,21 @@ class Pipeline:
         return frame.add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
-def load_pipeline(checkpoint: str | Path | Checkpoint | None = None, device: str = "auto") -> Pipeline:
-    """A pipeline for a checkpoint file (None: the embedded default in assets/) on "auto" | "cpu" | "cuda"."""
-    dev, dtype = resolve_device(device)
+def load_pipeline(checkpoint: str | Path | Checkpoint | None = None, device: str = "auto", backend: str = "eager",
+                  export_dir: str | Path | None = None) -> Pipeline:
+    """A pipeline for a checkpoint file (None: the embedded default in assets/) on "auto" | "cpu" | "cuda".
+
+    `backend` "aoti" | "onnx" | "tensorrt" samples with the graphs `ardiff-export` wrote to `export_dir` (made
+    from this same checkpoint); the exported graphs run on the device they were exported for.
+    """
+    if backend != "eager":
+        from engine.export import check_backend_args
+
+        manifest = check_backend_args(backend, export_dir, device)
+        dev = resolve_device(manifest["device"])[0]
+        # The eager parts (encoder, conditioning table) run at the exported graphs' precision.
+        dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[manifest["dtype"]]
+    else:
+        dev, dtype = resolve_device(device)
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, device=dev)
-    return Pipeline(ckpt, dev, dtype)
+    return Pipeline(ckpt, dev, dtype, backend=backend, export_dir=export_dir)

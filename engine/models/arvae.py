@@ -153,9 +153,35 @@ class DecoderBlock(nn.Module):
                 t = self.temporal(h[:, first:, :P].reshape(B * Nq, P, C), window.flatten(0, 1), valid)
                 # Zero for frame 0 (if it has no past) and for latent tokens; adding 0 leaves them exact.
                 a = a + F.pad(t.view(B, Nq, P, C), (0, 0, 0, T - P, first, 0))
+        return self._finish(x, a), mem
+
+    def _finish(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         x = x + a
-        x = x + self.mlp(self.norm2(x))
-        return x, mem
+        return x + self.mlp(self.norm2(x))
+
+    def step(
+        self, x: torch.Tensor, spatial_mask: torch.Tensor, memory: torch.Tensor, mem_len: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One frame with a fixed-size memory, for export: x [B, 1, P + L, C]; memory [B, S, L, 2C], slot s lying
+        S - s frames back, of which the last `mem_len` (int64 [1], 0..S) are real frames.
+
+        Equals `forward` with the real frames as `past`. Returns the new x and the frame's memory [B, 1, L, 2C]
+        (the input memory back when this layer has no temporal path).
+        """
+        B, _, T, C = x.shape
+        P = self.num_patches
+        h = self.norm1(x)
+        a = self.attn(h.reshape(B, T, C), spatial_mask).view(B, 1, T, C)
+        if self.temporal is None:
+            return self._finish(x, a), memory[:, -1:]
+        mem = self.temporal.memory(h[:, :, P:])
+        S = memory.shape[1]
+        has_past = mem_len > 0
+        # With no past every slot is "valid" (avoids an all-masked softmax) and the term is multiplied by 0.
+        valid = (torch.arange(S, device=x.device) >= S - mem_len) | ~has_past
+        t = self.temporal(h[:, 0, :P], memory.to(h.dtype), valid[None].expand(B, S)) * has_past.to(h.dtype)
+        a = a + F.pad(t[:, None], (0, 0, 0, T - P))
+        return self._finish(x, a), mem
 
 
 @dataclass
@@ -315,20 +341,50 @@ class ARVAE(nn.Module):
         self, latents: torch.Tensor, past: list[Optional[torch.Tensor]]
     ) -> tuple[torch.Tensor, list[Optional[torch.Tensor]]]:
         """latents [B, N, L, D] of N consecutive frames; past: per layer, the memory of the frames before."""
-        B, N, L, _ = latents.shape
-        P, C = self.cfg.num_patches, self.cfg.width
-        lat = self.from_latent(latents / self.latent_scale) + self.latent_slot_embed  # [B, N, L, C]
-        patches = (self.mask_token + self.dec_pos_embed).to(lat.dtype).expand(B, N, P, C)
-        x = torch.cat([patches, lat], dim=2)
+        x = self._decoder_tokens(latents)
         mask = self._spatial_mask(x.device)
         memory = []
         for block, block_past in zip(self.decoder_blocks, past):
             x, mem = block(x, mask, block_past)
             memory.append(mem)
+        return self._pixels(x), memory
+
+    def _decoder_tokens(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents [B, N, L, D] -> decoder input tokens [B, N, P + L, C]."""
+        B, N, L, _ = latents.shape
+        P, C = self.cfg.num_patches, self.cfg.width
+        lat = self.from_latent(latents / self.latent_scale) + self.latent_slot_embed  # [B, N, L, C]
+        patches = (self.mask_token + self.dec_pos_embed).to(lat.dtype).expand(B, N, P, C)
+        return torch.cat([patches, lat], dim=2)
+
+    def _pixels(self, x: torch.Tensor) -> torch.Tensor:
         # No tanh: the output is trained towards [-1, 1] by the L1 loss and left unsquashed so saturated
         # pixels keep their gradient; callers clamp when converting to uint8.
-        x = self.to_pixels(self.dec_norm(x[:, :, :P]))  # [B, N, P, p*p*3]
-        return self._unpatchify(x), memory
+        x = self.to_pixels(self.dec_norm(x[:, :, :self.cfg.num_patches]))  # [B, N, P, p*p*3]
+        return self._unpatchify(x)
+
+    @property
+    def memory_slots(self) -> int:
+        """Frames of temporal memory `decode_step` carries: temporal_window - 1 (at least 1 slot)."""
+        return max(1, self.cfg.temporal_window - 1)
+
+    def decode_step(
+        self, latent: torch.Tensor, memory: torch.Tensor, mem_len: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pure-tensor `decode_next` for export: a fixed-size ring of temporal memory instead of a growing one.
+
+        latent [B, L, D]; memory [decoder_depth, B, S, L, 2C] with S = `memory_slots`, the newest frame in the
+        last slot, of which the last `mem_len` (int64 [1], 0..S) are real; the rest is padding (masked). Returns
+        the frame [B, 3, H, W] and the memory after it (shifted by one slot, this frame appended); the caller
+        keeps the count, min(mem_len + 1, S). All shapes but B are fixed, so nothing specialises on 0 or 1.
+        """
+        x = self._decoder_tokens(latent[:, None])
+        mask = self._spatial_mask(x.device)
+        new_memory = []
+        for i, block in enumerate(self.decoder_blocks):
+            x, mem = block.step(x, mask, memory[i], mem_len)
+            new_memory.append(torch.cat([memory[i][:, 1:], mem.to(memory.dtype)], dim=1))
+        return self._pixels(x)[:, 0], torch.stack(new_memory)
 
     def _spatial_mask(self, device: torch.device) -> torch.Tensor:
         """[P + L, P + L], True = may attend: patches see the whole frame, latent tokens only latents."""

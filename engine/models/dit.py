@@ -242,19 +242,52 @@ class DiT(nn.Module):
     def _run(self, z: torch.Tensor, t: torch.Tensor, first_position: int, past: KVCache | None,
              class_label: torch.Tensor | None, table: ConditioningTable | None = None
              ) -> tuple[torch.Tensor, list[LayerKV]]:
+        block_mods, final_mod = self._modulations(t, class_label, table)
+        past_frames = past.num_frames if past is not None else 0
+        mask = self._mask(past_frames, z.shape[1], z.device)
+        layers = past.layers if past is not None and past.num_frames else None
+        return self._core(z, block_mods, final_mod, first_position, mask, layers)
+
+    def _core(self, z: torch.Tensor, block_mods: list[torch.Tensor] | tuple[torch.Tensor, ...],
+              final_mod: torch.Tensor, first_position: int | torch.Tensor, mask: torch.Tensor | None,
+              past_layers: list[LayerKV] | None) -> tuple[torch.Tensor, list[LayerKV]]:
+        """The block math shared by `forward`, `forward_cached` and `step`: M new frames after the past keys.
+
+        `first_position` (an int, or a 1-element tensor in `step`) is the rotary position of the first new frame.
+        """
         B, M, L, _ = z.shape
         x = self.x_embed(z) + self.slot_embed
-        block_mods, final_mod = self._modulations(t, class_label, table)
-        positions = torch.arange(first_position, first_position + M, device=z.device).repeat_interleave(L)
+        positions = torch.arange(M * L, device=z.device) // L + first_position
         cos, sin = rotary_cos_sin(positions, x.shape[-1] // self.heads, self.rope_theta)
-        past_frames = past.num_frames if past is not None else 0
-        mask = self._mask(past_frames, M, z.device)
         new_kv = []
         for i, block in enumerate(self.blocks):
-            layer_past = past.layers[i] if past is not None and past.num_frames else None
-            x, kv = block(x, block_mods[i], cos, sin, mask, layer_past)
+            x, kv = block(x, block_mods[i], cos, sin, mask, past_layers[i] if past_layers is not None else None)
             new_kv.append(kv)
         return self.final(x, final_mod), new_kv
+
+    def step(self, z: torch.Tensor, block_mods: torch.Tensor, final_mod: torch.Tensor, past_k: torch.Tensor,
+             past_v: torch.Tensor, past_len: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Pure-tensor `forward_cached` for export (torch.export / AOTInductor / ONNX / TensorRT).
+
+        z [B, M, L, D] new frames; block_mods [depth, B, M, 1, 6H] and final_mod [B, M, 1, 2H] their adaLN
+        modulations (rows of a `ConditioningTable`); past_k / past_v [depth, B, heads, S, L, head_dim]: S >= 1
+        cache slots of which the last `past_len` (int64 [1], 0..S) hold the cached frames; the first
+        S - past_len slots are padding, masked out. So "no cache" is S = 1, past_len = 0, and the graph never
+        meets a zero-sized dimension (torch.export would specialise it). Rotary positions: the cached frames
+        sit at 0..past_len-1, the new ones at past_len..past_len+M-1, as in `forward_cached`.
+        Returns x0 [B, M, L, D] and the new frames' keys/values [depth, B, heads, M * L, head_dim].
+        """
+        B, M, L, _ = z.shape
+        S = past_k.shape[3]
+        pad = S - past_len  # slots before this index are padding
+        q_frame = torch.arange(M * L, device=z.device) // L + S
+        k_frame = torch.arange((S + M) * L, device=z.device) // L
+        mask = (k_frame[None, :] <= q_frame[:, None]) & (k_frame[None, :] >= pad)
+        if not self.causal:
+            raise ValueError("a K/V cache needs causal attention; this DiT was built with attention='full'")
+        layers = [(past_k[i].flatten(2, 3), past_v[i].flatten(2, 3)) for i in range(len(self.blocks))]
+        x0, kv = self._core(z, block_mods.unbind(0), final_mod, past_len, mask, layers)
+        return x0, torch.stack([k for k, _ in kv]), torch.stack([v for _, v in kv])
 
     def forward(self, z: torch.Tensor, t: torch.Tensor, class_label: torch.Tensor | None = None,
                 table: ConditioningTable | None = None) -> torch.Tensor:
