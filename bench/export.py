@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.common import header  # noqa: E402
+from bench.common import header, median_time  # noqa: E402
 from engine import export as E  # noqa: E402
 from engine.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from engine.models import build_models, get_preset  # noqa: E402
@@ -88,14 +87,7 @@ def blocks(calls: dict, repeats: int, rounds: int = 3, warmup: int = 3) -> dict:
     with torch.no_grad():
         for _ in range(rounds):
             for name, fn in calls.items():
-                for _ in range(warmup):
-                    fn()
-                times = []
-                for _ in range(repeats):
-                    start = time.perf_counter()
-                    fn()
-                    times.append(time.perf_counter() - start)
-                best[name] = min(best[name], statistics.median(times))
+                best[name] = min(best[name], median_time(fn, repeats, warmup))
     return best
 
 

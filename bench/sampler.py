@@ -1,5 +1,9 @@
 """Reference vs cached sampler: wall time and frame-forwards for the `default` preset (random weights).
 
+The cached sampler runs eagerly and, with --backends, on the graphs `ardiff-export` writes (AOTInductor,
+ONNX Runtime): the reference stays eager, the oracle. Exports are made once into --workdir (shared with
+bench/export.py) and reused.
+
 Targets (pipeline issue): the cached sampler faster everywhere and at least 8x faster at s = 50, N = 128;
 time(N = 128) / time(N = 16) at s = 5 at most 8.5x. Also the streaming rate of the whole pipeline
 (decode included) after the first frame at n = 50, s = 5.
@@ -12,6 +16,7 @@ import os
 import sys
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -19,21 +24,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.common import header  # noqa: E402
-from engine.checkpoint import Checkpoint  # noqa: E402
+from bench.export import get_export, make_checkpoint  # noqa: E402
+from engine import export as E  # noqa: E402
+from engine.checkpoint import Checkpoint, load_checkpoint  # noqa: E402
 from engine.diffusion import DiffusionSchedule  # noqa: E402
-from engine.models import build_models, get_preset  # noqa: E402
 from engine.pipeline import FrameReady, Pipeline  # noqa: E402
 from engine.schedulers import ADScheduler  # noqa: E402
 from engine.sampling import make_sampler  # noqa: E402
-
-
-def random_models(preset: str):
-    torch.manual_seed(0)
-    cfg = get_preset(preset)
-    vae, dit = build_models(cfg)
-    for p in dit.parameters():  # live adaLN paths, as after training
-        torch.nn.init.normal_(p, std=0.02)
-    return cfg, vae.eval(), dit.eval()
 
 
 def time_sampler(name, dit, cfg, N, s, steps, dtype):
@@ -67,25 +64,33 @@ def main() -> None:
     parser.add_argument("--s", default="0,5,10,25,50")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--dtypes", default="fp32")
-    parser.add_argument("--samplers", default="cached,reference")
+    parser.add_argument("--backends", default="eager", help="cached sampler backends: eager,aoti,onnx")
+    parser.add_argument("--workdir", default="/tmp/ardiff-bench-export")
     parser.add_argument("--no-streaming", action="store_true")
     args = parser.parse_args()
-    cfg, vae, dit = random_models(args.preset)
+    ckpt = load_checkpoint(make_checkpoint(args.preset, Path(args.workdir) / f"{args.preset}.safetensors"))
+    cfg, vae, dit = ckpt.config, ckpt.vae, ckpt.dit
+    fast = {"eager": dit}
+    for backend in args.backends.split(","):
+        if backend != "eager":
+            out, _ = get_export(ckpt.path, backend, Path(args.workdir), "fp32")
+            fast[backend] = E.ExportedModels.load(out, ckpt, backend).dit
     print(header(f"Sampler, preset {args.preset}, n = {args.steps}"))
-    print("| dtype | N | s | rows | reference s | cached s | speed-up | reference frame-fwd | cached frame-fwd "
-          "| cached max abs diff |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    samplers = args.samplers.split(",")
+    cols = " | ".join(f"cached {b} s | speed-up" for b in fast)
+    print(f"| dtype | N | s | rows | reference s | {cols} | reference frame-fwd | cached frame-fwd "
+          f"| max abs diff |")
+    print("| --- " * (8 + 2 * len(fast)) + "|")
     for dtype in args.dtypes.split(","):
         for N in map(int, args.frames.split(",")):
             for s in map(int, args.s.split(",")):
-                results = {name: time_sampler(name, dit, cfg, N, s, args.steps, dtype) for name in samplers}
-                fast_t, fast = results["cached"]
-                ref_t, ref = results.get("reference", (float("nan"), None))
-                diff = (fast.latents - ref.latents).abs().max().item() if ref else float("nan")
-                print(f"| {dtype} | {N} | {s} | {fast.stats.rows} | {ref_t:.2f} | {fast_t:.2f} | "
-                      f"{ref_t / fast_t:.1f}x | {ref.stats.frame_forwards if ref else '-'} | "
-                      f"{fast.stats.frame_forwards} | {diff:.1e} |", flush=True)
+                ref_t, ref = time_sampler("reference", dit, cfg, N, s, args.steps, dtype)
+                cells, diff = [], 0.0
+                for model in fast.values():
+                    t, run = time_sampler("cached", model, cfg, N, s, args.steps, dtype)
+                    cells.append(f"{t:.2f} | {ref_t / t:.1f}x")
+                    diff = max(diff, (run.latents - ref.latents).abs().max().item())
+                print(f"| {dtype} | {N} | {s} | {ref.stats.rows} | {ref_t:.2f} | {' | '.join(cells)} | "
+                      f"{ref.stats.frame_forwards} | {run.stats.frame_forwards} | {diff:.1e} |", flush=True)
     if not args.no_streaming:
         latency, rate = streaming(cfg, vae, dit, args.steps, 5, 8, 32)
         print(f"\nStreaming (pipeline, decode included, 8 context + 32 new, s = 5, n = {args.steps}, fp32): "

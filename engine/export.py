@@ -586,14 +586,7 @@ class ExportedDiT:
         self._dit._check_inputs(z, t, class_label)
         if table is None or not hasattr(table, "stacked"):
             table = self.conditioning_table(t[0].unique(), class_label)
-        if (class_label is None) != (table.class_label is None) or (
-                class_label is not None and not torch.equal(class_label, table.class_label)):
-            raise ValueError("the conditioning table was built for other class labels")
-        if bool((t[0] != t).any()):
-            raise ValueError("a conditioning table needs the same timesteps in every batch row")
-        idx = table.index_of_t[t[0]]
-        if bool((idx < 0).any()):
-            raise ValueError("timesteps outside the conditioning table")
+        idx = table.rows_for(t, class_label)
         block_mods, final_mod = table.stacked[:, :, idx], table.final_cast[:, idx]
         B = z.shape[0]
         if block_mods.shape[1] != B:

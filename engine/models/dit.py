@@ -129,6 +129,18 @@ class ConditioningTable:
     final: torch.Tensor  # [B or 1, K, 1, 2H]
     class_label: torch.Tensor | None
 
+    def rows_for(self, t: torch.Tensor, class_label: torch.Tensor | None) -> torch.Tensor:
+        """Table rows for per-frame timesteps t [B, M] (the same in every batch row), checking the labels."""
+        if (class_label is None) != (self.class_label is None) or (
+                class_label is not None and not torch.equal(class_label, self.class_label)):
+            raise ValueError("the conditioning table was built for other class labels")
+        if bool((t[0] != t).any()):
+            raise ValueError("a conditioning table needs the same timesteps in every batch row")
+        idx = self.index_of_t[t[0]]
+        if bool((idx < 0).any()):
+            raise ValueError("timesteps outside the conditioning table")
+        return idx
+
 
 class DiT(nn.Module):
     """x0-predicting diffusion transformer over [B, N, L, D] latents with per-frame timesteps [B, N]."""
@@ -229,14 +241,7 @@ class DiT(nn.Module):
         if table is None:
             c = self._conditioning(t, class_label)
             return [b.adaLN_modulation(c) for b in self.blocks], self.final.adaLN_modulation(c)
-        if (class_label is None) != (table.class_label is None) or (
-                class_label is not None and not torch.equal(class_label, table.class_label)):
-            raise ValueError("the conditioning table was built for other class labels")
-        if bool((t[0] != t).any()):
-            raise ValueError("a conditioning table needs the same timesteps in every batch row")
-        idx = table.index_of_t[t[0]]
-        if bool((idx < 0).any()):
-            raise ValueError("timesteps outside the conditioning table")
+        idx = table.rows_for(t, class_label)
         return [m[:, idx] for m in table.blocks], table.final[:, idx]
 
     def _run(self, z: torch.Tensor, t: torch.Tensor, first_position: int, past: KVCache | None,
