@@ -21,10 +21,16 @@ def read_clip(path: str) -> tuple[np.ndarray, float, bool]:
     return frames[:cap], info.fps, len(frames) > cap
 
 
-def load_model(checkpoint: str, device: str):
-    """A Pipeline for a checkpoint path ("" = the embedded default) on "auto" | "cpu" | "cuda"."""
+def load_model(checkpoint: str, device: str, export_dir: str | None = None):
+    """A Pipeline for a checkpoint path ("" = the embedded default) on "auto" | "cpu" | "cuda"; with
+    `export_dir`, sampling runs the graphs ardiff-export wrote there (its manifest names the backend)."""
     from engine.pipeline import load_pipeline
 
+    if export_dir:
+        from engine.export import read_manifest
+
+        backend = read_manifest(export_dir)["backend"]
+        return load_pipeline(checkpoint or None, device, backend=backend, export_dir=export_dir)
     return load_pipeline(checkpoint or None, device)
 
 

@@ -43,7 +43,7 @@ CLIP_FILTER = "Videos (*.mp4 *.m4v *.mov *.avi *.mkv *.webm *.mpg *.mpeg *.gif);
 CHECKPOINT_FILTER = "ardiff checkpoints (*.safetensors);;All files (*)"
 SAVE_FILTERS = {"MP4 video (*.mp4)": ".mp4", "GIF animation (*.gif)": ".gif", "PNG frames (folder)": ""}
 GENERATE_FPS = 8.0  # a video made from nothing has no rate of its own; the CLI's default
-EXPORT_TOOLTIP = "export backends arrive with ardiff-export"
+EXPORT_TOOLTIP = "sample with graphs written by ardiff-export for the current checkpoint (AOTInductor, ONNX)"
 
 
 @dataclass
@@ -224,7 +224,7 @@ class MainWindow(QMainWindow):
             "", self.current_device()))
         self.act_open_ckpt = self._action("Open &checkpoint…", self.choose_checkpoint)
         self.act_open_export = QAction("Open &export dir…", self)
-        self.act_open_export.setEnabled(False)
+        self.act_open_export.triggered.connect(self.choose_export_dir)
         self.act_open_export.setToolTip(EXPORT_TOOLTIP)
         self.act_open_export.setStatusTip(EXPORT_TOOLTIP)
         for a in (self.act_default_model, self.act_open_ckpt, self.act_open_export):
@@ -269,9 +269,11 @@ class MainWindow(QMainWindow):
     def current_device(self) -> str:
         return self.model_panel.device()
 
-    def load_model(self, checkpoint: str | os.PathLike, device: str, quiet: bool = False) -> bool:
+    def load_model(self, checkpoint: str | os.PathLike, device: str, quiet: bool = False,
+                   export_dir: str | None = None) -> bool:
         """Load a model in the background ("" = embedded default). A failure keeps the model already loaded.
-        `quiet` (at start-up) shows a problem beside the model instead of popping up a dialog."""
+        `quiet` (at start-up) shows a problem beside the model instead of popping up a dialog. `export_dir`
+        samples with the graphs ardiff-export made from this checkpoint."""
         if self.is_generating():
             self.show_error("Busy", "Wait for the current run to finish (or cancel it) "
                                     "before changing the model.")
@@ -286,7 +288,7 @@ class MainWindow(QMainWindow):
         self.model_panel.show_loading(Path(checkpoint).name if checkpoint else "the default model")
         self.statusBar().showMessage("Loading model…")
         self._update_actions()
-        task = Task(load_model, checkpoint, device, name="ardiff-load-model")
+        task = Task(load_model, checkpoint, device, export_dir, name="ardiff-load-model")
         self._start_task(task, lambda pipe: self._model_loaded(pipe, checkpoint, device),
                          lambda msg: self._model_failed(msg, device, quiet))
         return True
@@ -339,6 +341,13 @@ class MainWindow(QMainWindow):
         path, _ = QFileDialog.getOpenFileName(self, "Open a checkpoint", start, CHECKPOINT_FILTER)
         if path:
             self.load_model(path, self.current_device())
+
+    def choose_export_dir(self) -> None:
+        ckpt = self.settings.checkpoint
+        start = str(Path(ckpt).parent) if ckpt else self.settings.last_dir
+        path = QFileDialog.getExistingDirectory(self, "Open an ardiff-export folder", start)
+        if path:
+            self.load_model(ckpt, self.current_device(), export_dir=path)
 
     # ======================================================================================= clip
 
@@ -718,7 +727,7 @@ class MainWindow(QMainWindow):
         self.act_save.setEnabled(not busy and has_result)
         self.params.setEnabled(not busy and not self.loading_model)
         self.model_panel.set_busy(busy or self.loading_model)
-        for a in (self.act_open, self.act_open_ckpt, self.act_default_model):
+        for a in (self.act_open, self.act_open_ckpt, self.act_default_model, self.act_open_export):
             a.setEnabled(not busy)
         self.recent_menu.setEnabled(not busy and bool(self.settings.recent))
         self._update_status_model()

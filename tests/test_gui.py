@@ -17,6 +17,7 @@ except ImportError:  # the gui extra is not installed
 
 from app_gui.heatmap import schedule_levels
 from app_gui.settings import Settings, config_path
+import app_gui.window as window_mod  # noqa: E402
 from app_gui.window import MainWindow
 from engine.pipeline import Done, FrameReady, Progress
 from engine.video_io import list_frame_files, read_video, write_video
@@ -297,7 +298,7 @@ def test_missing_default_model_explains_and_offers_a_checkpoint(qtbot, make_wind
         assert not w.generate()
     assert w.model_error in blocker.args[1]
     close_dialogs(w)
-    assert not w.act_open_export.isEnabled() and "ardiff-export" in w.act_open_export.toolTip()
+    assert w.act_open_export.isEnabled() and "ardiff-export" in w.act_open_export.toolTip()
 
 
 # --------------------------------------------------------------------------- files, settings, shortcuts
@@ -376,3 +377,27 @@ def test_screenshot_mid_generation(qapp, tmp_path, tiny_checkpoint, capsys):
     assert QImage(str(out)).width() > 0
     assert main(["--screenshot", str(tmp_path / "bad.png"), str(DEMO.with_suffix(".txt"))]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_sampling_with_an_export_dir(qtbot, make_window, tiny_checkpoint, tmp_path, monkeypatch):
+    """Model > Open export dir: the pipeline runs the exported graphs (ONNX: the quickest export here)."""
+    from engine.export import export
+
+    out = tmp_path / "onnx"
+    export(tiny_checkpoint, out, "onnx", device="cpu", dtype="fp32", log=lambda _: None)
+    w = make_window()
+    monkeypatch.setattr(window_mod.QFileDialog, "getExistingDirectory", lambda *a, **k: str(out))
+    with qtbot.waitSignal(w.modelLoaded, timeout=WAIT) as blocker:
+        w.act_open_export.trigger()
+    assert "backend onnx" in blocker.args[0]
+    open_clip(qtbot, w, DEMO)
+    set_params(w, s=1, new=3, steps=2, context=2)
+    events, done = run(qtbot, w)
+    assert len(done.video) == 5 and w.pipeline.exported.dit.runner.calls > 0
+    other = tmp_path / "not-an-export"
+    other.mkdir()
+    monkeypatch.setattr(window_mod.QFileDialog, "getExistingDirectory", lambda *a, **k: str(other))
+    with qtbot.waitSignal(w.errorShown, timeout=WAIT) as blocker:
+        w.act_open_export.trigger()
+    assert "not an ardiff export" in blocker.args[1]
+    assert "backend onnx" in w.pipeline.describe()  # the loaded model stays
