@@ -134,6 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("ardiff")
     app.setApplicationDisplayName("ardiff")
+    from app_gui.gc_guard import MainThreadGC
+
+    gc_guard = MainThreadGC(parent=app).start()  # worker threads must never destroy Qt objects
+    app.aboutToQuit.connect(gc_guard.stop)
     if args.screenshot:
         try:
             return screenshot(args)

@@ -27,6 +27,17 @@ WAIT = 30_000  # ms; generous for two busy cores, the runs themselves take well 
 
 
 @pytest.fixture(autouse=True)
+def _gc_on_gui_thread(qapp):
+    """As in the app: garbage (old windows, finished tasks) is collected on the GUI thread, never by a
+    worker thread that happens to allocate (which would destroy Qt objects off their thread)."""
+    from app_gui.gc_guard import MainThreadGC
+
+    guard = MainThreadGC().start()
+    yield
+    guard.stop()
+
+
+@pytest.fixture(autouse=True)
 def _private_config(tmp_path, monkeypatch):
     """Settings go to a temp folder, and the default model points nowhere: tests never touch the user's
     config, never read /work/shared, and behave the same whether or not the real weights exist."""
