@@ -3,6 +3,7 @@ format, seeking, and the bouncing-shapes ground truth. Every video is generated 
 
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 import warnings
@@ -198,7 +199,8 @@ def test_item_matches_the_source_frames(tmp_path: Path) -> None:
 def test_dataset_pickles_for_dataloader_workers(three_shots: Path, tmp_path: Path) -> None:
     ds = VideoClipDataset(three_shots, 6, size=16, cache_dir=tmp_path / "cache")
     ds[0]  # fills the in-memory cache, which must not travel to workers
-    clone = pickle.loads(pickle.dumps(ds))
+    assert pickle.dumps(ds)  # workers receive it pickled (spawn) or forked
+    clone = copy.deepcopy(ds)  # the same __getstate__ path, without loading pickled bytes
     assert clone._reader._memory == {}
     assert torch.equal(clone[1], ds[1])
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=3, num_workers=2)))
