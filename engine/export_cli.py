@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--aoti", dest="backend", action="store_const", const="aoti",
                        help="AOTInductor package (CPU or CUDA); the default")
     which.add_argument("--onnx", dest="backend", action="store_const", const="onnx",
-                       help=f"ONNX (opset 18) for ONNX Runtime")
+                       help="ONNX (opset 18) for ONNX Runtime")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="where the graphs will run (default: cuda for --tensorrt, else cpu)")
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None,
