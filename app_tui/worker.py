@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from app_tui.settings import Settings
-from engine.errors import ArdiffError, CheckpointError, WeightsUnavailableError
+from engine.errors import ArdiffError, CheckpointError, WeightsUnavailableError, one_line
 from engine.pipeline import Pipeline, load_pipeline
 from engine.schedulers.ad import ADScheduler
 from engine.video_io import fit_frames
@@ -69,11 +69,6 @@ class PipelineCache:
                 self._pipe, self._key = None, None  # free the old model before loading the next
                 self._pipe, self._key = load_pipeline(checkpoint, device), key
             return self._pipe
-
-
-def one_line(err: BaseException) -> str:
-    """An exception as one line of text (messages with newlines would tear the log)."""
-    return " ".join(str(err).split()) or type(err).__name__
 
 
 def run_job(job: Job, cache: PipelineCache, emit: Callable[[object], None]) -> None:

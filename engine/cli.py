@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from engine.errors import ArdiffError
+from engine.errors import ArdiffError, one_line
 
 EXIT_USAGE = 2
 
@@ -25,16 +25,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ArdiffError, ValueError, FileNotFoundError) as err:
-        print(f"ardiff: error: {_one_line(err)}", file=sys.stderr)
+        print(f"ardiff: error: {one_line(err)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("ardiff: interrupted; nothing was written", file=sys.stderr)
         return 130
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text or type(err).__name__
 
 
 def build_parser() -> argparse.ArgumentParser:

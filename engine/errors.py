@@ -13,5 +13,10 @@ class CheckpointError(ArdiffError):
     """A file that is not a valid ardiff checkpoint, or one that does not match what was asked."""
 
 
+def one_line(err: BaseException) -> str:
+    """An error as one line of text, as the command lines and the apps show it."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
 class WeightsUnavailableError(ArdiffError):
     """Pretrained weights (the default model, I3D for FVD) that are not on this machine."""

@@ -48,6 +48,7 @@ from engine.atomic import atomic_path
 from engine.checkpoint import Checkpoint, load_checkpoint
 from engine.errors import ArdiffError
 from engine.models.dit import ConditioningTable, KVCache
+from engine.pipeline import parse_device
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "ardiff-export"
@@ -510,12 +511,9 @@ def export(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, backend: s
 
 def _device(device: str | torch.device) -> torch.device:
     try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):
-        raise ExportError(f"--device must be cpu or cuda, got {device!r}")
-    return dev
+        return parse_device(device)
+    except ValueError:
+        raise ExportError(f"--device must be cpu or cuda, got {device!r}") from None
 
 
 # ---------------------------------------------------------------------------------------------------------

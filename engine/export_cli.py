@@ -10,7 +10,7 @@ import argparse
 import sys
 import warnings
 
-from engine.errors import ArdiffError
+from engine.errors import ArdiffError, one_line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             manifest = export(args.checkpoint, args.output, backend, device=device, dtype=args.dtype,
                               max_frames=args.max_frames, max_batch=args.max_batch, log=log)
     except ArdiffError as err:
-        print(f"ardiff-export: error: {err}", file=sys.stderr)
+        print(f"ardiff-export: error: {one_line(err)}", file=sys.stderr)
         return 2
     v = manifest["validation"]
     print(f"exported {manifest['preset']} ({manifest['backend']}, {manifest['dtype']}, {manifest['device']}) to "

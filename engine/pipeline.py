@@ -65,16 +65,22 @@ def cpu_supports_bf16() -> bool:
     return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
 
 
-def resolve_device(device: str = "auto") -> tuple[torch.device, torch.dtype | None]:
-    """("auto" | "cpu" | "cuda[:i]") -> (device, autocast dtype or None for float32)."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+def parse_device(device: str | torch.device) -> torch.device:
+    """"cpu" | "cuda[:i]" -> torch.device; anything else is a ValueError naming what is allowed."""
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
         dev = None
     if dev is None or dev.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    return dev
+
+
+def resolve_device(device: str = "auto") -> tuple[torch.device, torch.dtype | None]:
+    """("auto" | "cpu" | "cuda[:i]") -> (device, autocast dtype or None for float32)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = parse_device(device)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("device 'cuda' was asked for but this torch has no CUDA device; use --device cpu")

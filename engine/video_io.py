@@ -225,8 +225,9 @@ def _import_cv2() -> Any | None:
     return cv2
 
 
-def _iter_cv2(path: Path, start: int, stride: int, original: VideoError) -> Iterator[np.ndarray]:
-    """OpenCV fallback for files PyAV refuses; re-raises PyAV's error when OpenCV fails too."""
+@contextmanager
+def _cv2_capture(path: Path, original: VideoError) -> Iterator[tuple[Any, Any]]:
+    """(cv2, an open VideoCapture) for the OpenCV fallback; re-raises PyAV's error when OpenCV fails too."""
     cv2 = _import_cv2()
     if cv2 is None:
         raise original
@@ -234,6 +235,14 @@ def _iter_cv2(path: Path, start: int, stride: int, original: VideoError) -> Iter
     try:
         if not cap.isOpened():
             raise original
+        yield cv2, cap
+    finally:
+        cap.release()
+
+
+def _iter_cv2(path: Path, start: int, stride: int, original: VideoError) -> Iterator[np.ndarray]:
+    """OpenCV fallback for files PyAV refuses."""
+    with _cv2_capture(path, original) as (_, cap):
         index = 0
         while cap.grab():  # grab() without retrieve(): skipped frames are never converted
             if index >= start and (index - start) % stride == 0:
@@ -244,8 +253,6 @@ def _iter_cv2(path: Path, start: int, stride: int, original: VideoError) -> Iter
                     np.ascontiguousarray(bgr[..., ::-1]) if bgr.ndim == 3 else np.repeat(bgr[..., None], 3, 2)
                 )
             index += 1
-    finally:
-        cap.release()
 
 
 def _iter_file(path: Path, start: int, stride: int) -> Iterator[np.ndarray]:
@@ -362,13 +369,7 @@ def _probe_file(path: Path) -> VideoInfo:
 
 
 def _probe_cv2(path: Path, original: VideoError) -> VideoInfo:
-    cv2 = _import_cv2()
-    if cv2 is None:
-        raise original
-    cap = cv2.VideoCapture(str(path))
-    try:
-        if not cap.isOpened():
-            raise original
+    with _cv2_capture(path, original) as (cv2, cap):
         count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
         return VideoInfo(
             fps=float(cap.get(cv2.CAP_PROP_FPS)) or FOLDER_FPS,
@@ -376,8 +377,6 @@ def _probe_cv2(path: Path, original: VideoError) -> VideoInfo:
             width=int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
             height=int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
         )
-    finally:
-        cap.release()
 
 
 def probe_video(path: str | os.PathLike[str]) -> VideoInfo:

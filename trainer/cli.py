@@ -17,15 +17,11 @@ import json
 import sys
 from typing import Sequence
 
-from engine.errors import ArdiffError
+from engine.errors import ArdiffError, one_line
 from trainer.config import STAGES, TrainConfig, load_config
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ArdiffError, ValueError, FileNotFoundError) as err:
-        print(f"ardiff-train: error: {_one_line(err)}", file=sys.stderr)
+        print(f"ardiff-train: error: {one_line(err)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("ardiff-train: interrupted (no checkpoint written for the unfinished step)", file=sys.stderr)
