@@ -301,6 +301,8 @@ def _add_eval_parser(sub) -> None:
     q.add_argument("--checkpoint", default=None, help="model checkpoint (default: the embedded model)")
     q.add_argument("--clips", required=True, help="folder of videos (files or folders of PNG/JPG frames)")
     q.add_argument("--context", type=int, default=8, help="context frames: the first frames of every clip")
+    q.add_argument("--clips-per-video", type=int, default=1, metavar="K",
+                   help="take up to K consecutive clips from every video (default 1: its first frames)")
     q.add_argument("--frames", type=int, default=24, help="new frames, compared with the clip's next frames")
     q.add_argument("--s", default="0,5,10,25", help="comma-separated s values, e.g. 0,5,10,25")
     q.add_argument("--steps", type=int, default=50, help="DDIM steps per frame")
@@ -312,6 +314,17 @@ def _add_eval_parser(sub) -> None:
     q.add_argument("-o", "--output", required=True, help="folder for results.md, results.json, horizon.png")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_eval_continue)
+
+    q = ev.add_parser("vae", help="AR-VAE reconstruction: PSNR/SSIM of encode -> decode on real clips")
+    q.add_argument("--checkpoint", default=None, help="model checkpoint (default: the embedded model)")
+    q.add_argument("--clips", required=True, help="folder of videos (files or folders of PNG/JPG frames)")
+    q.add_argument("--frames", type=int, default=32, help="frames per clip")
+    q.add_argument("--clips-per-video", type=int, default=1, metavar="K",
+                   help="take up to K consecutive clips from every video")
+    q.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    q.add_argument("-o", "--output", required=True, help="folder for results.md and results.json")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.set_defaults(func=cmd_eval_vae)
 
 
 def _parse_paths(text: str) -> str | list[str]:
@@ -359,7 +372,8 @@ def cmd_eval_continue(args: argparse.Namespace) -> int:
     if args.context > pipe.window - 1:
         raise ArdiffError(f"--context {args.context} is longer than the model allows: at most "
                           f"{pipe.window - 1} (window {pipe.window} minus one new frame)")
-    clips = load_clips(args.clips, args.context, args.frames)  # every clip read and checked before sampling
+    # every clip read and checked before sampling
+    clips = load_clips(args.clips, args.context, args.frames, args.clips_per_video)
     _say(args, pipe.describe())
     i3d, why = None, "skipped (--no-fvd)"
     if not args.no_fvd:
@@ -376,6 +390,27 @@ def cmd_eval_continue(args: argparse.Namespace) -> int:
         fvd = f"FVD {run.fvd['fvd']:.1f}, " if "fvd" in run.fvd else ""
         speed = f", {run.seconds_per_clip:.2f} s/clip" if run.s is not None else ""
         _say(args, f"{run.name:>16}: {fvd}PSNR {run.psnr_mean:.2f} dB, SSIM {run.ssim_mean:.3f}{speed}")
+    _say(args, "wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def cmd_eval_vae(args: argparse.Namespace) -> int:
+    from engine.evaluate import load_clips
+    from engine.pipeline import load_pipeline
+    from engine.reconstruction import evaluate_reconstruction, write_reconstruction_report
+
+    _check_positive("--frames", args.frames)
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        raise ArdiffError(f"-o {args.output} is a file; eval writes a folder (results.md, results.json)")
+    pipe = load_pipeline(args.checkpoint, args.device)
+    clips = load_clips(args.clips, 0, args.frames, args.clips_per_video)
+    _say(args, pipe.describe())
+    with _eval_progress(args.quiet) as bar:
+        result = evaluate_reconstruction(pipe, clips, progress=lambda done, total, label: bar("videos", done, total,
+                                                                                              label))
+    paths = write_reconstruction_report(result, args.output)
+    _say(args, f"AR-VAE reconstruction over {len(clips)} clip(s): PSNR {result.psnr_mean:.2f} dB, "
+               f"SSIM {result.ssim_mean:.3f}")
     _say(args, "wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 

@@ -130,21 +130,28 @@ def video_paths(source: str | os.PathLike | Sequence[str | os.PathLike], what: s
     return paths
 
 
-def load_clips(source: str | os.PathLike | Sequence[str | os.PathLike], context: int, frames: int
-               ) -> list[Clip]:
-    """Read the first ``context + frames`` frames of every video in ``source`` (folder, file or list).
+def load_clips(source: str | os.PathLike | Sequence[str | os.PathLike], context: int, frames: int,
+               per_video: int = 1) -> list[Clip]:
+    """Read ``per_video`` consecutive, non-overlapping clips of ``context + frames`` frames from every video in
+    ``source`` (folder, file or list), from its first frame on; a long held-out video then gives several clips.
 
-    A clip with fewer frames raises an ArdiffError naming it and its length."""
+    A video too short for even one clip raises an ArdiffError naming it and its length; one too short for
+    ``per_video`` clips gives as many as it holds."""
     from engine.video_io import read_video
 
+    if per_video < 1:
+        raise ArdiffError(f"clips per video must be at least 1, got {per_video}")
     need = context + frames
     clips = []
     for path in video_paths(source, "clips"):
-        video = read_video(path, max_frames=need)
+        video = read_video(path, max_frames=need * per_video)
         if len(video) < need:
             raise ArdiffError(f"clip {path} has {len(video)} frames; --context {context} + --frames {frames} "
                               f"needs {need}")
-        clips.append(Clip(path.name, video, str(path)))
+        count = len(video) // need
+        for k in range(count):
+            name = path.name if count == 1 else f"{path.name}@{k * need}"
+            clips.append(Clip(name, video[k * need:(k + 1) * need], str(path)))
     return clips
 
 

@@ -84,10 +84,10 @@ def test_encoder_is_per_frame():
                 assert torch.equal(z[:, i], base[:, i]), f"pixel frame {j} changed latent frame {i}"
 
 
-@pytest.mark.parametrize("window", [4, 1])
+@pytest.mark.parametrize("window, local", [(4, False), (1, False), (4, True)])
 @torch.no_grad()
-def test_incremental_decode_matches_batch_decode(window):
-    vae = make_vae(gate=1.0 if window > 1 else 0.0, temporal_window=window)
+def test_incremental_decode_matches_batch_decode(window, local):
+    vae = make_vae(gate=1.0 if window > 1 else 0.0, temporal_window=window, local_latents=local)
     for N in (1, 3, 4, 9):  # 9 > W exercises eviction of old frames
         z = latents(vae, 2, N)
         state = vae.start_decode(batch_size=2, device="cpu", dtype=torch.float32)
@@ -227,3 +227,56 @@ def test_hinge_losses():
     assert hinge_d_loss(full(-1), full(1)).item() == 2.0  # 0.5 * (2 + 2)
     assert hinge_d_loss(full(0.5), full(-2)).item() == 0.25  # only the real margin is violated
     assert hinge_g_loss(full(3)).item() == -3.0
+
+
+def test_position_embeddings_start_as_a_spatial_prior():
+    """Both position tables start as 2-D sin-cos: a patch is more like its neighbour than a far patch, in
+    rows and in columns, and the tables are trainable."""
+    vae = ARVAE(get_preset("default").vae)
+    grid = vae.cfg.image_size // vae.cfg.patch_size
+    for table in (vae.enc_pos_embed, vae.dec_pos_embed):
+        assert table.requires_grad
+        p = torch.nn.functional.normalize(table[0].detach(), dim=-1).view(grid, grid, -1)
+        sim = lambda a, b: float((p[a] * p[b]).sum())  # noqa: E731
+        assert sim((3, 3), (3, 4)) > sim((3, 3), (3, 7)) and sim((3, 3), (4, 3)) > sim((3, 3), (7, 3))
+        assert len({tuple(r.tolist()) for r in table[0].detach().round(decimals=4)}) == grid * grid  # all distinct
+
+
+def _local_tiny():
+    cfg = dataclasses.replace(get_preset("tiny").vae, local_latents=True, encoder_depth=1, decoder_depth=1)
+    torch.manual_seed(0)
+    return ARVAE(cfg).eval()
+
+
+def test_local_latents_encode_their_own_region():
+    """One encoder layer: latent j reads only its region's patches, so changing region 0 (the top-left
+    8x8 pixels of 16x16: 2x2 latents on a 4x4 patch grid) changes latent 0 and no other."""
+    vae = _local_tiny()
+    frames = torch.rand(1, 1, 3, 16, 16) * 2 - 1
+    changed = frames.clone()
+    changed[..., :8, :8] = -frames[..., :8, :8]
+    with torch.no_grad():
+        diff = (vae.encode(frames) - vae.encode(changed)).abs().amax(-1)[0, 0]
+    assert diff[0] > 1e-3 and diff[1:].max() == 0
+
+
+def test_local_latents_decode_into_their_own_region():
+    """One decoder layer: a patch reads only its region's latent, so changing latent 3 (bottom-right)
+    changes only the bottom-right 8x8 pixels."""
+    vae = _local_tiny()
+    z = torch.randn(1, 1, 4, vae.cfg.latent_dim)
+    changed = z.clone()
+    changed[:, :, 3] = -z[:, :, 3]
+    with torch.no_grad():
+        diff = (vae.decode(z) - vae.decode(changed)).abs().amax(2)[0, 0]  # [16, 16]
+    assert diff[8:, 8:].min() > 1e-4 and diff[:8].max() == 0 and diff[:, :8].max() == 0
+
+
+def test_local_latents_need_a_square_grid_that_tiles_the_patches():
+    from engine.models.presets import ModelConfig
+
+    tiny = get_preset("tiny")
+    with pytest.raises(ValueError, match="local_latents"):
+        ModelConfig(vae=dataclasses.replace(tiny.vae, local_latents=True, num_latent_tokens=6))
+    with pytest.raises(ValueError, match="local_latents"):  # a 3x3 latent grid cannot tile 4x4 patches
+        ModelConfig(vae=dataclasses.replace(tiny.vae, local_latents=True, num_latent_tokens=9))

@@ -126,3 +126,22 @@ def test_missing_default_model_says_how_to_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("ARDIFF_CHECKPOINT", str(tmp_path / "none.safetensors"))
     with pytest.raises(WeightsUnavailableError, match="--checkpoint"):
         load_checkpoint(None)
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path):
+    """Atomic writes go through mkstemp/mkdtemp (0600/0700); the result must be readable like any file
+    written under the user's umask, or a shared model or frame folder is unreadable for others."""
+    import os
+
+    from engine.atomic import atomic_path
+
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "f.bin") as tmp:
+            tmp.write_bytes(b"x")
+        with atomic_path(tmp_path / "d", directory=True) as tmp:
+            (tmp / "a").write_bytes(b"y")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.bin").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from engine.cli import main
+from engine.errors import ArdiffError
 from engine.evaluate import (
     BASELINE_NAME,
     Clip,
@@ -319,3 +320,55 @@ def test_reports_from_python(tmp_path, tiny_pipe):
     paths = write_reports(result, tmp_path / "r")
     assert sorted(p.name for p in paths.values()) == ["horizon.png", "results.json", "results.md"]
     assert [c["seed"] for c in result.to_dict()["clips"]] == [4, 5]
+
+
+# ------------------------------------------------------------------------------------------------
+# several clips per video; AR-VAE reconstruction
+# ------------------------------------------------------------------------------------------------
+
+
+def test_load_clips_per_video_takes_consecutive_non_overlapping_clips(tmp_path):
+    from engine.evaluate import load_clips
+
+    frames = np.stack([np.full((16, 16, 3), i * 9, np.uint8) for i in range(25)])  # frame i has value 9 i
+    write_video(tmp_path / "a", frames)
+    clips = load_clips(tmp_path, context=3, frames=5, per_video=4)
+    assert [c.name for c in clips] == ["a@0", "a@8", "a@16"]  # 25 frames hold three clips of 8, not four
+    for k, clip in enumerate(clips):
+        assert clip.frames[:, 0, 0, 0].tolist() == [9 * (8 * k + j) for j in range(8)]
+    assert [c.name for c in load_clips(tmp_path, 3, 5)] == ["a"]  # default: the first frames only
+    with pytest.raises(ArdiffError, match="at least 1"):
+        load_clips(tmp_path, 3, 5, per_video=0)
+
+
+def test_reconstruction_scores_the_vae_and_a_perfect_vae_scores_inf(tiny_pipe, monkeypatch):
+    from engine.reconstruction import evaluate_reconstruction, reconstruct
+
+    clip = bouncing_clip(5, 6, size=tiny_pipe.resolution)
+    fitted, out = reconstruct(tiny_pipe, clip)
+    assert fitted.shape == out.shape == clip.shape and out.dtype == np.uint8
+    result = evaluate_reconstruction(tiny_pipe, [clip, clip[::-1].copy()])
+    assert result.psnr.shape == (2, 6) and np.isfinite(result.psnr).all()
+    expected = 10 * np.log10(255**2 / np.mean((fitted[0].astype(float) - out[0].astype(float)) ** 2))
+    assert result.psnr[0, 0] == pytest.approx(expected, rel=1e-6)
+
+    # A VAE that hands back its input exactly must score inf dB and SSIM 1.
+    monkeypatch.setattr(tiny_pipe.vae, "encode", lambda x: x)
+    monkeypatch.setattr(tiny_pipe.vae, "decode", lambda z: z)
+    perfect = evaluate_reconstruction(tiny_pipe, [clip])
+    assert np.isinf(perfect.psnr).all() and np.allclose(perfect.ssim, 1.0)
+    with pytest.raises(ArdiffError, match="same number of frames"):
+        evaluate_reconstruction(tiny_pipe, [clip, clip[:3]])
+
+
+def test_eval_vae_cli(tmp_path, capsys, tiny_checkpoint, clip_dir):
+    code, out, err = run_cli(capsys, "eval", "vae", "--checkpoint", tiny_checkpoint, "--clips", clip_dir,
+                             "--frames", 6, "--clips-per-video", 2, "-o", tmp_path / "vae", "--quiet")
+    assert code == 0, err
+    data = json.loads((tmp_path / "vae" / "results.json").read_text())
+    assert len(data["clips"]) >= 2 and math.isfinite(data["psnr_mean"])
+    markdown = (tmp_path / "vae" / "results.md").read_text()
+    assert f"PSNR {data['psnr_mean']:.2f} dB" in markdown and "| clip | PSNR | SSIM |" in markdown
+    code, _, err = run_cli(capsys, "eval", "vae", "--checkpoint", tiny_checkpoint, "--clips", tmp_path / "nope",
+                           "-o", tmp_path / "x", "--quiet")
+    assert code == 2 and "no such file" in err and len(err.strip().splitlines()) == 1

@@ -33,11 +33,19 @@ STEP_TOL = 1e-4  # per-step outputs and final latents, float32 (measured: about 
 
 @pytest.fixture(scope="module")
 def live_checkpoint(tmp_path_factory, tiny_checkpoint):
-    """The tiny checkpoint with the VAE's temporal path switched on too (random gates), so memory matters."""
+    """The tiny checkpoint with the VAE's temporal path switched on too (random gates), so memory matters, and
+    local latents (the `default` preset's attention masks), so the graphs carry them."""
+    import dataclasses
+
+    from engine.models.arvae import ARVAE
+
     ck = load_checkpoint(tiny_checkpoint)
-    randomize_(ck.vae, std=0.1, seed=1)
+    config = ck.config.replace(vae=dataclasses.replace(ck.config.vae, local_latents=True))
+    vae = ARVAE(config.vae)
+    vae.load_state_dict(ck.vae.state_dict(), strict=False)  # + the region paths, randomized below
+    randomize_(vae, std=0.1, seed=1)
     path = tmp_path_factory.mktemp("export-ckpt") / "tiny-live.safetensors"
-    save_checkpoint(path, ck.vae, ck.dit, ck.config)
+    save_checkpoint(path, vae, ck.dit, config)
     return path
 
 

@@ -231,6 +231,17 @@ def test_package_gives_the_checkpoint_the_engine_loads(vae_run, dit_run, tmp_pat
         assert ck.dit(z, torch.tensor([[0, 500]])).shape == z.shape
 
 
+def test_load_run_reads_one_chosen_checkpoint(tmp_path):
+    from trainer.state import checkpoints_dir
+
+    train(cfg_for("vae-image", "max_steps=3", "checkpoint_every=1", "keep_checkpoints=5"), tmp_path / "r")
+    steps = sorted(checkpoints_dir(tmp_path / "r").glob("step-*"))
+    assert [load_run(p).step for p in steps] == [1, 2, 3]
+    assert load_run(tmp_path / "r").step == 3  # the run dir: its newest checkpoint
+    assert not torch.equal(load_run(steps[0]).model["patch_embed.proj.weight"],
+                           load_run(steps[2]).model["patch_embed.proj.weight"])
+
+
 def test_package_refuses_a_different_vae(vae_run, dit_run, tmp_path):
     other = train(cfg_for("vae-image", "max_steps=1", "seed=9"), tmp_path / "other")
     assert cli.main(["package", "--vae", str(other.run_dir), "--diffusion", str(dit_run.run_dir),
@@ -382,10 +393,10 @@ def test_console_script_exit_code(tmp_path):
 
 
 def test_packaged_configs_parse():
-    for name in ("tiny", "default", "paper"):
+    for name in ("tiny", "default", "default-quick", "paper"):
         for stage in ("vae-image", "vae-temporal", "diffusion"):
             cfg = load_config(stage, name, ["vae=x"] if stage != "vae-image" else [])
-            assert cfg.preset == name or name == "tiny"
+            assert cfg.preset == name.removesuffix("-quick") or name == "tiny"
     paper = load_config("diffusion", "paper", ["vae=x"])
     assert (paper.lr, paper.batch_size, paper.grad_accum) == (2e-4, 16, 8)
 

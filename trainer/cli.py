@@ -4,6 +4,7 @@
     ardiff-train vae-temporal --config tiny --set vae=runs/vae-img --run-dir runs/vae-tmp
     ardiff-train diffusion    --config tiny --set vae=runs/vae-tmp --run-dir runs/dit [--resume]
     ardiff-train package --vae runs/vae-tmp --diffusion runs/dit -o model.safetensors [--dtype bf16]
+    ardiff-train prepare videos/*.mp4 -o data/train-64 --size 64        (decode once at training size)
     torchrun --nproc_per_node=K -m trainer.cli diffusion ...        (DDP; or the ardiff-train script path)
 
 Every problem a user can fix ends as one line on stderr and exit code 2; Ctrl-C / SIGTERM save the state
@@ -45,6 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output .safetensors")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="weight dtype to ship")
     p.set_defaults(func=cmd_package)
+    p = sub.add_parser("prepare", help="shrink videos to training size once (PNG frame folders)")
+    p.add_argument("sources", nargs="+", help="video files or frame folders, or synthetic:bouncing")
+    p.add_argument("-o", "--output", required=True, help="folder to write one frame folder per source into")
+    p.add_argument("--size", type=int, default=64, help="frame side in pixels (the preset's image size)")
+    p.add_argument("--frame-stride", type=int, default=1, help="keep every k-th frame")
+    p.add_argument("--split-shots", action="store_true", help="one folder per shot (for evaluation sets)")
+    p.add_argument("--min-frames", type=int, default=1, help="with --split-shots: drop shorter shots")
+    p.add_argument("--count", type=int, default=32, help="synthetic: how many clips")
+    p.add_argument("--frames", type=int, default=32, help="synthetic: frames per clip")
+    p.add_argument("--seed", type=int, default=1, help="synthetic: dataset seed (training uses 0)")
+    p.set_defaults(func=cmd_prepare)
     return parser
 
 
@@ -78,6 +90,22 @@ def cmd_package(args: argparse.Namespace) -> int:
 
     path = package(args.diffusion, args.output, vae=args.vae, dtype=args.dtype)
     print(f"ardiff-train: wrote {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from trainer.prepare import prepare_sources, prepare_synthetic
+
+    def log(line: str) -> None:
+        print(f"ardiff-train: {line}", file=sys.stderr)
+
+    videos = [s for s in args.sources if not s.startswith("synthetic:")]
+    for spec in args.sources:
+        if spec.startswith("synthetic:"):
+            prepare_synthetic(spec, args.output, args.size, args.count, args.frames, args.seed, log=log)
+    if videos:
+        prepare_sources(videos, args.output, args.size, args.frame_stride, args.split_shots, args.min_frames,
+                        log=log)
     return 0
 
 

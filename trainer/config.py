@@ -45,6 +45,7 @@ class TrainConfig:
     num_items: int = 10_000  # size of a synthetic dataset
     num_frames: int = 0  # clip length; 0 = stage default (1 | vae.temporal_window | window)
     frame_stride: int = 1  # take every k-th source frame
+    frame_every: int = 8  # vae-image: train on every k-th frame (neighbours are near-duplicates)
     flip: bool = True  # random horizontal flips (seeded per item and epoch)
     num_workers: int = 0  # DataLoader worker processes
     # ---- optimisation
@@ -111,9 +112,10 @@ _CHOICES = {
 }
 # Keys a resumed run may change (everything else must match the saved run, or resuming is not a resume).
 # lr / min_lr: the paper's fine-tune phase (100k steps at 2e-4, then 50k more at 1e-5) is a resume with
-# --set lr=1e-5 --set max_steps=150000.
-RESUME_MUTABLE = {"max_steps", "lr", "min_lr", "checkpoint_every", "keep_checkpoints", "log_every", "progress", "tensorboard",
-                  "num_workers", "data_cache", "device"}
+# --set lr=1e-5 --set max_steps=150000. clean_prefix_p: a continuation fine-tune (more clips with a clean
+# context) on top of plain FoPP training is a resume too.
+RESUME_MUTABLE = {"max_steps", "lr", "min_lr", "clean_prefix_p", "checkpoint_every", "keep_checkpoints", "log_every",
+                  "progress", "tensorboard", "num_workers", "data_cache", "device"}
 
 
 def _type_name(t: type) -> str:
@@ -194,7 +196,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         if getattr(cfg, key) not in choices:
             raise ConfigError(f"config key {key!r} must be one of {', '.join(choices)}, got {getattr(cfg, key)!r}")
     for key in ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "log_every", "keep_checkpoints",
-                "num_items", "frame_stride", "disc_layers", "disc_channels", "latent_scale_samples"):
+                "num_items", "frame_stride", "frame_every", "disc_layers", "disc_channels", "latent_scale_samples"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"config key {key!r} must be >= 1, got {getattr(cfg, key)}")
     for key in ("num_frames", "warmup_steps", "num_workers", "disc_start", "seed"):

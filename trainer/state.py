@@ -155,10 +155,12 @@ class RunWeights:
 
 
 def load_run(run_dir: str | os.PathLike) -> RunWeights:
+    """The weights of a run's newest checkpoint, or of one checkpoint (a run's `checkpoints/step-N` folder:
+    e.g. the same step of several runs, for an ablation at equal budget)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"run directory not found: {run_dir}")
-    path = latest_checkpoint(run_dir)
+    path = run_dir if (run_dir / "state.json").is_file() else latest_checkpoint(run_dir)
     if path is None:
         raise CheckpointError(f"{run_dir} holds no training checkpoint (checkpoints/latest.json missing)")
     meta, tensors = read_checkpoint(path)

@@ -279,6 +279,8 @@ def build_dataset(cfg: TrainConfig, num_frames: int, size: int, quiet: bool):
         kwargs["cache_dir"] = cfg.data_cache or None
         if num_frames > 1:
             kwargs["frame_stride"] = cfg.frame_stride
+        else:
+            kwargs["frame_every"] = cfg.frame_every
     with warnings.catch_warnings():
         if quiet:
             warnings.simplefilter("ignore")

@@ -1,7 +1,9 @@
 """AR-VAE (paper Sec. 3.1): a per-frame TiTok-style encoder and a temporally causal decoder.
 
 Encoder, per frame: patches + L learned latent tokens through a ViT; only the latent outputs are kept,
-projected to D channels (continuous, no quantiser) and normalised to unit length.
+projected to D channels (continuous, no quantiser) and normalised to unit length. With `local_latents`
+(the `default` preset) each latent token codes one image region and a linear path per region runs beside the
+transformer (see `VAEConfig`).
 
 Decoder, per frame i: P learned patch placeholders + frame i's L latent tokens. In every block
   - latent tokens attend to frame i's latent tokens only, so their states are a function of z_i alone
@@ -23,6 +25,7 @@ which is empty for `decode` and the cached frames for `decode_next`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
@@ -30,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.models.layers import Mlp, PatchEmbed, approx_gelu
+from engine.models.layers import Mlp, PatchEmbed, approx_gelu, build_sincos2d_pos_embed
 from engine.models.presets import VAEConfig
 
 
@@ -60,8 +63,8 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, hidden_features=int(dim * mlp_ratio), act_layer=approx_gelu)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), mask)
         return x + self.mlp(self.norm2(x))
 
 
@@ -211,7 +214,10 @@ class ARVAE(nn.Module):
         )
         self.enc_norm = nn.LayerNorm(C)
         self.to_latent = nn.Linear(C, cfg.latent_dim)
-        # Set by the trainer to 1 / std of the (unit-norm) latents over data so diffusion sees unit variance.
+        region = cfg.image_size // math.isqrt(L) if cfg.local_latents else 0
+        # Local latents: the linear path per region (config docstring); a conv with stride = kernel = region.
+        self.region_in = nn.Conv2d(3, cfg.latent_dim, region, stride=region) if region else None
+        # Set by the trainer to 1 / std of the latents over data so diffusion sees unit variance.
         self.register_buffer("latent_scale", torch.tensor(1.0))
         # Decoder
         self.mask_token = nn.Parameter(torch.zeros(1, 1, C))  # one placeholder shared by patches and frames
@@ -224,10 +230,15 @@ class ARVAE(nn.Module):
         ])
         self.dec_norm = nn.LayerNorm(C)
         self.to_pixels = nn.Linear(C, cfg.patch_size * cfg.patch_size * 3)
+        self.region_out = nn.ConvTranspose2d(cfg.latent_dim, 3, region, stride=region) if region else None
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        """DiT-style: xavier-uniform linears with zero bias, small normal embeddings, temporal gates at zero.
+        """DiT-style: xavier-uniform linears with zero bias, 2-D sin-cos position embeddings (trainable), small
+        normal token embeddings, temporal gates at zero.
+
+        Sin-cos positions, as DiT and MAE use, give neighbouring patches similar embeddings from the first step
+        (in a 500-step run the loss matched that of small random ones; the prior costs nothing).
 
         The output layer is not zeroed (unlike DiT's): a zero decoder would hide every data path from the
         causality tests and gives the reconstruction loss nothing to start from.
@@ -242,9 +253,11 @@ class ARVAE(nn.Module):
         w = self.patch_embed.proj.weight  # a conv that is a linear map on flattened patches
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.patch_embed.proj.bias)
-        embeddings = (self.enc_pos_embed, self.latent_tokens, self.mask_token, self.dec_pos_embed,
-                      self.latent_slot_embed)
-        for p in embeddings:
+        grid = self.cfg.image_size // self.cfg.patch_size
+        sincos = build_sincos2d_pos_embed([grid, grid], self.cfg.width)  # [P, C], row-major like the patches
+        for p in (self.enc_pos_embed, self.dec_pos_embed):
+            p.data.copy_(sincos[None])
+        for p in (self.latent_tokens, self.mask_token, self.latent_slot_embed):
             nn.init.trunc_normal_(p, std=0.02)
         for block in self.decoder_blocks:
             if block.temporal is not None:
@@ -255,8 +268,9 @@ class ARVAE(nn.Module):
     # ---- parameter groups (disjoint; together they are all parameters) ----
 
     def encoder_parameters(self) -> Iterator[nn.Parameter]:
-        for m in (self.patch_embed, self.encoder_blocks, self.enc_norm, self.to_latent):
-            yield from m.parameters()
+        for m in (self.patch_embed, self.encoder_blocks, self.enc_norm, self.to_latent, self.region_in):
+            if m is not None:
+                yield from m.parameters()
         yield self.enc_pos_embed
         yield self.latent_tokens
 
@@ -269,26 +283,31 @@ class ARVAE(nn.Module):
     def decoder_parameters(self) -> Iterator[nn.Parameter]:
         """The decoder's per-frame parameters (everything of the decoder except `temporal_parameters()`)."""
         temporal = {id(p) for p in self.temporal_parameters()}
-        for m in (self.from_latent, self.decoder_blocks, self.dec_norm, self.to_pixels):
-            yield from (p for p in m.parameters() if id(p) not in temporal)
+        for m in (self.from_latent, self.decoder_blocks, self.dec_norm, self.to_pixels, self.region_out):
+            if m is not None:
+                yield from (p for p in m.parameters() if id(p) not in temporal)
         yield from (self.mask_token, self.dec_pos_embed, self.latent_slot_embed)
 
     # ---- encoder ----
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
-        """frames [B, N, 3, H, W] in [-1, 1] -> latents [B, N, L, D] (unit norm x latent_scale), per frame."""
+        """frames [B, N, 3, H, W] in [-1, 1] -> latents [B, N, L, D] (x latent_scale), per frame."""
         self._check_frames(frames)
         B, N = frames.shape[:2]
         x = self.patch_embed(frames.flatten(0, 1)) + self.enc_pos_embed  # frames fold into the batch
         x = torch.cat([x, self.latent_tokens.expand(B * N, -1, -1).to(x.dtype)], dim=1)
+        mask = self._encoder_mask(x.device)
         for block in self.encoder_blocks:
-            x = block(x)
+            x = block(x, mask)
         z = self.to_latent(self.enc_norm(x[:, self.cfg.num_patches:]))
-        # Unit L2 norm per token, as in the released code: with no KL term the latent magnitude is otherwise
-        # unconstrained; bounding it keeps the scale diffusion sees fixed (then set to unit variance by
-        # latent_scale). Done in float32: it is cheap and the latents are the diffusion model's data.
-        z = F.normalize(z.float(), dim=-1) * self.latent_scale
-        return z.view(B, N, self.cfg.num_latent_tokens, self.cfg.latent_dim)
+        if self.region_in is not None:  # local latents: + the linear path of each (row-major) region, no norm
+            z = (z + self.region_in(frames.flatten(0, 1)).flatten(2).transpose(1, 2)).float()
+        else:
+            # Unit L2 norm per token, as in the released code: with no KL term the latent magnitude is otherwise
+            # unconstrained; bounding it keeps the scale diffusion sees fixed (then set to unit variance by
+            # latent_scale). Done in float32: it is cheap and the latents are the diffusion model's data.
+            z = F.normalize(z.float(), dim=-1)
+        return (z * self.latent_scale).view(B, N, self.cfg.num_latent_tokens, self.cfg.latent_dim)
 
     # ---- decoder ----
 
@@ -347,7 +366,7 @@ class ARVAE(nn.Module):
         for block, block_past in zip(self.decoder_blocks, past):
             x, mem = block(x, mask, block_past)
             memory.append(mem)
-        return self._pixels(x), memory
+        return self._pixels(x, latents), memory
 
     def _decoder_tokens(self, latents: torch.Tensor) -> torch.Tensor:
         """latents [B, N, L, D] -> decoder input tokens [B, N, P + L, C]."""
@@ -357,11 +376,17 @@ class ARVAE(nn.Module):
         patches = (self.mask_token + self.dec_pos_embed).to(lat.dtype).expand(B, N, P, C)
         return torch.cat([patches, lat], dim=2)
 
-    def _pixels(self, x: torch.Tensor) -> torch.Tensor:
+    def _pixels(self, x: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """Final tokens [B, N, P + L, C] (+ the frames' latents [B, N, L, D] for the linear path) -> frames."""
         # No tanh: the output is trained towards [-1, 1] by the L1 loss and left unsquashed so saturated
         # pixels keep their gradient; callers clamp when converting to uint8.
-        x = self.to_pixels(self.dec_norm(x[:, :, :self.cfg.num_patches]))  # [B, N, P, p*p*3]
-        return self._unpatchify(x)
+        frames = self._unpatchify(self.to_pixels(self.dec_norm(x[:, :, :self.cfg.num_patches])))
+        if self.region_out is None:
+            return frames
+        B, N, L, D = latents.shape
+        side = math.isqrt(L)
+        grid = (latents / self.latent_scale).to(frames.dtype).reshape(B * N, side, side, D).permute(0, 3, 1, 2)
+        return frames + self.region_out(grid).view(frames.shape)
 
     @property
     def memory_slots(self) -> int:
@@ -384,13 +409,34 @@ class ARVAE(nn.Module):
         for i, block in enumerate(self.decoder_blocks):
             x, mem = block.step(x, mask, memory[i], mem_len)
             new_memory.append(torch.cat([memory[i][:, 1:], mem.to(memory.dtype)], dim=1))
-        return self._pixels(x)[:, 0], torch.stack(new_memory)
+        return self._pixels(x, latent[:, None])[:, 0], torch.stack(new_memory)
 
     def _spatial_mask(self, device: torch.device) -> torch.Tensor:
-        """[P + L, P + L], True = may attend: patches see the whole frame, latent tokens only latents."""
+        """[P + L, P + L], True = may attend: latent tokens see only latents; patches see the whole frame
+        (with local latents: every patch, but only their own region's latent)."""
         P, L = self.cfg.num_patches, self.cfg.num_latent_tokens
         is_latent = torch.arange(P + L, device=device) >= P
-        return ~is_latent[:, None] | is_latent[None, :]
+        mask = ~is_latent[:, None] | is_latent[None, :]
+        if self.cfg.local_latents:
+            mask[:P, P:] = self._region_of_patch(device)[:, None] == torch.arange(L, device=device)[None, :]
+        return mask
+
+    def _encoder_mask(self, device: torch.device) -> Optional[torch.Tensor]:
+        """None (all attend to all), or with local latents [P + L, P + L]: latent j sees its region's patches
+        and itself, so what it encodes is that region; patches see every patch and latent as before."""
+        if not self.cfg.local_latents:
+            return None
+        P, L = self.cfg.num_patches, self.cfg.num_latent_tokens
+        mask = torch.ones(P + L, P + L, dtype=torch.bool, device=device)
+        mask[P:, :P] = torch.arange(L, device=device)[:, None] == self._region_of_patch(device)[None, :]
+        mask[P:, P:] = torch.eye(L, dtype=torch.bool, device=device)
+        return mask
+
+    def _region_of_patch(self, device: torch.device) -> torch.Tensor:
+        """[P]: the latent token (row-major on its sqrt(L) grid) whose region holds each row-major patch."""
+        grid, side = self.cfg.image_size // self.cfg.patch_size, math.isqrt(self.cfg.num_latent_tokens)
+        cell = torch.arange(grid, device=device) // (grid // side)
+        return (cell[:, None] * side + cell[None, :]).flatten()
 
     def _unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         """[B, N, P, p*p*3] -> [B, N, 3, H, W] (row-major patches, as PatchEmbed flattens them)."""

@@ -45,6 +45,7 @@ def import_timm_layers() -> ModuleType:
 _timm_layers = import_timm_layers()
 Mlp = _timm_layers.Mlp
 PatchEmbed = _timm_layers.PatchEmbed
+build_sincos2d_pos_embed = _timm_layers.build_sincos2d_pos_embed
 
 
 def approx_gelu() -> nn.Module:
