@@ -298,11 +298,8 @@ def _add_eval_parser(sub) -> None:
     q.set_defaults(func=cmd_eval_fvd)
 
     q = ev.add_parser("continue", help="continue clips for several s; PSNR/SSIM per horizon, FVD, speed")
-    q.add_argument("--checkpoint", default=None, help="model checkpoint (default: the embedded model)")
-    q.add_argument("--clips", required=True, help="folder of videos (files or folders of PNG/JPG frames)")
+    _add_model_and_clips(q)
     q.add_argument("--context", type=int, default=8, help="context frames: the first frames of every clip")
-    q.add_argument("--clips-per-video", type=int, default=1, metavar="K",
-                   help="take up to K consecutive clips from every video (default 1: its first frames)")
     q.add_argument("--frames", type=int, default=24, help="new frames, compared with the clip's next frames")
     q.add_argument("--s", default="0,5,10,25", help="comma-separated s values, e.g. 0,5,10,25")
     q.add_argument("--steps", type=int, default=50, help="DDIM steps per frame")
@@ -316,15 +313,20 @@ def _add_eval_parser(sub) -> None:
     q.set_defaults(func=cmd_eval_continue)
 
     q = ev.add_parser("vae", help="AR-VAE reconstruction: PSNR/SSIM of encode -> decode on real clips")
-    q.add_argument("--checkpoint", default=None, help="model checkpoint (default: the embedded model)")
-    q.add_argument("--clips", required=True, help="folder of videos (files or folders of PNG/JPG frames)")
+    _add_model_and_clips(q)
     q.add_argument("--frames", type=int, default=32, help="frames per clip")
-    q.add_argument("--clips-per-video", type=int, default=1, metavar="K",
-                   help="take up to K consecutive clips from every video")
     q.add_argument("--device", default="auto", help="auto | cpu | cuda")
     q.add_argument("-o", "--output", required=True, help="folder for results.md and results.json")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_eval_vae)
+
+
+def _add_model_and_clips(q: argparse.ArgumentParser) -> None:
+    """The options every model evaluation shares: which model, which clips, how many clips per video."""
+    q.add_argument("--checkpoint", default=None, help="model checkpoint (default: the embedded model)")
+    q.add_argument("--clips", required=True, help="folder of videos (files or folders of PNG/JPG frames)")
+    q.add_argument("--clips-per-video", type=int, default=1, metavar="K",
+                   help="take up to K consecutive clips from every video (default 1: its first frames)")
 
 
 def _parse_paths(text: str) -> str | list[str]:
