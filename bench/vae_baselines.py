@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.evaluate import _score, load_clips  # noqa: E402
+from engine.evaluate import score_frames, load_clips  # noqa: E402
 from engine.video_io import list_frame_files, read_image  # noqa: E402
 
 
@@ -66,7 +66,7 @@ def main() -> None:
                 y = (((torch.from_numpy(flat) - mean) @ basis) @ basis.T + mean).numpy()
                 y = y.reshape(real.shape) if kind == "global" else unregions(y, len(real), size, args.region)
                 fake = ((y + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
-                psnrs.append(_score(clip.frames, fake)[0].mean())
+                psnrs.append(score_frames(clip.frames, fake)[0].mean())
             what = f"{kind} PCA, {k} per frame" if kind == "global" else f"local PCA, {k} per {args.region}px region"
             print(f"| {what} | {k * per_frame} | {np.mean(psnrs):.2f} |")
 

@@ -53,6 +53,7 @@ __all__ = [
     "horizons_for",
     "load_clips",
     "load_fvd_network",
+    "score_frames",
     "parse_s_values",
     "video_paths",
     "plot_horizon",
@@ -438,7 +439,8 @@ class EvalResult:
 # --------------------------------------------------------------------------------------------------
 
 
-def _score(real: np.ndarray, fake: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def score_frames(real: np.ndarray, fake: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """PSNR (dB) and SSIM per frame of uint8 [T, H, W, 3] videos (SSIM NaN where frames are below its window)."""
     from engine.metrics import psnr, ssim
     from engine.metrics.image import SSIM_WINDOW
 
@@ -550,7 +552,7 @@ def evaluate_continuation(pipe, clips: Sequence[Clip | np.ndarray], context: int
             new = np.asarray(done.video[done.num_context:])
             if new.shape != truth.shape:
                 raise ArdiffError(f"{label}: the pipeline returned {new.shape} new frames, expected {truth.shape}")
-            p, q = _score(truth, new)
+            p, q = score_frames(truth, new)
             psnrs.append(p)
             ssims.append(q)
             rows.append(int(getattr(done.stats, "rows", 0)))
@@ -565,7 +567,7 @@ def evaluate_continuation(pipe, clips: Sequence[Clip | np.ndarray], context: int
         start = time.perf_counter()
         new = copy_last_frame_baseline(ctx, frames)
         secs.append(time.perf_counter() - start)
-        p, q = _score(truth, new)
+        p, q = score_frames(truth, new)
         psnrs.append(p)
         ssims.append(q)
         videos.append(new)

@@ -228,8 +228,13 @@ class Pipeline:
         yield Done(out, num_context, sampler.stats, time.perf_counter() - start, cancelled)
 
     def _decode(self, latent: torch.Tensor, state) -> np.ndarray:
-        frame = self.vae.decode_next(latent, state)[0].float()
-        return frame.add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        return to_uint8_frames(self.vae.decode_next(latent, state)[0])
+
+
+def to_uint8_frames(x: torch.Tensor) -> np.ndarray:
+    """Decoder output [..., 3, H, W] in [-1, 1] -> uint8 [..., H, W, 3] (rounded, clipped)."""
+    out = x.float().add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+    return out.movedim(-3, -1).cpu().numpy()
 
 
 def load_pipeline(checkpoint: str | Path | Checkpoint | None = None, device: str = "auto", backend: str = "eager",

@@ -51,17 +51,17 @@ class ReconstructionResult:
 @torch.no_grad()
 def reconstruct(pipe, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """uint8 [N, H, W, 3] at any size -> (fitted frames, their reconstruction), both uint8 at the model size."""
+    from engine.pipeline import to_uint8_frames
+
     fitted, latents = pipe.encode_frames(frames)
     with pipe._autocast():
-        decoded = pipe.vae.decode(latents)[0]
-    out = decoded.float().add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
-    return fitted, out.permute(0, 2, 3, 1).cpu().numpy()
+        return fitted, to_uint8_frames(pipe.vae.decode(latents)[0])
 
 
 def evaluate_reconstruction(pipe, clips: Sequence, progress: Callable[[int, int, str], None] | None = None
                             ) -> ReconstructionResult:
     """Reconstruct every clip (``Clip`` objects or uint8 arrays of equal length) and score each frame."""
-    from engine.evaluate import Clip, _score
+    from engine.evaluate import Clip, score_frames
 
     clips = [c if isinstance(c, Clip) else Clip(f"clip{i}", np.asarray(c)) for i, c in enumerate(clips)]
     if not clips:
@@ -74,7 +74,7 @@ def evaluate_reconstruction(pipe, clips: Sequence, progress: Callable[[int, int,
         if progress:
             progress(i, len(clips), clip.name)
         real, fake = reconstruct(pipe, clip.frames)
-        p, s = _score(real, fake)
+        p, s = score_frames(real, fake)
         psnrs.append(p)
         ssims.append(s)
     if progress:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from engine.checkpoint import ASSETS_DIR, DEFAULT_CHECKPOINT_NAME, load_checkpoint
-from engine.evaluate import _score
+from engine.evaluate import score_frames
 from engine.video_io import fit_frames, read_video
 
 MODEL = ASSETS_DIR / DEFAULT_CHECKPOINT_NAME
@@ -39,7 +39,7 @@ def test_embedded_model_is_found_and_reconstructs_the_demo_clip(pipe):
 
     assert pipe.checkpoint.path.resolve() == MODEL.resolve()
     real, fake = reconstruct(pipe, read_video(ASSETS_DIR / "demo.mp4"))
-    assert _score(real, fake)[0].mean() > 20.0
+    assert score_frames(real, fake)[0].mean() > 20.0
 
 
 def test_embedded_model_continues_the_demo_clip_plausibly(pipe):
@@ -51,5 +51,5 @@ def test_embedded_model_continues_the_demo_clip_plausibly(pipe):
     new = done.video[8:]
     assert new.shape == (2, 64, 64, 3)
     # Close to the real next frames (a talking head barely moves), and far from noise or a blank frame.
-    assert _score(clip[8:10], new)[0].mean() > 16.0
+    assert score_frames(clip[8:10], new)[0].mean() > 16.0
     assert np.abs(new.astype(int) - clip[7].astype(int)).mean() < 40
