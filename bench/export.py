@@ -24,17 +24,18 @@ import torch  # noqa: E402
 
 from bench.common import header, median_time  # noqa: E402
 from engine import export as E  # noqa: E402
-from engine.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from engine.checkpoint import load_checkpoint, read_checkpoint_header, save_checkpoint  # noqa: E402
 from engine.models import build_models, get_preset  # noqa: E402
 from engine.models.dit import KVCache  # noqa: E402
 from engine.pipeline import Pipeline, load_pipeline  # noqa: E402
 
 
 def make_checkpoint(preset: str, path: Path) -> Path:
-    if path.is_file():
+    """Random weights for `preset` at `path`, made once and remade when the preset has changed since."""
+    cfg = get_preset(preset)
+    if path.is_file() and read_checkpoint_header(path)[0] == cfg:
         return path
     torch.manual_seed(0)
-    cfg = get_preset(preset)
     vae, dit = build_models(cfg)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():

@@ -23,14 +23,15 @@ def atomic_path(path: str | os.PathLike, directory: bool = False) -> Iterator[Pa
     target.parent.mkdir(parents=True, exist_ok=True)
     if directory:
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700
     else:
         fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + target.suffix, dir=target.parent)
         os.close(fd)
         tmp = Path(name)
-        tmp.chmod(0o666 & ~_umask())  # mkstemp makes 0600: give what open() would (checkpoints are shared)
     try:
         yield tmp
+        # mkstemp/mkdtemp make 0600/0700, and some writers (safetensors' save_file) replace the file with a
+        # 0600 one of their own: give the result what open()/mkdir() would (checkpoints are shared).
+        tmp.chmod((0o777 if directory else 0o666) & ~_umask())
         if directory and target.is_dir():
             shutil.rmtree(target)
         os.replace(tmp, target)

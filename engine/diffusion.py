@@ -91,6 +91,8 @@ class DDIMGrid:
         _check_int("num_steps", self.num_steps, 1, self.schedule.T)
         n, T = self.num_steps, self.schedule.T
         self.timesteps = torch.from_numpy(np.round(np.arange(n + 1) * T / n).astype(np.int64))
+        abar = self.schedule.alphas_cumprod[self.timesteps]
+        self._signal, self._noise = abar.sqrt(), (1.0 - abar).sqrt()  # per level k, float64
 
     def t_of(self, k: torch.Tensor) -> torch.Tensor:
         """Timesteps for step indices (any shape)."""
@@ -109,16 +111,19 @@ class DDIMGrid:
         z_t, x0_hat: [B, F, ...]; k_from, k_to: [B, F] (or [F]). Frames whose level does not change are
         returned unchanged bit for bit, so one call serves a row where only some frames move.
         """
-        k_from = torch.as_tensor(k_from, device=z_t.device).expand(z_t.shape[:2])
-        k_to = torch.as_tensor(k_to, device=z_t.device).expand(z_t.shape[:2])
+        k_from = torch.as_tensor(k_from).expand(z_t.shape[:2]).long().cpu()
+        k_to = torch.as_tensor(k_to).expand(z_t.shape[:2]).long().cpu()
         if bool((k_to > k_from).any()):
             raise ValueError("a DDIM step cannot add noise: k_to must be <= k_from for every frame")
         if clip_x0 is not None:
             x0_hat = x0_hat.clamp(-clip_x0, clip_x0)
-        t_from, t_to = self.t_of(k_from), self.t_of(k_to)
-        eps_hat = self.schedule.eps_from_x0(z_t, x0_hat, t_from)
-        a_to, b_to = self.schedule._coefficients(t_to, z_t)
-        z_prev = a_to * x0_hat + b_to * eps_hat
-        z_prev = torch.where((t_to == 0).reshape(a_to.shape), x0_hat.to(z_t.dtype), z_prev)
-        return torch.where((k_from == k_to).reshape(a_to.shape), z_t, z_prev)
-
+        # z_prev = a_to x0 + b_to eps with eps = (z_t - a_from x0) / b_from, i.e. keep * z_t + take * x0; the
+        # per-frame coefficients come from [B, F] levels (float64, once per call), not from the latents.
+        same = k_from == k_to
+        keep = torch.where(same, 1.0, self._noise[k_to] / self._noise[k_from].clamp_min(1e-300))
+        take = torch.where(same, 0.0, self._signal[k_to] - keep * self._signal[k_from])
+        shape = tuple(keep.shape) + (1,) * (z_t.dim() - 2)
+        keep, take = (c.reshape(shape).to(z_t.device, z_t.dtype) for c in (keep, take))
+        z_prev = torch.addcmul(keep * z_t, take, x0_hat.to(z_t.dtype))
+        # where, not arithmetic, for unchanged frames: bit for bit even if the network's x0 there is not finite
+        return torch.where(same.reshape(shape).to(z_t.device), z_t, z_prev)

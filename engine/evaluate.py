@@ -13,7 +13,10 @@ What is compared with what (the same for every s and for the baseline):
 * new frame ``h`` (horizon ``h = 1 .. frames``, the h-th frame after the context) is compared with real
   frame ``context + h - 1``; PSNR (dB; ``inf`` for identical frames) and SSIM per frame, then averaged over
   clips per horizon, and over clips and horizons for the "avg" columns;
-* the copy-last-frame baseline repeats context frame ``context - 1``.
+* the copy-last-frame baseline repeats context frame ``context - 1``;
+* the AR-VAE row is the real clip encoded and decoded (temporal decoder over context + truth): what the
+  model would score if its latents were exactly right, i.e. the best any DiT can reach through this
+  autoencoder. It is a reference, not a competitor, and is not timed.
 
 FVD (``FVD_DEFINITION``): only the ``frames`` NEW frames go into I3D (the context is identical in real and
 generated videos and would only dilute the difference). ``fvd`` feeds all of them as one clip (I3D needs
@@ -43,6 +46,7 @@ from engine.errors import ArdiffError
 
 __all__ = [
     "FVD_DEFINITION",
+    "AUTOENCODER_NAME",
     "BASELINE_NAME",
     "Clip",
     "EvalResult",
@@ -64,6 +68,7 @@ __all__ = [
 ]
 
 BASELINE_NAME = "copy last frame"
+AUTOENCODER_NAME = "AR-VAE reconstruction"
 SEGMENT = 16
 FVD_DEFINITION = (
     "FVD compares only the NEW frames (the context is identical in real and generated videos): `fvd` feeds "
@@ -329,7 +334,8 @@ def fvd_between_files(real: str | os.PathLike | Sequence, fake: str | os.PathLik
 
 @dataclass
 class RunResult:
-    """One row of the report: a sampling setting (``s``) or the baseline (``s`` None), over all clips."""
+    """One row of the report over all clips: a sampling setting (``s``), or (``s`` None) the copy-last-frame
+    baseline or the AR-VAE reference (``autoencoder``)."""
 
     name: str
     s: int | None
@@ -338,10 +344,11 @@ class RunResult:
     seconds: np.ndarray  # [clips] wall time per clip
     rows: list[int] = field(default_factory=list)  # network calls per clip (empty for the baseline)
     fvd: dict[str, float] = field(default_factory=dict)
+    autoencoder: bool = False
 
     @property
     def kind(self) -> str:
-        return "baseline" if self.s is None else "model"
+        return "model" if self.s is not None else "autoencoder" if self.autoencoder else "baseline"
 
     @property
     def psnr_per_horizon(self) -> np.ndarray:
@@ -388,7 +395,7 @@ class EvalResult:
 
     @property
     def baseline(self) -> RunResult:
-        return next(r for r in self.runs if r.s is None)
+        return next(r for r in self.runs if r.kind == "baseline")
 
     def run(self, s: int) -> RunResult:
         return next(r for r in self.runs if r.s == s)
@@ -448,6 +455,22 @@ def score_frames(real: np.ndarray, fake: np.ndarray) -> tuple[np.ndarray, np.nda
     if min(real.shape[1:3]) < SSIM_WINDOW:
         return p, np.full(len(real), np.nan)
     return p, ssim(real, fake)
+
+
+def _autoencoder_row(pipe, fitted: list[np.ndarray], context: int) -> tuple[RunResult, list[np.ndarray]]:
+    """The AR-VAE reference: every fitted clip (context + truth) encoded and decoded, scored on the truth."""
+    from engine.reconstruction import reconstruct
+
+    psnrs, ssims, videos = [], [], []
+    for clip in fitted:
+        real, recon = reconstruct(pipe, clip)
+        p, q = score_frames(real[context:], recon[context:])
+        psnrs.append(p)
+        ssims.append(q)
+        videos.append(recon[context:])
+    row = RunResult(AUTOENCODER_NAME, None, np.stack(psnrs), np.stack(ssims), np.zeros(len(fitted)), [],
+                    autoencoder=True)
+    return row, videos
 
 
 def evaluate_continuation(pipe, clips: Sequence[Clip | np.ndarray], context: int, frames: int,
@@ -573,6 +596,9 @@ def evaluate_continuation(pipe, clips: Sequence[Clip | np.ndarray], context: int
         videos.append(new)
     runs.append(RunResult(BASELINE_NAME, None, np.stack(psnrs), np.stack(ssims), np.asarray(secs), []))
     generated.append(videos)
+    row, videos = _autoencoder_row(pipe, fitted, context)
+    runs.append(row)
+    generated.append(videos)
     if i3d is not None:
         for k, (run, videos) in enumerate(zip(runs, generated)):
             report("fvd", k, len(runs), f"FVD {run.name}")
@@ -626,7 +652,7 @@ def write_markdown(result: EvalResult, path: str | os.PathLike) -> Path:
         "| " + " | ".join(["---"] + ["---:"] * (len(head) - 1)) + " |",
     ]
     for r in result.runs:
-        name = str(r.s) if r.s is not None else BASELINE_NAME
+        name = str(r.s) if r.s is not None else r.name
         cells = [name]
         if fvd_keys:
             cells += [_fmt(r.fvd.get(k), 1) for k in fvd_keys]
@@ -702,8 +728,9 @@ def _nice_step(span: float, target: int) -> float:
 
 
 def plot_horizon(result: EvalResult, path: str | os.PathLike, width: int = 760, height: int = 460) -> Path:
-    """horizon.png: mean PSNR (over clips) vs horizon, one line per s plus the baseline (dashed grey), with
-    axes, ticks, labels and a legend. Infinite values (identical frames) are drawn on the top edge."""
+    """horizon.png: mean PSNR (over clips) vs horizon, one line per s plus the baseline (dashed grey) and the
+    AR-VAE reference (dashed green), with axes, ticks, labels and a legend. Infinite values (identical frames)
+    are drawn on the top edge."""
     from PIL import Image, ImageDraw, ImageFont
 
     from engine.atomic import atomic_path
@@ -761,7 +788,7 @@ def plot_horizon(result: EvalResult, path: str | os.PathLike, width: int = 760, 
     d.text(((x0 + x1) / 2 - d.textlength(title, font=font) / 2, 10), title, fill="black", font=font)
     # lines
     model_runs = [r for r in result.runs if r.s is not None]
-    colours = {}
+    colours = {AUTOENCODER_NAME: (60, 140, 90)}  # the baseline stays grey
     for i, r in enumerate(model_runs):
         t = 0.85 * i / max(len(model_runs) - 1, 1)
         colours[r.name] = tuple(int(c) for c in colormap(np.array([t]))[0])

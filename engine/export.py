@@ -571,11 +571,12 @@ class ExportedDiT:
         if P == 0:
             empty = torch.zeros(self.depth, batch, self.heads, 1, L, self.head_dim, dtype=self.dtype, device=device)
             return empty, empty, 0
-        if self._stacked is not None and self._stacked[0] is cache.layers and self._stacked[1] == P:
+        if self._stacked is not None and self._stacked[0] is cache and self._stacked[1] == cache.version:
             return self._stacked[2], self._stacked[3], P
-        k = torch.stack([k for k, _ in cache.layers]).unflatten(3, (P, L))
-        v = torch.stack([v for _, v in cache.layers]).unflatten(3, (P, L))
-        self._stacked = (cache.layers, P, k, v)  # holds the list, so its id cannot be reused meanwhile
+        layers = cache.layers
+        k = torch.stack([k for k, _ in layers]).unflatten(3, (P, L))
+        v = torch.stack([v for _, v in layers]).unflatten(3, (P, L))
+        self._stacked = (cache, cache.version, k, v)  # rebuilt only when the cache changes
         return k, v, P
 
     def forward_cached(self, z: torch.Tensor, t: torch.Tensor, cache: KVCache,

@@ -99,8 +99,7 @@ class Sampler:
         raise NotImplementedError
 
     def _levels_to_t(self, levels: np.ndarray, batch: int) -> torch.Tensor:
-        k = torch.from_numpy(levels).to(self.latents.device)
-        return self.grid.t_of(k)[None].expand(batch, -1)
+        return self.grid.t_of(torch.tensor(levels)).to(self.latents.device)[None].expand(batch, -1)
 
     def _labels(self, batch: int) -> torch.Tensor | None:
         label = self._class_label
@@ -125,8 +124,7 @@ class Sampler:
 
     def _step(self, start: int, stop: int, x0: torch.Tensor, row: Row) -> None:
         """DDIM-step frames [start, stop) from level_from to level_to; unchanged frames stay bit for bit."""
-        k_from = torch.from_numpy(row.level_from[start:stop]).to(x0.device)
-        k_to = torch.from_numpy(row.level_to[start:stop]).to(x0.device)
+        k_from, k_to = torch.tensor(row.level_from[start:stop]), torch.tensor(row.level_to[start:stop])
         z = self.latents[:, start:stop]
         self.latents[:, start:stop] = self.grid.ddim_step(z, x0, k_from, k_to, clip_x0=self.clip_x0)
 

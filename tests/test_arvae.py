@@ -280,3 +280,30 @@ def test_local_latents_need_a_square_grid_that_tiles_the_patches():
         ModelConfig(vae=dataclasses.replace(tiny.vae, local_latents=True, num_latent_tokens=6))
     with pytest.raises(ValueError, match="local_latents"):  # a 3x3 latent grid cannot tile 4x4 patches
         ModelConfig(vae=dataclasses.replace(tiny.vae, local_latents=True, num_latent_tokens=9))
+
+
+def test_local_pca_init_reconstructs_as_the_top_principal_directions():
+    """After `init_from_local_pca` the untrained VAE is exactly the rank-D projection of each region onto
+    its top singular directions (checked against an SVD), which beats any other linear code of that size."""
+    vae = _local_tiny()
+    gen = torch.Generator().manual_seed(0)
+    smooth = torch.nn.functional.interpolate(torch.rand(64, 3, 4, 4, generator=gen), size=16, mode="bilinear")
+    frames = smooth * 1.6 - 0.8 + 0.05 * torch.randn(64, 3, 16, 16, generator=gen)
+    vae.init_from_local_pca(frames)
+    with torch.no_grad():
+        recon = vae.decode(vae.encode(frames[:, None]))[:, 0]
+    regions = torch.nn.functional.unfold(frames, 8, stride=8).transpose(1, 2).reshape(-1, 192).double()
+    top = torch.linalg.svd(regions, full_matrices=False).Vh[: vae.cfg.latent_dim]
+    projected = torch.nn.functional.fold((regions @ top.T @ top).float().reshape(64, 4, 192).transpose(1, 2),
+                                         16, 8, stride=8)
+    assert torch.allclose(recon, projected, atol=1e-4)
+    q = torch.linalg.qr(torch.randn(192, vae.cfg.latent_dim, dtype=torch.float64, generator=gen))[0]
+    other = (regions - regions @ q @ q.T).pow(2).mean()  # another orthogonal linear code of the same size
+    assert (regions - regions @ top.T @ top).pow(2).mean() < 0.6 * other
+
+
+def test_local_pca_init_refuses_free_tokens_and_wrong_frames():
+    with pytest.raises(ValueError, match="local latents"):
+        make_vae().init_from_local_pca(torch.zeros(4, 3, 16, 16))
+    with pytest.raises(ValueError, match="frames must be"):
+        _local_tiny().init_from_local_pca(torch.zeros(4, 3, 32, 32))

@@ -141,7 +141,10 @@ def test_atomic_writes_get_the_usual_permissions(tmp_path):
             tmp.write_bytes(b"x")
         with atomic_path(tmp_path / "d", directory=True) as tmp:
             (tmp / "a").write_bytes(b"y")
+        vae, dit = build_models(get_preset("tiny"))
+        save_checkpoint(tmp_path / "m.safetensors", vae, dit, get_preset("tiny"))  # safetensors replaces its file
     finally:
         os.umask(old)
     assert (tmp_path / "f.bin").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755

@@ -165,3 +165,23 @@ def test_conditioning_table_matches_direct_computation(cfg):
         dit(z, torch.full_like(t, 3), labels, table=table)
     with pytest.raises(ValueError, match="other class labels"):
         dit(z, t, torch.tensor([0, 0]), table=table)
+
+
+@torch.no_grad()
+def test_cache_filled_from_outside_keys_grows_and_follows_the_dtype(cfg, dit):
+    """Keys/values appended a frame at a time from another call (as the exported backends hand them back)
+    grow the buffers and give the same outputs; a bf16 call converts the cached tokens instead of failing."""
+    L = cfg.vae.num_latent_tokens
+    z, t = inputs(cfg, N=6)
+    full = dit(z, t)
+    _, kv = dit.forward_cached(z[:, :3], t[:, :3], KVCache())
+    cache = KVCache()
+    for f in range(3):
+        cache.append([(k[:, :, f * L:(f + 1) * L], v[:, :, f * L:(f + 1) * L]) for k, v in kv], 1, L)
+    assert cache.num_frames == 3 and cache.tokens == 3 * L
+    x0, _ = dit.forward_cached(z[:, 3:], t[:, 3:], cache)
+    torch.testing.assert_close(x0, full[:, 3:], atol=1e-5, rtol=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        x0_bf16, _ = dit.forward_cached(z[:, 3:], t[:, 3:], cache)
+    assert cache.buffers[0][0].dtype == torch.bfloat16 and cache.tokens == 3 * L
+    torch.testing.assert_close(x0_bf16.float(), full[:, 3:], atol=0.1, rtol=0.05)

@@ -12,6 +12,7 @@ from PIL import Image
 from engine.cli import main
 from engine.errors import ArdiffError
 from engine.evaluate import (
+    AUTOENCODER_NAME,
     BASELINE_NAME,
     Clip,
     evaluate_continuation,
@@ -151,13 +152,14 @@ def test_eval_continue_end_to_end(tmp_path, capsys, tiny_checkpoint, clip_dir, s
     table = [line for line in md.splitlines() if line.startswith("| ")]
     assert table[0].startswith("| s | FVD (new 10) |") and "PSNR / SSIM @1" in table[0]
     assert "Inference time" in table[0]
-    assert [row.split("|")[1].strip() for row in table[2:]] == ["0", "2", BASELINE_NAME]
+    assert [row.split("|")[1].strip() for row in table[2:]] == ["0", "2", BASELINE_NAME, AUTOENCODER_NAME]
     assert "n/a" not in md and "all 10 new frames" in md
     data = json.loads((out / "results.json").read_text())
     assert data["setup"] == {"context": 4, "frames": 10, "steps": 3, "seed": 0, "s_values": [0, 2],
                              "clip_seed": "seed + clip index"}
     assert [c["name"] for c in data["clips"]] == ["a.mp4", "b_frames"]
-    assert [r["name"] for r in data["runs"]] == ["s=0", "s=2", BASELINE_NAME]
+    assert [r["name"] for r in data["runs"]] == ["s=0", "s=2", BASELINE_NAME, AUTOENCODER_NAME]
+    assert [r["kind"] for r in data["runs"]] == ["model", "model", "baseline", "autoencoder"]
     assert data["horizons"] == list(range(1, 11)) and data["fvd_missing"] is None
     for run in data["runs"]:
         assert len(run["psnr_per_horizon"]) == len(run["ssim_per_horizon"]) == 10
@@ -187,7 +189,7 @@ def test_eval_continue_no_fvd_and_inf_psnr_in_json(tmp_path, capsys, tiny_checkp
     assert "Infinity" not in text and "NaN" not in text  # strict JSON
     data = json.loads(text)
     assert data["fvd_missing"] == "skipped (--no-fvd)"
-    base = data["runs"][-1]
+    base = next(r for r in data["runs"] if r["kind"] == "baseline")
     assert base["s"] is None and base["psnr_mean"] == math.inf and base["ssim_mean"] == pytest.approx(1.0)
     md = (out / "results.md").read_text()
     assert "FVD is not reported: skipped (--no-fvd)" in md and "| inf / 1.000 |" in md
@@ -339,6 +341,27 @@ def test_load_clips_per_video_takes_consecutive_non_overlapping_clips(tmp_path):
     assert [c.name for c in load_clips(tmp_path, 3, 5)] == ["a"]  # default: the first frames only
     with pytest.raises(ArdiffError, match="at least 1"):
         load_clips(tmp_path, 3, 5, per_video=0)
+
+
+def test_autoencoder_row_scores_the_round_trip_of_the_truth(tiny_pipe, monkeypatch):
+    """The AR-VAE row is the real clip encoded and decoded, scored on the new frames only: it equals
+    `reconstruct` on the fitted clip, and a VAE that hands back its input scores perfectly."""
+    from engine.reconstruction import reconstruct
+    from engine.video_io import fit_frames
+
+    clips = [bouncing_clip(seed, 14, size=32) for seed in (1, 2)]
+    result = evaluate_continuation(tiny_pipe, clips, context=4, frames=10, s_values=[0], steps=1, seed=0,
+                                   i3d=_StubI3D(), warmup=False)
+    row = result.runs[-1]
+    assert row.kind == "autoencoder" and row.name == AUTOENCODER_NAME and result.baseline.kind == "baseline"
+    real, recon = reconstruct(tiny_pipe, fit_frames(clips[1], tiny_pipe.resolution))
+    expected = 10 * np.log10(255**2 / np.mean((real[4 + 2].astype(float) - recon[4 + 2].astype(float)) ** 2))
+    assert row.psnr.shape == (2, 10) and row.psnr[1, 2] == pytest.approx(expected, rel=1e-6)
+    assert np.isfinite(row.psnr).all() and row.fvd["fvd"] > 1e-3
+    monkeypatch.setattr("engine.reconstruction.reconstruct", lambda pipe, frames: (frames, frames))
+    perfect = evaluate_continuation(tiny_pipe, clips, context=4, frames=10, s_values=[0], steps=1, seed=0,
+                                    i3d=_StubI3D(), warmup=False)
+    assert np.isinf(perfect.runs[-1].psnr).all() and perfect.runs[-1].fvd["fvd"] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_reconstruction_scores_the_vae_and_a_perfect_vae_scores_inf(tiny_pipe, monkeypatch):

@@ -463,3 +463,26 @@ def test_precision_auto_follows_the_hardware_and_bf16_runs(vae_run, tmp_path, ca
                        tmp_path / f"bf16-{stage}")
         assert all(np.isfinite(losses(result)))
     assert "bf16 autocast (asked for" in capsys.readouterr().err
+
+
+def test_pca_init_starts_the_vae_as_its_linear_code(tmp_path):
+    """pca_init_frames: a local-latent VAE starts as the local PCA of training frames (decodes its own code
+    better than a fresh init); a preset without local latents is refused before any step."""
+    import dataclasses
+
+    from engine.models import get_preset
+    from engine.models.arvae import ARVAE
+
+    torch.manual_seed(0)
+    vae = ARVAE(dataclasses.replace(get_preset("tiny").vae, local_latents=True)).eval().requires_grad_(False)
+    gen = torch.Generator().manual_seed(0)
+    frames = [torch.nn.functional.interpolate(torch.rand(1, 3, 4, 4, generator=gen), size=16, mode="bilinear") * 2 - 1
+              for _ in range(32)]
+    x = torch.stack(frames)  # [32, 1, 3, 16, 16]
+    before = (vae.decode(vae.encode(x)) - x).abs().mean().item()
+    messages = []
+    train_mod.init_vae_from_pca(vae, frames, 16, seed=0, info=messages.append)
+    after = (vae.decode(vae.encode(x)) - x).abs().mean().item()
+    assert after < 0.5 * before and "16 training frames" in messages[0]
+    with pytest.raises(ConfigError, match="local latents"):
+        train(cfg_for("vae-image", "pca_init_frames=8", "max_steps=2"), tmp_path / "run")

@@ -84,6 +84,8 @@ class TrainConfig:
     disc_channels: int = 64
     disc_layers: int = 3
     perceptual_weights: str = ""  # LPIPS-style weights; not supported yet (an error if set)
+    pca_init_frames: int = 0  # vae-image with local latents: start the region paths as the local PCA of
+    #   this many training frames (ARVAE.init_from_local_pca); 0 = data-free init
     temporal_rest_lr_scale: float = 0.1  # vae-temporal: lr factor for the non-temporal parameters; 0 = frozen
     latent_scale_samples: int = 256  # items encoded to measure 1 / std of the latents at the end of VAE stages
     # ---- diffusion stage
@@ -199,7 +201,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                 "num_items", "frame_stride", "frame_every", "disc_layers", "disc_channels", "latent_scale_samples"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"config key {key!r} must be >= 1, got {getattr(cfg, key)}")
-    for key in ("num_frames", "warmup_steps", "num_workers", "disc_start", "seed"):
+    for key in ("num_frames", "warmup_steps", "num_workers", "disc_start", "seed", "pca_init_frames"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"config key {key!r} must be >= 0, got {getattr(cfg, key)}")
     for key in ("lr", "disc_lr", "min_lr", "weight_decay", "grad_clip", "l1_weight", "disc_weight",

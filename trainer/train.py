@@ -313,6 +313,18 @@ def measure_latent_scale(vae: ARVAE, dataset, num_items: int, batch_size: int, d
     return 1.0 / std
 
 
+@torch.no_grad()
+def init_vae_from_pca(vae: ARVAE, dataset, num_frames: int, seed: int, info: Callable[[str], None]) -> None:
+    """Initialise a local-latent VAE as the local PCA code of a fixed random sample of training frames."""
+    if not vae.cfg.local_latents:
+        raise ConfigError("pca_init_frames needs a preset with local latents (vae.local_latents)")
+    n = min(num_frames, len(dataset))
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed + 11))[:n].tolist()
+    frames = torch.cat([dataset[j] for j in order]).to(vae.region_in.weight.device)  # items are [1, 3, H, W]
+    vae.init_from_local_pca(frames)
+    info(f"VAE region paths initialised from the local PCA of {n} training frames")
+
+
 def lr_at(cfg: TrainConfig, step: int) -> float:
     """Learning rate of optimizer step `step` (0-based): linear warm-up, then constant or cosine to min_lr."""
     if cfg.warmup_steps and step < cfg.warmup_steps:
@@ -489,6 +501,10 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
     if batches_per_epoch < 1:
         raise ConfigError(f"data: {len(dataset)} items is fewer than one global batch ({global_batch}); "
                           f"lower batch_size or add data")
+
+    if cfg.pca_init_frames and cfg.stage == "vae-image" and not resume:
+        init_vae_from_pca(raw, dataset, cfg.pca_init_frames, cfg.seed, log.info)
+        ema = EMA(raw, cfg.ema_decay, cfg.ema_warmup).to(device)  # the average starts from the new weights
 
     # ---- resume
     step, epoch, batch_in_epoch = 0, 0, 0

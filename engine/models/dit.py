@@ -17,6 +17,7 @@ held in a `KVCache` and returns the new frames' keys/values, which the caller ap
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -28,36 +29,79 @@ from engine.models.layers import LabelEmbedder, Mlp, TimestepEmbedder, apply_rot
 from engine.models.presets import ModelConfig
 
 LayerKV = tuple[torch.Tensor, torch.Tensor]  # keys (rotary applied), values: [B, heads, tokens, head_dim]
+PastKV = Callable[[torch.Tensor, torch.Tensor], LayerKV]  # new keys/values -> cached + new
 
 
 @dataclass
 class KVCache:
-    """Keys/values of consecutive clean frames [start, start + num_frames), one entry per DiT block."""
+    """Keys/values of consecutive clean frames [start, start + num_frames), one entry per DiT block.
+
+    Held in buffers with room for the whole window: a `forward_cached` call writes its new frames' keys and
+    values after the cached ones in place and attends over a view, instead of concatenating (copying) the
+    whole cache in every layer of every call. What a call writes past the cached frames is scratch until
+    `append` keeps it.
+    """
 
     start: int = 0
     num_frames: int = 0
-    layers: list[LayerKV] = field(default_factory=list)
+    buffers: list[LayerKV] = field(default_factory=list)  # per block [B, heads, capacity, head_dim]
+    tokens: int = 0  # tokens held (num_frames x tokens per frame)
+    version: int = 0  # changes whenever the held keys/values do (lets a caller reuse what it built from them)
 
     @property
     def end(self) -> int:
         return self.start + self.num_frames
+
+    @property
+    def layers(self) -> list[LayerKV]:
+        """Per block, views of the cached keys and values [B, heads, tokens, head_dim]."""
+        n = self.tokens
+        return [(k[:, :, :n], v[:, :, :n]) for k, v in self.buffers] if n else []
+
+    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor, capacity: int) -> LayerKV:
+        """Block `layer`'s cached keys/values followed by k, v [B, heads, M, head_dim] (written as scratch)."""
+        kb, vb = self._reserve(layer, k, self.tokens + k.shape[2], capacity)
+        end = self.tokens + k.shape[2]
+        kb[:, :, self.tokens:end] = k
+        vb[:, :, self.tokens:end] = v
+        return kb[:, :, :end], vb[:, :, :end]
 
     def append(self, new: list[LayerKV], num_frames: int, tokens_per_frame: int) -> None:
         """Keep the first `num_frames` frames of a `forward_cached` result (the ones now clean)."""
         if num_frames <= 0:
             return
         n = num_frames * tokens_per_frame
-        taken = [(k[:, :, :n], v[:, :, :n]) for k, v in new]
-        if self.layers:
-            self.layers = [(torch.cat([k0, k], 2), torch.cat([v0, v], 2)) for (k0, v0), (k, v) in
-                           zip(self.layers, taken)]
-        else:
-            self.layers = taken
+        for i, (k, v) in enumerate(new):
+            kb, vb = self._reserve(i, k, self.tokens + n, 2 * (self.tokens + n))
+            kb[:, :, self.tokens:self.tokens + n] = k[:, :, :n]
+            vb[:, :, self.tokens:self.tokens + n] = v[:, :, :n]
+        self.tokens += n
         self.num_frames += num_frames
+        self.version += 1
 
     def reset(self, start: int) -> None:
-        """Empty the cache; the next frames cached begin at `start`."""
-        self.start, self.num_frames, self.layers = start, 0, []
+        """Empty the cache (its buffers are reused); the next frames cached begin at `start`."""
+        self.start, self.num_frames, self.tokens = start, 0, 0
+        self.version += 1
+
+    def _reserve(self, layer: int, like: torch.Tensor, needed: int, capacity: int) -> LayerKV:
+        """Block `layer`'s buffers, holding at least `needed` tokens, shaped, typed and placed like `like`;
+        a new buffer (`capacity` tokens) keeps the cached tokens, converted (e.g. autocast switched on)."""
+        have = self.buffers[layer] if layer < len(self.buffers) else None
+        B, H, _, d = like.shape
+        if have is not None and have[0].shape[2] >= needed and (have[0].shape[0], have[0].shape[1], have[0].shape[3],
+                                                                have[0].dtype, have[0].device) == \
+                (B, H, d, like.dtype, like.device):
+            return have
+        kb, vb = like.new_empty(B, H, max(needed, capacity), d), like.new_empty(B, H, max(needed, capacity), d)
+        if have is not None and self.tokens:
+            kb[:, :, :self.tokens] = have[0][:, :, :self.tokens]
+            vb[:, :, :self.tokens] = have[1][:, :, :self.tokens]
+        if have is None:
+            self.buffers.append((kb, vb))
+        else:
+            self.buffers[layer] = (kb, vb)
+        return kb, vb
 
 
 class Attention(nn.Module):
@@ -70,13 +114,15 @@ class Attention(nn.Module):
         self.proj = nn.Linear(hidden, hidden)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
-                past: LayerKV | None) -> tuple[torch.Tensor, LayerKV]:
+                past: PastKV | None) -> tuple[torch.Tensor, LayerKV]:
+        """`past(k, v)` puts the cached keys/values in front of the new ones (None: nothing cached)."""
         B, S, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, S, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        qkv = self.qkv(x).reshape(B, S, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        q, k = apply_rotary(qkv[:2], cos, sin).unbind(0)  # one rotation for queries and keys
+        v = qkv[2]
         new_kv = (k, v)
         if past is not None:
-            k, v = torch.cat([past[0].to(k.dtype), k], 2), torch.cat([past[1].to(v.dtype), v], 2)
+            k, v = past(k, v)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.proj(out.transpose(1, 2).reshape(B, S, C)), new_kv
 
@@ -93,13 +139,13 @@ class DiTBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden))
 
     def forward(self, x: torch.Tensor, modulation: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | None, past: LayerKV | None) -> tuple[torch.Tensor, LayerKV]:
+                mask: torch.Tensor | None, past: PastKV | None) -> tuple[torch.Tensor, LayerKV]:
         # x: [B, M, L, H] tokens of M frames; modulation: [B, M, 1, 6H], adaLN_modulation(c) for each frame.
         B, M, L, H = x.shape
         shift1, scale1, gate1, shift2, scale2, gate2 = modulation.chunk(6, dim=-1)
         h, kv = self.attn(modulate(self.norm1(x), shift1, scale1).reshape(B, M * L, H), cos, sin, mask, past)
-        x = x + gate1 * h.reshape(B, M, L, H)
-        x = x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        x = torch.addcmul(x, gate1, h.reshape(B, M, L, H))  # x + gate * h in one operator
+        x = torch.addcmul(x, gate2, self.mlp(modulate(self.norm2(x), shift2, scale2)))
         return x, kv
 
 
@@ -160,6 +206,7 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList(DiTBlock(d.hidden, d.heads, d.mlp_ratio) for _ in range(d.depth))
         self.final = FinalLayer(d.hidden, self.latent_dim)
         self._masks: dict[tuple, torch.Tensor | None] = {}
+        self._rotary_tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -250,23 +297,37 @@ class DiT(nn.Module):
         block_mods, final_mod = self._modulations(t, class_label, table)
         past_frames = past.num_frames if past is not None else 0
         mask = self._mask(past_frames, z.shape[1], z.device)
-        layers = past.layers if past is not None and past.num_frames else None
-        return self._core(z, block_mods, final_mod, first_position, mask, layers)
+        extend = None
+        if past is not None:
+            capacity = self.window * self.num_tokens
+            extend = [lambda k, v, i=i: past.extend(i, k, v, capacity) for i in range(len(self.blocks))]
+        return self._core(z, block_mods, final_mod, first_position, mask, extend)
+
+    def _rotary(self, M: int, first_position: int | torch.Tensor, device: torch.device
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin of the rotary positions of M frames from `first_position`; memoised for int positions."""
+        key = (M, first_position, str(device)) if isinstance(first_position, int) else None
+        if key is None or key not in self._rotary_tables:
+            positions = torch.arange(M * self.num_tokens, device=device) // self.num_tokens + first_position
+            table = rotary_cos_sin(positions, self.x_embed.out_features // self.heads, self.rope_theta)
+            if key is None:
+                return table
+            self._rotary_tables[key] = table
+        return self._rotary_tables[key]
 
     def _core(self, z: torch.Tensor, block_mods: list[torch.Tensor] | tuple[torch.Tensor, ...],
               final_mod: torch.Tensor, first_position: int | torch.Tensor, mask: torch.Tensor | None,
-              past_layers: list[LayerKV] | None) -> tuple[torch.Tensor, list[LayerKV]]:
+              past: list[PastKV] | None) -> tuple[torch.Tensor, list[LayerKV]]:
         """The block math shared by `forward`, `forward_cached` and `step`: M new frames after the past keys.
 
-        `first_position` (an int, or a 1-element tensor in `step`) is the rotary position of the first new frame.
+        `first_position` (an int, or a 1-element tensor in `step`) is the rotary position of the first new frame;
+        `past[i]` puts block i's cached keys/values in front of the new ones (None: nothing cached).
         """
-        B, M, L, _ = z.shape
         x = self.x_embed(z) + self.slot_embed
-        positions = torch.arange(M * L, device=z.device) // L + first_position
-        cos, sin = rotary_cos_sin(positions, x.shape[-1] // self.heads, self.rope_theta)
+        cos, sin = self._rotary(z.shape[1], first_position, z.device)
         new_kv = []
         for i, block in enumerate(self.blocks):
-            x, kv = block(x, block_mods[i], cos, sin, mask, past_layers[i] if past_layers is not None else None)
+            x, kv = block(x, block_mods[i], cos, sin, mask, past[i] if past is not None else None)
             new_kv.append(kv)
         return self.final(x, final_mod), new_kv
 
@@ -282,7 +343,7 @@ class DiT(nn.Module):
         sit at 0..past_len-1, the new ones at past_len..past_len+M-1, as in `forward_cached`.
         Returns x0 [B, M, L, D] and the new frames' keys/values [depth, B, heads, M * L, head_dim].
         """
-        B, M, L, _ = z.shape
+        _, M, L, _ = z.shape
         S = past_k.shape[3]
         pad = S - past_len  # slots before this index are padding
         q_frame = torch.arange(M * L, device=z.device) // L + S
@@ -290,8 +351,10 @@ class DiT(nn.Module):
         mask = (k_frame[None, :] <= q_frame[:, None]) & (k_frame[None, :] >= pad)
         if not self.causal:
             raise ValueError("a K/V cache needs causal attention; this DiT was built with attention='full'")
-        layers = [(past_k[i].flatten(2, 3), past_v[i].flatten(2, 3)) for i in range(len(self.blocks))]
-        x0, kv = self._core(z, block_mods.unbind(0), final_mod, past_len, mask, layers)
+        past = [lambda k, v, i=i: (torch.cat([past_k[i].flatten(2, 3).to(k.dtype), k], 2),
+                                   torch.cat([past_v[i].flatten(2, 3).to(v.dtype), v], 2))
+                for i in range(len(self.blocks))]
+        x0, kv = self._core(z, block_mods.unbind(0), final_mod, past_len, mask, past)
         return x0, torch.stack([k for k, _ in kv]), torch.stack([v for _, v in kv])
 
     def forward(self, z: torch.Tensor, t: torch.Tensor, class_label: torch.Tensor | None = None,

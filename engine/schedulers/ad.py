@@ -15,6 +15,7 @@ released code slides a fixed window instead and silently skips frames when s < 4
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Iterator
 
 import numpy as np
@@ -27,7 +28,7 @@ class Row:
     """One network call: the network sees `level_from`; the DDIM step lands each frame on `level_to`.
 
     Stored compactly (frames before `first` are clean, frames after the in-flight segment are pure noise),
-    so a row costs O(window), not O(video length), to make; the full arrays are built on access.
+    so a row costs O(window), not O(video length), to make; the full arrays are built on first access.
     """
 
     first: int  # frames [0, first) are clean before this row
@@ -41,21 +42,24 @@ class Row:
         full = np.full(self.num_frames, self.num_steps, dtype=np.int64)
         full[: self.first] = 0
         full[self.first: self.first + len(segment)] = segment
+        full.flags.writeable = False  # built once and shared by every reader of the row
         return full
 
-    @property
+    @cached_property
     def level_from(self) -> np.ndarray:
         """[num_context + num_frames] ints in 0..n before the row."""
         return self._full(self.segment_from)
 
-    @property
+    @cached_property
     def level_to(self) -> np.ndarray:
         return self._full(self.segment_to)
 
-    @property
+    @cached_property
     def active(self) -> np.ndarray:
         """Frames whose level changes this row (only these are updated)."""
-        return self.level_from != self.level_to
+        active = self.level_from != self.level_to
+        active.flags.writeable = False
+        return active
 
 
 class ADScheduler:
