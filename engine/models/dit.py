@@ -89,11 +89,13 @@ class KVCache:
         a new buffer (`capacity` tokens) keeps the cached tokens, converted (e.g. autocast switched on)."""
         have = self.buffers[layer] if layer < len(self.buffers) else None
         B, H, _, d = like.shape
-        if have is not None and have[0].shape[2] >= needed and (have[0].shape[0], have[0].shape[1], have[0].shape[3],
-                                                                have[0].dtype, have[0].device) == \
-                (B, H, d, like.dtype, like.device):
-            return have
-        kb, vb = like.new_empty(B, H, max(needed, capacity), d), like.new_empty(B, H, max(needed, capacity), d)
+        if have is not None:
+            k = have[0]
+            if k.shape[2] >= needed and (k.shape[0], k.shape[1], k.shape[3], k.dtype, k.device) == (
+                    B, H, d, like.dtype, like.device):
+                return have
+        size = max(needed, capacity)
+        kb, vb = like.new_empty(B, H, size, d), like.new_empty(B, H, size, d)
         if have is not None and self.tokens:
             kb[:, :, :self.tokens] = have[0][:, :, :self.tokens]
             vb[:, :, :self.tokens] = have[1][:, :, :self.tokens]
