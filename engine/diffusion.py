@@ -65,11 +65,6 @@ class DiffusionSchedule:
         mask = (t == 0).reshape(a.shape)
         return torch.where(mask, z0, a * z0 + b * noise)
 
-    def eps_from_x0(self, z_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The noise implied by z_t and an x0 estimate; zero where t = 0."""
-        a, b = self._coefficients(t, z_t)
-        return torch.where(b > 0, (z_t - a * x0) / b.clamp_min(1e-12), torch.zeros_like(z_t))
-
     def x0_from_eps(self, z_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The clean signal implied by z_t and a noise estimate (for eps-prediction models)."""
         a, b = self._coefficients(t, z_t)
