@@ -1,6 +1,7 @@
 """Forward time of the `default` models on this machine: the DiT over a full 16-frame window vs one active
-frame with a 15-frame K/V cache (the sampler's common case), and the VAE's incremental decode of one frame;
-float32 vs bfloat16 autocast. Random weights (timing does not depend on them)."""
+frame with a 15-frame K/V cache (the sampler's common case), eager and through `backend="compile"`
+(engine.compiled), and the VAE's incremental decode of one frame; float32 vs bfloat16 autocast. Random
+weights (timing does not depend on them)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from bench.common import header, median_time  # noqa: E402
+from engine.compiled import CompiledDiT  # noqa: E402
 from engine.diffusion import DiffusionSchedule  # noqa: E402
 from engine.models import build_models, get_preset  # noqa: E402
 from engine.models.dit import KVCache  # noqa: E402
@@ -39,8 +41,8 @@ def main() -> None:
     print(header(f"Model forward, preset {args.preset}"))
     print("(cached calls use the conditioning table, as the cached sampler does)\n")
     print("| dtype | DiT full window (16 frames) ms | DiT 1 frame + 15 cached ms | ratio | "
-          "DiT 10 frames + 6 cached ms | VAE decode_next ms |")
-    print("| --- | --- | --- | --- | --- | --- |")
+          "same, compiled ms | ratio | DiT 10 frames + 6 cached ms | VAE decode_next ms |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in args.dtypes.split(","):
         ctx = nullcontext() if name == "fp32" else torch.autocast("cpu", dtype=torch.bfloat16)
         with torch.no_grad(), ctx:
@@ -49,6 +51,11 @@ def main() -> None:
             _, kv = dit.forward_cached(z[:, :15], t[:, :15], cache)
             cache.append(kv, 15, L)
             one = median_time(lambda: dit.forward_cached(z[:, 15:], t[:, 15:], cache, table=table), args.repeats)
+            fast = CompiledDiT(dit)
+            fast_table = fast.conditioning_table(grid)
+            fast.warm_up()
+            compiled = median_time(lambda: fast.forward_cached(z[:, 15:], t[:, 15:], cache, table=fast_table),
+                                   args.repeats)
             cache6 = KVCache()
             _, kv = dit.forward_cached(z[:, :6], t[:, :6], cache6)
             cache6.append(kv, 6, L)
@@ -57,8 +64,8 @@ def main() -> None:
             for i in range(W - 1):
                 vae.decode_next(z[:, i], state)
             dec = median_time(lambda: vae.decode_next(z[:, -1], state), args.repeats)
-        print(f"| {name} | {full * 1e3:.1f} | {one * 1e3:.1f} | {one / full:.3f} | {ten * 1e3:.1f} | "
-              f"{dec * 1e3:.1f} |")
+        print(f"| {name} | {full * 1e3:.1f} | {one * 1e3:.1f} | {one / full:.3f} | {compiled * 1e3:.2f} | "
+              f"{compiled / full:.3f} | {ten * 1e3:.1f} | {dec * 1e3:.1f} |")
 
 
 if __name__ == "__main__":

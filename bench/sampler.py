@@ -1,8 +1,9 @@
 """Reference vs cached sampler: wall time and frame-forwards for the `default` preset (random weights).
 
-The cached sampler runs eagerly and, with --backends, on the graphs `ardiff-export` writes (AOTInductor,
-ONNX Runtime): the reference stays eager, the oracle. Exports are made once into --workdir (shared with
-bench/export.py) and reused.
+The cached sampler runs eagerly and, with --backends, with its one-frame DiT calls compiled by torch.compile
+(`compile`, engine.compiled) or on the graphs `ardiff-export` writes (`aoti`, `onnx`): the reference stays
+eager, the oracle. Exports are made once into --workdir (shared with bench/export.py) and reused; the compile
+time is printed (Inductor's on-disk cache makes it shorter the second time).
 
 Targets (pipeline issue): the cached sampler faster everywhere and at least 8x faster at s = 50, N = 128;
 time(N = 128) / time(N = 16) at s = 5 at most 8.5x. Also the streaming rate of the whole pipeline
@@ -27,6 +28,7 @@ from bench.common import header  # noqa: E402
 from bench.export import get_export, make_checkpoint  # noqa: E402
 from engine import export as E  # noqa: E402
 from engine.checkpoint import Checkpoint, load_checkpoint  # noqa: E402
+from engine.compiled import CompiledDiT  # noqa: E402
 from engine.diffusion import DiffusionSchedule  # noqa: E402
 from engine.pipeline import FrameReady, Pipeline  # noqa: E402
 from engine.schedulers import ADScheduler  # noqa: E402
@@ -45,8 +47,9 @@ def time_sampler(name, dit, cfg, N, s, steps, dtype):
     return time.perf_counter() - start, sampler
 
 
-def streaming(cfg, vae, dit, steps: int, s: int, context: int, new: int) -> tuple[float, float]:
-    pipe = Pipeline(Checkpoint(vae, dit, cfg), torch.device("cpu"), None)
+def streaming(cfg, vae, dit, steps: int, s: int, context: int, new: int, backend: str = "eager"
+              ) -> tuple[float, float]:
+    pipe = Pipeline(Checkpoint(vae, dit, cfg), torch.device("cpu"), None, backend=backend)
     frames = np.random.default_rng(0).integers(0, 256, (context, 64, 64, 3), dtype=np.uint8)
     start = time.perf_counter()
     first = None
@@ -64,7 +67,7 @@ def main() -> None:
     parser.add_argument("--s", default="0,5,10,25,50")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--dtypes", default="fp32")
-    parser.add_argument("--backends", default="eager", help="cached sampler backends: eager,aoti,onnx")
+    parser.add_argument("--backends", default="eager", help="cached sampler backends: eager,compile,aoti,onnx")
     parser.add_argument("--workdir", default="/tmp/ardiff-bench-export")
     parser.add_argument("--no-streaming", action="store_true")
     args = parser.parse_args()
@@ -72,7 +75,13 @@ def main() -> None:
     cfg, vae, dit = ckpt.config, ckpt.vae, ckpt.dit
     fast = {"eager": dit}
     for backend in args.backends.split(","):
-        if backend != "eager":
+        if backend == "compile":
+            start = time.perf_counter()
+            fast[backend] = CompiledDiT(dit)
+            with torch.no_grad():
+                fast[backend].warm_up()
+            print(f"torch.compile of the one-frame DiT call: {time.perf_counter() - start:.1f} s")
+        elif backend != "eager":
             out, _ = get_export(ckpt.path, backend, Path(args.workdir), "fp32")
             fast[backend] = E.ExportedModels.load(out, ckpt, backend).dit
     print(header(f"Sampler, preset {args.preset}, n = {args.steps}"))
@@ -92,9 +101,11 @@ def main() -> None:
                 print(f"| {dtype} | {N} | {s} | {ref.stats.rows} | {ref_t:.2f} | {' | '.join(cells)} | "
                       f"{ref.stats.frame_forwards} | {run.stats.frame_forwards} | {diff:.1e} |", flush=True)
     if not args.no_streaming:
-        latency, rate = streaming(cfg, vae, dit, args.steps, 5, 8, 32)
-        print(f"\nStreaming (pipeline, decode included, 8 context + 32 new, s = 5, n = {args.steps}, fp32): "
-              f"first frame after {latency:.2f} s, then {rate:.1f} frames/s")
+        print()
+        for backend in [b for b in fast if b in ("eager", "compile")]:
+            latency, rate = streaming(cfg, vae, dit, args.steps, 5, 8, 32, backend)
+            print(f"Streaming, backend {backend} (pipeline, decode included, 8 context + 32 new, s = 5, "
+                  f"n = {args.steps}, fp32): first frame after {latency:.2f} s, then {rate:.1f} frames/s")
 
 
 if __name__ == "__main__":

@@ -86,8 +86,9 @@ def _add_sampling_args(p: argparse.ArgumentParser, frames: int, s: int) -> None:
     p.add_argument("--checkpoint", default=None, help="model checkpoint (default: the embedded model)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--sampler", default="cached", choices=["cached", "reference"])
-    p.add_argument("--backend", default="eager", choices=["eager", "aoti", "onnx", "tensorrt"],
-                   help="run the graphs ardiff-export wrote to --export-dir")
+    p.add_argument("--backend", default="eager", choices=["eager", "compile", "aoti", "onnx", "tensorrt"],
+                   help="compile: torch.compile the one-frame DiT call (seconds at start, faster at large s); "
+                        "aoti/onnx/tensorrt: run the graphs ardiff-export wrote to --export-dir")
     p.add_argument("--export-dir", default=None, help="folder written by ardiff-export for this checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 

@@ -75,6 +75,11 @@ class DiffusionSchedule:
         return DDIMGrid(self, num_steps)
 
 
+def _levels(k: torch.Tensor | np.ndarray) -> np.ndarray:
+    """DDIM levels as an int64 numpy array (from a tensor on any device, or an array)."""
+    return (k.cpu().numpy() if isinstance(k, torch.Tensor) else np.asarray(k)).astype(np.int64, copy=False)
+
+
 @dataclass
 class DDIMGrid:
     """DDIM step indices k in 0..n mapped to timesteps: k = 0 is clean, k = n is pure noise (t = T)."""
@@ -86,8 +91,10 @@ class DDIMGrid:
         _check_int("num_steps", self.num_steps, 1, self.schedule.T)
         n, T = self.num_steps, self.schedule.T
         self.timesteps = torch.from_numpy(np.round(np.arange(n + 1) * T / n).astype(np.int64))
-        abar = self.schedule.alphas_cumprod[self.timesteps]
-        self._signal, self._noise = abar.sqrt(), (1.0 - abar).sqrt()  # per level k, float64
+        abar = self.schedule.alphas_cumprod[self.timesteps].numpy()
+        # per level k, float64, in numpy: a row's coefficients are a handful of numbers, and numpy makes them
+        # in microseconds where torch's per-operator overhead would cost more than the step on the latents
+        self._signal, self._noise = np.sqrt(abar), np.sqrt(1.0 - abar)
 
     def t_of(self, k: torch.Tensor) -> torch.Tensor:
         """Timesteps for step indices (any shape)."""
@@ -97,28 +104,29 @@ class DDIMGrid:
         self,
         z_t: torch.Tensor,
         x0_hat: torch.Tensor,
-        k_from: torch.Tensor,
-        k_to: torch.Tensor,
+        k_from: torch.Tensor | np.ndarray,
+        k_to: torch.Tensor | np.ndarray,
         clip_x0: float | None = None,
     ) -> torch.Tensor:
         """Deterministic DDIM (eta = 0) per frame from level k_from to k_to, given an x0 prediction.
 
-        z_t, x0_hat: [B, F, ...]; k_from, k_to: [B, F] (or [F]). Frames whose level does not change are
-        returned unchanged bit for bit, so one call serves a row where only some frames move.
+        z_t, x0_hat: [B, F, ...]; k_from, k_to: [B, F] or [F], tensors or numpy arrays. Frames whose level
+        does not change are returned unchanged bit for bit, so one call serves a row where only some move.
         """
-        k_from = torch.as_tensor(k_from).expand(z_t.shape[:2]).long().cpu()
-        k_to = torch.as_tensor(k_to).expand(z_t.shape[:2]).long().cpu()
-        if bool((k_to > k_from).any()):
+        k_from, k_to = (np.broadcast_to(_levels(k), tuple(z_t.shape[:2])) for k in (k_from, k_to))
+        if (k_to > k_from).any():
             raise ValueError("a DDIM step cannot add noise: k_to must be <= k_from for every frame")
         if clip_x0 is not None:
             x0_hat = x0_hat.clamp(-clip_x0, clip_x0)
         # z_prev = a_to x0 + b_to eps with eps = (z_t - a_from x0) / b_from, i.e. keep * z_t + take * x0; the
         # per-frame coefficients come from [B, F] levels (float64, once per call), not from the latents.
         same = k_from == k_to
-        keep = torch.where(same, 1.0, self._noise[k_to] / self._noise[k_from].clamp_min(1e-300))
-        take = torch.where(same, 0.0, self._signal[k_to] - keep * self._signal[k_from])
+        keep = np.where(same, 1.0, self._noise[k_to] / np.maximum(self._noise[k_from], 1e-300))
+        take = np.where(same, 0.0, self._signal[k_to] - keep * self._signal[k_from])
         shape = tuple(keep.shape) + (1,) * (z_t.dim() - 2)
-        keep, take = (c.reshape(shape).to(z_t.device, z_t.dtype) for c in (keep, take))
+        keep, take = torch.from_numpy(np.stack([keep, take])).to(z_t.device, z_t.dtype).reshape(2, *shape)
         z_prev = torch.addcmul(keep * z_t, take, x0_hat.to(z_t.dtype))
+        if not same.any():
+            return z_prev
         # where, not arithmetic, for unchanged frames: bit for bit even if the network's x0 there is not finite
-        return torch.where(same.reshape(shape).to(z_t.device), z_t, z_prev)
+        return torch.where(torch.from_numpy(same.reshape(shape)).to(z_t.device), z_t, z_prev)

@@ -47,8 +47,8 @@ from torch import nn
 from engine.atomic import atomic_path
 from engine.checkpoint import Checkpoint, load_checkpoint
 from engine.errors import ArdiffError
-from engine.models.dit import ConditioningTable, KVCache
 from engine.pipeline import parse_device
+from engine.step_dit import StepDiT
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "ardiff-export"
@@ -538,63 +538,15 @@ def read_manifest(export_dir: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
-class ExportedDiT:
+class ExportedDiT(StepDiT):
     """Stands in for the DiT in `CachedSampler`: `forward_cached` runs the exported `dit_step` graph.
 
-    Conditioning (once per run) stays with the eager model; everything else is delegated to it, except a
-    plain call (the reference sampler), which refuses rather than silently running eager.
+    A plain call (the reference sampler) refuses rather than silently running eager.
     """
-
-    def __init__(self, dit: nn.Module, runner: GraphRunner, dtype: torch.dtype) -> None:
-        self._dit, self.runner, self.dtype = dit, runner, dtype
-        self.depth, self.heads = len(dit.blocks), dit.heads
-        self.head_dim = dit.x_embed.out_features // dit.heads
-        self._stacked: tuple[Any, int, torch.Tensor, torch.Tensor] | None = None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._dit, name)
 
     def __call__(self, *args, **kwargs):
         raise ExportError("an exported backend runs the cached sampler only; use backend='eager' for "
                           "sampler='reference'")
-
-    def conditioning_table(self, timesteps: torch.Tensor, class_label: torch.Tensor | None = None
-                           ) -> ConditioningTable:
-        table = self._dit.conditioning_table(timesteps, class_label)
-        # stacked [depth, B, K, 1, 6H] in the graph's dtype, gathered once per call
-        table.stacked = torch.stack(table.blocks).to(self.dtype)
-        table.final_cast = table.final.to(self.dtype)
-        return table
-
-    def _past(self, cache: KVCache, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
-        P, L = cache.num_frames, self._dit.num_tokens
-        if P == 0:
-            empty = torch.zeros(self.depth, batch, self.heads, 1, L, self.head_dim, dtype=self.dtype, device=device)
-            return empty, empty, 0
-        if self._stacked is not None and self._stacked[0] is cache and self._stacked[1] == cache.version:
-            return self._stacked[2], self._stacked[3], P
-        layers = cache.layers
-        k = torch.stack([k for k, _ in layers]).unflatten(3, (P, L))
-        v = torch.stack([v for _, v in layers]).unflatten(3, (P, L))
-        self._stacked = (cache, cache.version, k, v)  # rebuilt only when the cache changes
-        return k, v, P
-
-    def forward_cached(self, z: torch.Tensor, t: torch.Tensor, cache: KVCache,
-                       class_label: torch.Tensor | None = None, table: ConditioningTable | None = None
-                       ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-        self._dit._check_inputs(z, t, class_label)
-        if table is None or not hasattr(table, "stacked"):
-            table = self.conditioning_table(t[0].unique(), class_label)
-        idx = table.rows_for(t, class_label)
-        block_mods, final_mod = table.stacked[:, :, idx], table.final_cast[:, idx]
-        B = z.shape[0]
-        if block_mods.shape[1] != B:
-            block_mods, final_mod = block_mods.expand(-1, B, -1, -1, -1), final_mod.expand(B, -1, -1, -1)
-        past_k, past_v, P = self._past(cache, B, z.device)
-        past_len = torch.tensor([P], dtype=torch.long, device=z.device)
-        x0, new_k, new_v = self.runner(z.to(self.dtype).contiguous(), block_mods.contiguous(),
-                                       final_mod.contiguous(), past_k, past_v, past_len)
-        return x0, [(new_k[i], new_v[i]) for i in range(self.depth)]
 
 
 @dataclass
@@ -692,7 +644,7 @@ class ExportedModels:
 def check_backend_args(backend: str, export_dir: str | os.PathLike | None, device: str) -> dict[str, Any]:
     """Validate `load_pipeline(backend=..., export_dir=...)`; returns the manifest (its device and dtype rule)."""
     if backend not in BACKENDS:
-        raise ExportError(f"backend must be 'eager' or one of {', '.join(BACKENDS)}, got {backend!r}")
+        raise ExportError(f"backend must be 'eager', 'compile' or one of {', '.join(BACKENDS)}, got {backend!r}")
     if export_dir is None:
         raise ExportError(f"backend {backend!r} needs export_dir (a folder written by ardiff-export --{backend})")
     manifest = read_manifest(export_dir)

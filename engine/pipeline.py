@@ -96,7 +96,7 @@ class Pipeline:
     device: torch.device
     autocast_dtype: torch.dtype | None = None
     notes: list[str] = field(default_factory=list)
-    backend: str = "eager"  # "eager" | "aoti" | "onnx" | "tensorrt" (the exported graphs of engine.export)
+    backend: str = "eager"  # "eager" | "compile" (engine.compiled) | "aoti" | "onnx" | "tensorrt" (engine.export)
     export_dir: str | Path | None = None
 
     def __post_init__(self) -> None:
@@ -105,7 +105,13 @@ class Pipeline:
         self.config = cfg
         self.vae, self.dit = self.checkpoint.vae.to(self.device).eval(), self.checkpoint.dit.to(self.device).eval()
         self.exported = None
-        if self.backend != "eager":
+        if self.backend == "compile":
+            from engine.compiled import CompiledDiT
+
+            self.dit = CompiledDiT(self.dit)
+            with self._autocast():
+                self.dit.warm_up()  # compile before the first event; a machine that cannot compile fails here
+        elif self.backend != "eager":
             from engine.export import load_exported
 
             self.exported = load_exported(self.export_dir, self.checkpoint, self.backend, self.device)
@@ -126,6 +132,8 @@ class Pipeline:
             why = " (this CPU has no native bfloat16)"
         source = self.checkpoint.path.name if self.checkpoint.path else "in-memory model"
         backend = "" if self.exported is None else f"; sampling with {self.exported.describe()}"
+        if self.backend == "compile":
+            backend = " (one-frame DiT calls compiled by torch.compile, the rest eager)"
         return (f"{self.config.name} model {source} ({self.resolution}x{self.resolution}, window {self.window}) "
                 f"on {self.device}, {precision}{why}, backend {self.backend}{backend}")
 
@@ -241,17 +249,20 @@ def load_pipeline(checkpoint: str | Path | Checkpoint | None = None, device: str
                   export_dir: str | Path | None = None) -> Pipeline:
     """A pipeline for a checkpoint file (None: the embedded default in assets/) on "auto" | "cpu" | "cuda".
 
-    `backend` "aoti" | "onnx" | "tensorrt" samples with the graphs `ardiff-export` wrote to `export_dir` (made
-    from this same checkpoint); the exported graphs run on the device they were exported for.
+    `backend` "compile" compiles the cached sampler's one-frame DiT call with torch.compile (seconds, at load;
+    engine.compiled); "aoti" | "onnx" | "tensorrt" sample with the graphs `ardiff-export` wrote to `export_dir`
+    (made from this same checkpoint), on the device they were exported for.
     """
-    if backend != "eager":
+    if backend in ("eager", "compile"):
+        if export_dir is not None:
+            raise ValueError(f"export_dir is for the exported backends (aoti, onnx, tensorrt), not {backend!r}")
+        dev, dtype = resolve_device(device)
+    else:
         from engine.export import check_backend_args
 
         manifest = check_backend_args(backend, export_dir, device)
         dev = resolve_device(manifest["device"])[0]
         # The eager parts (encoder, conditioning table) run at the exported graphs' precision.
         dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[manifest["dtype"]]
-    else:
-        dev, dtype = resolve_device(device)
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, device=dev)
     return Pipeline(ckpt, dev, dtype, backend=backend, export_dir=export_dir)

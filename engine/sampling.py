@@ -61,6 +61,7 @@ class Sampler:
         if self.scheduler.window > self.dit.window:
             raise ValueError(f"sampling window {self.scheduler.window} exceeds the model's window {self.dit.window}")
         self.grid = self.schedule.ddim_grid(self.scheduler.num_steps)
+        self._timesteps = self.grid.timesteps.numpy()
 
     def sample(self, context: torch.Tensor, noise: torch.Tensor, class_label: torch.Tensor | None = None,
                cancel: threading.Event | None = None) -> Iterator[RowStep]:
@@ -86,9 +87,9 @@ class Sampler:
                 return
             self._row(row)
             self.stats.rows += 1
-            self.stats.active_updates += int(row.active.sum())
-            clean = np.flatnonzero((row.level_to == 0) & (row.level_from > 0)).tolist()
-            yield RowStep(index, total, row, clean, self.latents[:, clean])
+            self.stats.active_updates += row.num_active
+            clean = row.newly_clean
+            yield RowStep(index, total, row, clean, self.latents[:, clean] if clean else self.latents[:, :0])
 
     # -- shared pieces ----------------------------------------------------------------------------------
 
@@ -99,7 +100,7 @@ class Sampler:
         raise NotImplementedError
 
     def _levels_to_t(self, levels: np.ndarray, batch: int) -> torch.Tensor:
-        return self.grid.t_of(torch.tensor(levels)).to(self.latents.device)[None].expand(batch, -1)
+        return torch.from_numpy(self._timesteps[levels]).to(self.latents.device)[None].expand(batch, -1)
 
     def _labels(self, batch: int) -> torch.Tensor | None:
         label = self._class_label
@@ -124,9 +125,9 @@ class Sampler:
 
     def _step(self, start: int, stop: int, x0: torch.Tensor, row: Row) -> None:
         """DDIM-step frames [start, stop) from level_from to level_to; unchanged frames stay bit for bit."""
-        k_from, k_to = torch.tensor(row.level_from[start:stop]), torch.tensor(row.level_to[start:stop])
         z = self.latents[:, start:stop]
-        self.latents[:, start:stop] = self.grid.ddim_step(z, x0, k_from, k_to, clip_x0=self.clip_x0)
+        self.latents[:, start:stop] = self.grid.ddim_step(z, x0, row.level_from[start:stop],
+                                                          row.level_to[start:stop], clip_x0=self.clip_x0)
 
 
 class ReferenceSampler(Sampler):
@@ -154,7 +155,7 @@ class CachedSampler(Sampler):
     def _row(self, row: Row) -> None:
         a, b = row.window
         batch = self.latents.shape[0]
-        first = a + int(np.argmax(row.level_from[a:b] > 0))  # first frame not yet clean
+        first = row.first  # first frame not yet clean (the window always reaches back to it)
         if self.cache.start != a:  # the window slid: rebuild the cache for the new window
             self.cache.reset(a)
         start = self.cache.end  # clean frames not yet cached are computed once here, then cached

@@ -307,3 +307,23 @@ def test_local_pca_init_refuses_free_tokens_and_wrong_frames():
         make_vae().init_from_local_pca(torch.zeros(4, 3, 16, 16))
     with pytest.raises(ValueError, match="frames must be"):
         _local_tiny().init_from_local_pca(torch.zeros(4, 3, 32, 32))
+
+
+def test_scale_latent_channels_rescales_latents_and_keeps_reconstruction():
+    """The per-channel factors are folded into the latent layers: encode scales channel d by scale[d], decode
+    gives the same frames as before; a non-positive factor and the TiTok path are refused."""
+    vae = _local_tiny()
+    for p in vae.parameters():  # live transformer paths next to the linear ones
+        torch.nn.init.normal_(p, std=0.1)
+    frames = torch.rand(2, 3, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    scale = torch.linspace(0.2, 5.0, vae.cfg.latent_dim)
+    with torch.no_grad():
+        z, recon = vae.encode(frames), vae.decode(vae.encode(frames))
+        vae.scale_latent_channels(scale)
+        z2, recon2 = vae.encode(frames), vae.decode(vae.encode(frames))
+    assert torch.allclose(z2, z * scale, atol=1e-5, rtol=1e-5)
+    assert (recon2 - recon).abs().max() <= 1e-4 and recon.abs().max() > 0.1
+    with pytest.raises(ValueError, match="positive"):
+        vae.scale_latent_channels(torch.zeros(vae.cfg.latent_dim))
+    with pytest.raises(ValueError, match="local latents"):
+        ARVAE(get_preset("tiny").vae).scale_latent_channels(scale)

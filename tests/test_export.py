@@ -243,7 +243,7 @@ def test_load_refuses_other_checkpoint_newer_format_and_wrong_backend(exported, 
         load_pipeline(live_checkpoint, device="cpu", backend=other, export_dir=out)
     with pytest.raises(E.ExportError, match="needs export_dir"):
         load_pipeline(live_checkpoint, device="cpu", backend=backend)
-    with pytest.raises(E.ExportError, match="backend must be 'eager' or one of"):
+    with pytest.raises(E.ExportError, match="backend must be 'eager', 'compile' or one of"):
         load_pipeline(live_checkpoint, device="cpu", backend="tvm", export_dir=out)
     newer = tmp_path / "newer"
     shutil.copytree(out, newer)

@@ -487,3 +487,32 @@ def test_pca_init_starts_the_vae_as_its_linear_code(tmp_path):
     assert after < 0.5 * before and "16 training frames" in messages[0]
     with pytest.raises(ConfigError, match="local latents"):
         train(cfg_for("vae-image", "pca_init_frames=8", "max_steps=2"), tmp_path / "run")
+
+
+def test_latent_norm_channel_gives_every_latent_channel_unit_std(tmp_path):
+    """latent_norm=channel: measured on the data, folded into the VAE (frames decode as before), every channel
+    then has unit std; a VAE without local latents is refused before any step."""
+    import dataclasses
+
+    from engine.models import get_preset
+    from engine.models.arvae import ARVAE
+
+    torch.manual_seed(0)
+    vae = ARVAE(dataclasses.replace(get_preset("tiny").vae, local_latents=True)).eval().requires_grad_(False)
+    gen = torch.Generator().manual_seed(0)
+    # channels of very different spread, as PCA-started latents have
+    spread = torch.logspace(-1, 1, vae.cfg.latent_dim)
+    vae.region_in.weight.mul_(spread[:, None, None, None])
+    vae.to_latent.weight.mul_(spread[:, None])
+    data = [torch.rand(2, 3, 16, 16, generator=gen) * 2 - 1 for _ in range(24)]
+    x = torch.stack(data)
+    before = vae.decode(vae.encode(x))
+    cfg = cfg_for("diffusion", "vae=x", "latent_scale_samples=24", "batch_size=8", "latent_norm=channel")
+    factors = train_mod.normalize_latent_channels(vae, data, cfg, torch.device("cpu"))
+    z = vae.encode(x).reshape(-1, vae.cfg.latent_dim)
+    assert z.std(0).numpy() == pytest.approx(1.0, rel=0.05)
+    assert max(factors) / min(factors) > 10 and float(vae.latent_scale) == 1.0
+    assert (vae.decode(vae.encode(x)) - before).abs().max() <= 1e-4
+    vae_run = train(cfg_for("vae-image", "max_steps=1"), tmp_path / "vae")
+    with pytest.raises(ConfigError, match="local latents"):
+        train(cfg_for("diffusion", f"vae={vae_run.run_dir}", "latent_norm=channel", "max_steps=1"), tmp_path / "d")

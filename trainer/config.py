@@ -92,6 +92,8 @@ class TrainConfig:
     scheduler: str = "fopp"  # fopp | equal | independent | naive-nondecreasing
     clean_prefix_p: float = 0.25  # probability of a clean prefix (continuation conditioning)
     latent_cache: bool = False  # encode the dataset once with the frozen VAE (trainer/latents.py)
+    latent_norm: str = "global"  # global: one latent_scale for all latents; channel: unit std per latent channel,
+    #   folded into the frozen (local-latent) VAE's layers (ARVAE.scale_latent_channels) and packaged with it
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -111,6 +113,7 @@ _CHOICES = {
     "attention": ("causal", "full"),
     "prediction": ("x0", "eps"),
     "scheduler": ("fopp", "equal", "independent", "naive-nondecreasing"),
+    "latent_norm": ("global", "channel"),
 }
 # Keys a resumed run may change (everything else must match the saved run, or resuming is not a resume).
 # lr / min_lr: the paper's fine-tune phase (100k steps at 2e-4, then 50k more at 1e-5) is a resume with

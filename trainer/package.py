@@ -39,6 +39,8 @@ def package(diffusion_run: str, output: str, vae: str | None = None, dtype: str 
             f"({src.info['digest']}, step {src.info['step']}): package the VAE the diffusion model was trained on")
     if src.model_config.vae != diff.model_config.vae:
         raise CheckpointError(f"--vae {vae_path} has a different VAE config than the diffusion run's model")
+    if used.get("latent_channel_scale") is not None:  # latent_norm=channel: the same fold as in training
+        src.vae.scale_latent_channels(torch.tensor(used["latent_channel_scale"], dtype=torch.float64))
     scale = float(used.get("latent_scale", src.info["latent_scale"]))
     src.vae.latent_scale.fill_(scale)  # the scale the diffusion model saw its latents at
     dit = DiT(diff.model_config)
@@ -49,6 +51,7 @@ def package(diffusion_run: str, output: str, vae: str | None = None, dtype: str 
         "steps": {r["stage"]: r["steps"] for r in recipe},
         "data": {"vae": src.info.get("data"), "diffusion": diff.meta.get("data")},
         "latent_scale": scale,
+        "latent_norm": "channel" if used.get("latent_channel_scale") is not None else "global",
         "weights": "ema",
         "ema_decay": diff.train_config.ema_decay,
         "sources": {"vae": src.info["path"], "vae_step": src.info["step"],

@@ -293,24 +293,42 @@ def build_dataset(cfg: TrainConfig, num_frames: int, size: int, quiet: bool):
 
 
 @torch.no_grad()
-def measure_latent_scale(vae: ARVAE, dataset, num_items: int, batch_size: int, device: torch.device,
-                         seed: int) -> float:
-    """1 / std of the VAE's latents (before any scale) over a fixed sample of the data."""
+def latent_moments(vae: ARVAE, dataset, num_items: int, batch_size: int, device: torch.device,
+                   seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and variance [D] (float64) of the VAE's latents before any scale, over a fixed
+    sample of the data."""
     n = min(num_items, len(dataset))
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed + 7))[:n].tolist()
     was_training = vae.training
     vae.eval()
-    total = total_sq = count = 0.0
+    D = vae.cfg.latent_dim
+    total = total_sq = torch.zeros(D, dtype=torch.float64)
+    count = 0
     for i in range(0, n, batch_size):
         x = torch.stack([dataset[j] for j in order[i:i + batch_size]]).to(device)
-        z = (vae.encode(x) / vae.latent_scale).double()
-        total += float(z.sum())
-        total_sq += float((z * z).sum())
-        count += z.numel()
+        z = (vae.encode(x) / vae.latent_scale).double().reshape(-1, D).cpu()
+        total, total_sq, count = total + z.sum(0), total_sq + (z * z).sum(0), count + len(z)
     vae.train(was_training)
     mean = total / count
-    std = math.sqrt(max(total_sq / count - mean * mean, 1e-12))
-    return 1.0 / std
+    return mean, (total_sq / count - mean * mean).clamp_min(1e-12)
+
+
+def measure_latent_scale(vae: ARVAE, dataset, num_items: int, batch_size: int, device: torch.device,
+                         seed: int) -> float:
+    """1 / std of the VAE's latents (before any scale, all channels together) over a fixed sample of the data."""
+    mean, var = latent_moments(vae, dataset, num_items, batch_size, device, seed)
+    overall = mean.mean()
+    return 1.0 / math.sqrt(max(float((var + mean * mean).mean() - overall * overall), 1e-12))
+
+
+def normalize_latent_channels(vae: ARVAE, dataset, cfg: TrainConfig, device: torch.device) -> list[float]:
+    """Give each latent channel unit std (folded into the VAE's layers; latent_scale becomes 1); returns the
+    per-channel factors, which packaging applies to the same VAE."""
+    _, var = latent_moments(vae, dataset, cfg.latent_scale_samples, cfg.batch_size, device, cfg.seed)
+    scale = var.rsqrt()
+    vae.scale_latent_channels(scale)
+    vae.latent_scale.fill_(1.0)
+    return scale.tolist()
 
 
 @torch.no_grad()
@@ -537,6 +555,12 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
         vae_src.info.update(latent_scale=scale, latent_scale_measured_by="diffusion run")
         log.info(f"the VAE's latent scale was never measured (its run did not finish); measured {scale:.4f} "
                  f"on this data")
+    if frozen_vae is not None and cfg.latent_norm == "channel":
+        if frozen_vae.region_in is None:
+            raise ConfigError("latent_norm=channel needs a VAE with local latents (the default preset)")
+        channel = normalize_latent_channels(frozen_vae, dataset, cfg, device)
+        vae_src.info.update(latent_scale=1.0, latent_channel_scale=channel)
+        log.info(f"latent channels scaled to unit std (factors {min(channel):.3f} .. {max(channel):.3f})")
     if frozen_vae is not None:
         log.info(f"VAE: {vae_src.info['path']} (latent scale {float(frozen_vae.latent_scale):.4f})")
     if frozen_vae is not None and cfg.latent_cache:
@@ -545,6 +569,8 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
         key = {"vae": vae_src.info["digest"], "latent_scale": float(frozen_vae.latent_scale), "data": cfg.data,
                "num_frames": num_frames, "items": len(dataset), "seed": cfg.seed, "flip": cfg.flip,
                "num_items": cfg.num_items, "frame_stride": cfg.frame_stride}
+        if "latent_channel_scale" in vae_src.info:
+            key["latent_channel_scale"] = vae_src.info["latent_channel_scale"]
         latents = None
         if is_main:
             latents = cached_latents(run_dir / "latents.safetensors", key, frozen_vae, dataset, cfg.batch_size,

@@ -294,6 +294,28 @@ class ARVAE(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
+    @torch.no_grad()
+    def scale_latent_channels(self, scale: torch.Tensor) -> None:
+        """Multiply latent channel d by scale[d] [D]: encode returns the scaled latents, decode reads them.
+
+        Folded into the layers on either side of the latents, so a checkpoint keeps its format and the
+        reconstruction is unchanged. Local latents only: their channels are linear in the layers (the
+        TiTok path normalises each token, which a per-channel scale would break). The trainer uses it to give
+        the diffusion model unit-variance channels where one global `latent_scale` cannot (PCA-started
+        latents span a 40x range of channel std).
+        """
+        if self.region_in is None:
+            raise ValueError("scale_latent_channels needs local latents (VAEConfig.local_latents)")
+        if scale.shape != (self.cfg.latent_dim,) or not bool((scale > 0).all()):
+            raise ValueError(f"scale must be [{self.cfg.latent_dim}] positive values, got {tuple(scale.shape)}")
+        s = scale.to(self.to_latent.weight)
+        self.to_latent.weight.mul_(s[:, None])
+        self.to_latent.bias.mul_(s)
+        self.region_in.weight.mul_(s[:, None, None, None])
+        self.region_in.bias.mul_(s)
+        self.from_latent.weight.div_(s[None, :])
+        self.region_out.weight.div_(s[:, None, None, None])  # ConvTranspose2d weight: [in = D, out, k, k]
+
     # ---- parameter groups (disjoint; together they are all parameters) ----
 
     def encoder_parameters(self) -> Iterator[nn.Parameter]:

@@ -55,6 +55,17 @@ class Row:
         return self._full(self.segment_to)
 
     @cached_property
+    def num_active(self) -> int:
+        """How many frames change level this row."""
+        return int(np.count_nonzero(self.segment_from != self.segment_to))
+
+    @cached_property
+    def newly_clean(self) -> list[int]:
+        """Frames that turn clean in this row."""
+        done = (self.segment_to == 0) & (self.segment_from > 0)
+        return (self.first + np.flatnonzero(done)).tolist()
+
+    @cached_property
     def active(self) -> np.ndarray:
         """Frames whose level changes this row (only these are updated)."""
         active = self.level_from != self.level_to

@@ -1,0 +1,87 @@
+"""`backend="compile"`: the cached sampler's one-frame DiT calls through torch.compile (Inductor).
+
+At s >= steps every AD row is one frame after a full cache: 16 tokens through every layer. Eager PyTorch
+spends more of such a call on per-operator overhead than on arithmetic (bench/models.py: a one-frame call
+costs about a fifth of a whole 16-frame window for a sixteenth of its work). Inductor, with the weights
+frozen into the graph, fuses the elementwise work (norms, modulation, rotary, GELU, gates) and autotunes the
+GEMM kernels for 16-row matrices (max-autotune). The cache is padded to window - 1 frames, so one graph serves
+every one-frame call whatever the cache holds. Calls with several frames (s < steps, window refreshes) run
+eagerly: their matrices are large enough that compiling buys little (bench/RESULTS.md), and each frame count
+would cost a compile of its own.
+
+Compiling takes seconds (once per process and batch size; Inductor's on-disk cache shortens later runs), so
+`warm_up` does it before sampling starts, and a machine that cannot compile (no C++ compiler on CPU) fails
+there with a `CompileError`, before any frame is promised.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+from torch._dynamo.exc import TorchDynamoException
+from torch._inductor import config as inductor_config
+
+from engine.errors import ArdiffError, one_line
+from engine.models.dit import ConditioningTable, KVCache
+from engine.step_dit import StepDiT
+
+# Weights become constants (folded, pre-packed for the CPU GEMM kernels), GEMMs are autotuned among ATen,
+# Inductor's C++ micro-kernels and (on CUDA) Triton, and the graph's wrapper is C++ (no Python between its ~50
+# kernels). These are patched around every call rather than passed in torch.compile's options: passed there,
+# freezing did not reach the GEMM lowering and the autotuner never ran. Measured per one-frame call on the
+# default preset: 2.1 ms with the options, 1.65-1.85 ms patched, 1.55 ms with the C++ wrapper (eager 3.4-3.9).
+COMPILE_MODE = "max-autotune-no-cudagraphs"
+INDUCTOR_CONFIG = {
+    "freezing": True,
+    "cpp_wrapper": True,
+    "max_autotune_report_choices_stats": False,  # the autotuner's report goes to stderr otherwise
+    "autotune_num_choices_displayed": 0,
+}
+
+
+class CompileError(ArdiffError):
+    """torch.compile cannot build the DiT step here (e.g. no C++ compiler for Inductor's CPU kernels)."""
+
+
+class CompiledDiT(StepDiT):
+    """Stands in for the DiT: one-frame `forward_cached` calls run compiled, everything else eager.
+
+    The weights are frozen into the graph at the first call: change them and build a new CompiledDiT.
+    """
+
+    def __init__(self, dit: nn.Module) -> None:
+        compiled = torch.compile(dit.step, dynamic=False, mode=COMPILE_MODE)
+
+        def runner(*args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            with torch.no_grad(), inductor_config.patch(INDUCTOR_CONFIG), warnings.catch_warnings():
+                # torch's own deprecation notice, raised inside the autotuner: nothing a user can act on
+                warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
+                try:
+                    return compiled(*args)
+                except TorchDynamoException as err:
+                    raise CompileError(f"torch.compile could not build the DiT step on this machine "
+                                       f"({one_line(err)[:300]}); use backend 'eager'") from err
+
+        super().__init__(dit, runner, dtype=None, past_slots=dit.window - 1)
+
+    def __call__(self, *args, **kwargs) -> torch.Tensor:
+        return self._dit(*args, **kwargs)  # the reference sampler stays the eager oracle
+
+    def forward_cached(self, z: torch.Tensor, t: torch.Tensor, cache: KVCache,
+                       class_label: torch.Tensor | None = None, table: ConditioningTable | None = None
+                       ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        if z.shape[1] != 1:
+            return self._dit.forward_cached(z, t, cache, class_label, table)
+        return super().forward_cached(z, t, cache, class_label, table)
+
+    def warm_up(self, batch: int = 1) -> None:
+        """Compile the one-frame graph now for this batch size (and the autocast state the caller is in)."""
+        p = self._dit.x_embed.weight
+        z = torch.zeros(batch, 1, self._dit.num_tokens, self._dit.latent_dim, device=p.device)
+        t = torch.full((batch, 1), self._dit.num_timesteps, dtype=torch.long, device=p.device)
+        label = None
+        if self._dit.num_classes:
+            label = torch.full((batch,), self._dit.null_class, dtype=torch.long, device=p.device)
+        self.forward_cached(z, t, KVCache(), label)

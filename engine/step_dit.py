@@ -1,0 +1,87 @@
+"""A DiT stand-in for `CachedSampler` whose `forward_cached` runs the pure-tensor `DiT.step`.
+
+Two runtimes share it: the graphs `ardiff-export` writes (engine.export) and `backend="compile"`
+(engine.compiled). Conditioning stays with the eager model (once per run); everything the stand-in does not
+override is delegated to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from engine.models.dit import ConditioningTable, KVCache
+
+StepFn = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # the signature of DiT.step
+
+
+class StepDiT:
+    """`forward_cached` through `runner` (DiT.step's signature) instead of the eager model.
+
+    `dtype`: the runner's floating dtype (inputs are cast to it); None: whatever the caller runs in.
+    `past_slots`: pad the cache to this many frames, so a runner specialised on shapes sees one shape for
+    every cache length; None: pass exactly the cached frames (at least one slot, see `DiT.step`).
+    """
+
+    def __init__(self, dit: nn.Module, runner: StepFn, dtype: torch.dtype | None = None,
+                 past_slots: int | None = None) -> None:
+        self._dit, self.runner, self.dtype, self.past_slots = dit, runner, dtype, past_slots
+        self.depth, self.heads = len(dit.blocks), dit.heads
+        self.head_dim = dit.x_embed.out_features // dit.heads
+        self._stacked: tuple[Any, int, int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._dit, name)
+
+    def _cast(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.dtype is None else x.to(self.dtype)
+
+    def conditioning_table(self, timesteps: torch.Tensor, class_label: torch.Tensor | None = None
+                           ) -> ConditioningTable:
+        table = self._dit.conditioning_table(timesteps, class_label)
+        # stacked [depth, B, K, 1, 6H] in the runner's dtype, gathered once per call
+        table.stacked = self._cast(torch.stack(table.blocks))
+        table.final_cast = self._cast(table.final)
+        return table
+
+    def _past(self, cache: KVCache, batch: int, like: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The cached keys/values as [depth, B, heads, S, L, head_dim], padding first, and how many frames they
+        hold (int64 [1]); rebuilt only when the cache changes."""
+        if self._stacked is not None:
+            held, version, held_batch, past = self._stacked
+            if held is cache and version == cache.version and held_batch == batch:
+                return past
+        P, L = cache.num_frames, self._dit.num_tokens
+        S = max(1, P) if self.past_slots is None else self.past_slots
+        dtype = like.dtype if self.dtype is None else self.dtype
+        k = torch.zeros(self.depth, batch, self.heads, S, L, self.head_dim, dtype=dtype, device=like.device)
+        v = torch.zeros_like(k)
+        if P:
+            layers = cache.layers
+            k[:, :, :, S - P:] = torch.stack([k for k, _ in layers]).unflatten(3, (P, L))
+            v[:, :, :, S - P:] = torch.stack([v for _, v in layers]).unflatten(3, (P, L))
+        past = (k, v, torch.tensor([P], dtype=torch.long, device=like.device))
+        self._stacked = (cache, cache.version, batch, past)
+        return past
+
+    def forward_cached(self, z: torch.Tensor, t: torch.Tensor, cache: KVCache,
+                       class_label: torch.Tensor | None = None, table: ConditioningTable | None = None
+                       ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        self._dit._check_inputs(z, t, class_label)
+        if table is None or not hasattr(table, "stacked"):
+            table = self.conditioning_table(t[0].unique(), class_label)
+        idx = table.rows_for(t, class_label)
+        block_mods, final_mod = table.stacked[:, :, idx], table.final_cast[:, idx]
+        B = z.shape[0]
+        if block_mods.shape[1] != B:
+            block_mods, final_mod = block_mods.expand(-1, B, -1, -1, -1), final_mod.expand(B, -1, -1, -1)
+        past_k, past_v, past_len = self._past(cache, B, block_mods)
+        # standard strides, even on size-1 dimensions: a runner specialised on strides then sees one layout
+        dense = torch.contiguous_format
+        x0, new_k, new_v = self.runner(self._cast(z).clone(memory_format=dense), block_mods.clone(memory_format=dense),
+                                       final_mod.clone(memory_format=dense), past_k, past_v, past_len)
+        return x0, [(new_k[i], new_v[i]) for i in range(self.depth)]

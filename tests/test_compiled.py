@@ -1,0 +1,101 @@
+"""backend="compile": one-frame DiT calls through torch.compile give the eager results, for the right model."""
+
+import numpy as np
+import pytest
+import torch
+
+from engine import compiled
+from engine.compiled import CompiledDiT, CompileError
+from engine.models import build_models, get_preset
+from engine.models.dit import KVCache
+from engine.pipeline import Done, load_pipeline
+from tests.helpers import randomize_
+from tests.test_sampling import STEPS, run, tiny_dit
+
+
+def filled_cache(dit, frames: int, batch: int) -> KVCache:
+    cache = KVCache()
+    if frames:
+        z = torch.randn(batch, frames, dit.num_tokens, dit.latent_dim, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            _, kv = dit.forward_cached(z, torch.zeros(batch, frames, dtype=torch.long), cache)
+        cache.append(kv, frames, dit.num_tokens)
+    return cache
+
+
+@pytest.fixture(scope="module")
+def model():
+    dit, _ = tiny_dit()
+    return dit, CompiledDiT(dit)
+
+
+@pytest.mark.parametrize("cached_frames", [0, 5, 15])
+def test_one_frame_call_equals_eager(model, cached_frames):
+    dit, fast = model
+    cache = filled_cache(dit, cached_frames, 2)
+    z = torch.randn(2, 1, dit.num_tokens, dit.latent_dim, generator=torch.Generator().manual_seed(2))
+    t = torch.full((2, 1), 700)
+    with torch.no_grad():
+        want, want_kv = dit.forward_cached(z, t, cache)
+        got, got_kv = fast.forward_cached(z, t, cache)
+    assert (got - want).abs().max() <= 1e-5
+    assert want.abs().max() > 0.1  # a live model, not zeros on both sides
+    for (gk, gv), (wk, wv) in zip(got_kv, want_kv):
+        assert (gk - wk).abs().max() <= 1e-5 and (gv - wv).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("s,N,C", [(STEPS, 20, 2), (3, 12, 0)])
+def test_cached_sampler_with_compiled_dit_equals_reference(model, monkeypatch, s, N, C):
+    dit, fast = model
+    graph_calls = []
+    runner = fast.runner
+    monkeypatch.setattr(fast, "runner", lambda *args: graph_calls.append(1) or runner(*args))
+    ref, ref_steps = run("reference", dit, s, N, C)
+    got, got_steps = run("cached", fast, s, N, C)
+    assert (got.latents - ref.latents).abs().max() <= 1e-4
+    assert [st.clean_frames for st in got_steps] == [st.clean_frames for st in ref_steps]
+    if s >= STEPS:  # frame by frame: nearly every row is one frame, so nearly every call runs the graph
+        assert len(graph_calls) > 0.8 * got.stats.network_calls
+
+
+def test_each_model_gets_its_own_graph(model):
+    """The weights are frozen into the graph: a second model of the same shape must not reuse the first's."""
+    dit, fast = model
+    other = randomize_(build_models(get_preset("tiny"))[1], std=0.15, seed=1).eval()
+    z = torch.randn(2, 1, dit.num_tokens, dit.latent_dim, generator=torch.Generator().manual_seed(3))
+    t = torch.full((2, 1), 400)
+    with torch.no_grad():
+        first = fast.forward_cached(z, t, KVCache())[0]
+        second = CompiledDiT(other).forward_cached(z, t, KVCache())[0]
+        assert (first - dit.forward_cached(z, t, KVCache())[0]).abs().max() <= 1e-5
+        assert (second - other.forward_cached(z, t, KVCache())[0]).abs().max() <= 1e-5
+    assert (first - second).abs().max() > 1e-2
+
+
+def test_pipeline_compile_backend_matches_eager(tiny_checkpoint):
+    eager = load_pipeline(tiny_checkpoint, "cpu")
+    fast = load_pipeline(tiny_checkpoint, "cpu", backend="compile")
+    assert "compile" in fast.describe()
+    frames = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    videos = []
+    for pipe in (eager, fast):
+        done = [e for e in pipe.continue_video(frames, num_new_frames=5, s=STEPS, steps=STEPS) if isinstance(e, Done)]
+        videos.append(done[0].video.astype(int))
+    assert videos[0].shape == videos[1].shape == (8, 16, 16, 3)
+    assert np.abs(videos[0] - videos[1]).max() <= 1  # float rounding at most flips a pixel level
+
+
+def test_compile_failure_is_a_typed_error(monkeypatch, tiny_checkpoint):
+    def broken(fn, **kwargs):
+        def call(*args):
+            raise torch._dynamo.exc.InternalTorchDynamoError("no working C++ compiler")
+        return call
+
+    monkeypatch.setattr(compiled.torch, "compile", broken)
+    with pytest.raises(CompileError, match="use backend 'eager'"):
+        load_pipeline(tiny_checkpoint, "cpu", backend="compile")
+
+
+def test_export_dir_is_refused_for_compile(tiny_checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="export_dir"):
+        load_pipeline(tiny_checkpoint, "cpu", backend="compile", export_dir=tmp_path)
