@@ -97,13 +97,12 @@ def _add_sampling_args(p: argparse.ArgumentParser, frames: int, s: int) -> None:
 
 
 def cmd_continue(args: argparse.Namespace) -> int:
-    from engine.pipeline import load_pipeline
     from engine.video_io import probe_video
 
     _check_positive("--frames", args.frames)
     _check_positive("--context", args.context)
     info = probe_video(args.input)
-    pipe = load_pipeline(args.checkpoint, args.device, backend=args.backend, export_dir=args.export_dir)
+    pipe = _load_sampling_pipeline(args)
     if args.context > pipe.window - 1:
         raise ArdiffError(f"--context {args.context} is longer than the model allows: at most "
                           f"{pipe.window - 1} (window {pipe.window} minus one new frame)")
@@ -118,10 +117,8 @@ def cmd_continue(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from engine.pipeline import load_pipeline
-
     _check_positive("--frames", args.frames)
-    pipe = load_pipeline(args.checkpoint, args.device, backend=args.backend, export_dir=args.export_dir)
+    pipe = _load_sampling_pipeline(args)
     _say(args, pipe.describe())
     events = pipe.generate(num_frames=args.frames, s=args.s, steps=args.steps, seed=args.seed,
                            class_label=args.class_label, sampler=args.sampler, guidance_scale=args.guidance,
@@ -473,6 +470,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _check_positive(flag: str, value: int) -> None:
     if value < 1:
         raise ArdiffError(f"{flag} must be at least 1, got {value}")
+
+
+def _load_sampling_pipeline(args: argparse.Namespace):
+    """The pipeline `continue` and `generate` sample with (backend and export dir from the flags)."""
+    from engine.pipeline import load_pipeline
+
+    if args.backend == "compile":
+        _say(args, "compiling the one-frame DiT call with torch.compile (about 20 s on 2 CPU cores the first "
+                   "time, less once Inductor's cache holds it)")
+    return load_pipeline(args.checkpoint, args.device, backend=args.backend, export_dir=args.export_dir)
 
 
 def _say(args: argparse.Namespace, text: str) -> None:

@@ -5,11 +5,13 @@ import pytest
 import torch
 
 from engine import compiled
+from engine.cli import main
 from engine.compiled import CompiledDiT, CompileError
 from engine.models import build_models, get_preset
 from engine.models.dit import KVCache
 from engine.pipeline import Done, load_pipeline
 from tests.helpers import randomize_
+from tests.test_cli import DEMO
 from tests.test_sampling import STEPS, run, tiny_dit
 
 
@@ -85,7 +87,7 @@ def test_pipeline_compile_backend_matches_eager(tiny_checkpoint):
     assert np.abs(videos[0] - videos[1]).max() <= 1  # float rounding at most flips a pixel level
 
 
-def test_compile_failure_is_a_typed_error(monkeypatch, tiny_checkpoint):
+def test_compile_failure_is_a_typed_error_and_exit_code_2(monkeypatch, tiny_checkpoint, tmp_path, capsys):
     def broken(fn, **kwargs):
         def call(*args):
             raise torch._dynamo.exc.InternalTorchDynamoError("no working C++ compiler")
@@ -94,6 +96,12 @@ def test_compile_failure_is_a_typed_error(monkeypatch, tiny_checkpoint):
     monkeypatch.setattr(compiled.torch, "compile", broken)
     with pytest.raises(CompileError, match="use backend 'eager'"):
         load_pipeline(tiny_checkpoint, "cpu", backend="compile")
+    out = tmp_path / "out.mp4"
+    code = main(["continue", str(DEMO), "-o", str(out), "--frames", "2", "--checkpoint", str(tiny_checkpoint),
+                 "--backend", "compile", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and not out.exists()
+    assert len(err.strip().splitlines()) == 1 and "no working C++ compiler" in err
 
 
 def test_export_dir_is_refused_for_compile(tiny_checkpoint, tmp_path):
