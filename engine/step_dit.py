@@ -62,8 +62,8 @@ class StepDiT:
         v = torch.zeros_like(k)
         if P:
             layers = cache.layers
-            k[:, :, :, S - P:] = torch.stack([k for k, _ in layers]).unflatten(3, (P, L))
-            v[:, :, :, S - P:] = torch.stack([v for _, v in layers]).unflatten(3, (P, L))
+            k[:, :, :, S - P:] = torch.stack([keys for keys, _ in layers]).unflatten(3, (P, L))
+            v[:, :, :, S - P:] = torch.stack([values for _, values in layers]).unflatten(3, (P, L))
         past = (k, v, torch.tensor([P], dtype=torch.long, device=like.device))
         self._stacked = (cache, cache.version, batch, past)
         return past
@@ -81,7 +81,7 @@ class StepDiT:
             block_mods, final_mod = block_mods.expand(-1, B, -1, -1, -1), final_mod.expand(B, -1, -1, -1)
         past_k, past_v, past_len = self._past(cache, B, block_mods)
         # standard strides, even on size-1 dimensions: a runner specialised on strides then sees one layout
-        dense = torch.contiguous_format
-        x0, new_k, new_v = self.runner(self._cast(z).clone(memory_format=dense), block_mods.clone(memory_format=dense),
-                                       final_mod.clone(memory_format=dense), past_k, past_v, past_len)
+        z, block_mods, final_mod = (x.clone(memory_format=torch.contiguous_format)
+                                    for x in (self._cast(z), block_mods, final_mod))
+        x0, new_k, new_v = self.runner(z, block_mods, final_mod, past_k, past_v, past_len)
         return x0, [(new_k[i], new_v[i]) for i in range(self.depth)]
