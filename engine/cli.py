@@ -72,8 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="continue the demo clip in assets/ with the embedded model")
     p.add_argument("-o", "--output", default="out/demo.mp4")
     p.add_argument("--device", default="auto")
+    _add_precision(p)
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _add_precision(p: argparse.ArgumentParser) -> None:
+    # checked by load_pipeline, so a wrong value is the one-line error every other bad input gets
+    p.add_argument("--precision", default="auto",
+                   help="auto | fp32 | bf16; auto: bf16 autocast on CUDA and on CPUs with native bf16 "
+                        "(AMX/AVX512-BF16), else fp32")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, frames: int, s: int) -> None:
@@ -85,6 +93,7 @@ def _add_sampling_args(p: argparse.ArgumentParser, frames: int, s: int) -> None:
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale on x0")
     p.add_argument("--checkpoint", default=None, help="model checkpoint (default: the embedded model)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    _add_precision(p)
     p.add_argument("--sampler", default="cached", choices=["cached", "reference"])
     p.add_argument("--backend", default="eager", choices=["eager", "compile", "aoti", "onnx", "tensorrt"],
                    help="compile: torch.compile the one-frame DiT call (seconds at start, faster at large s); "
@@ -305,6 +314,7 @@ def _add_eval_parser(sub) -> None:
     q.add_argument("--i3d", default=None, help="I3D weights for FVD (default: cache / download)")
     q.add_argument("--no-fvd", action="store_true", help="skip FVD")
     q.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    _add_precision(q)
     q.add_argument("--sampler", default="cached", choices=["cached", "reference"])
     q.add_argument("-o", "--output", required=True, help="folder for results.md, results.json, horizon.png")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -314,6 +324,7 @@ def _add_eval_parser(sub) -> None:
     _add_model_and_clips(q)
     q.add_argument("--frames", type=int, default=32, help="frames per clip")
     q.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    _add_precision(q)
     q.add_argument("-o", "--output", required=True, help="folder for results.md and results.json")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_eval_vae)
@@ -368,7 +379,7 @@ def cmd_eval_continue(args: argparse.Namespace) -> int:
     s_values = parse_s_values(args.s)
     if Path(args.output).exists() and not Path(args.output).is_dir():
         raise ArdiffError(f"-o {args.output} is a file; eval writes a folder (results.md, results.json, horizon.png)")
-    pipe = load_pipeline(args.checkpoint, args.device)
+    pipe = load_pipeline(args.checkpoint, args.device, precision=args.precision)
     if args.context > pipe.window - 1:
         raise ArdiffError(f"--context {args.context} is longer than the model allows: at most "
                           f"{pipe.window - 1} (window {pipe.window} minus one new frame)")
@@ -402,7 +413,7 @@ def cmd_eval_vae(args: argparse.Namespace) -> int:
     _check_positive("--frames", args.frames)
     if Path(args.output).exists() and not Path(args.output).is_dir():
         raise ArdiffError(f"-o {args.output} is a file; eval writes a folder (results.md, results.json)")
-    pipe = load_pipeline(args.checkpoint, args.device)
+    pipe = load_pipeline(args.checkpoint, args.device, precision=args.precision)
     clips = load_clips(args.clips, 0, args.frames, args.clips_per_video)
     _say(args, pipe.describe())
     with _eval_progress(args.quiet) as bar:
@@ -460,7 +471,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return cmd_schedule(schedule_args)
     demo = ASSETS_DIR / "demo.mp4"
     continue_args = build_parser().parse_args(
-        ["continue", str(demo), "-o", args.output, "--context", "8", "--frames", "24", "--device", args.device])
+        ["continue", str(demo), "-o", args.output, "--context", "8", "--frames", "24", "--device", args.device,
+         "--precision", args.precision])
     return cmd_continue(continue_args)
 
 
@@ -479,7 +491,8 @@ def _load_sampling_pipeline(args: argparse.Namespace):
     if args.backend == "compile":
         _say(args, "compiling the one-frame DiT call with torch.compile (about 20 s on 2 CPU cores the first "
                    "time, less once Inductor's cache holds it)")
-    return load_pipeline(args.checkpoint, args.device, backend=args.backend, export_dir=args.export_dir)
+    return load_pipeline(args.checkpoint, args.device, backend=args.backend, export_dir=args.export_dir,
+                         precision=args.precision)
 
 
 def _say(args: argparse.Namespace, text: str) -> None:

@@ -95,6 +95,7 @@ class DDIMGrid:
         # per level k, float64, in numpy: a row's coefficients are a handful of numbers, and numpy makes them
         # in microseconds where torch's per-operator overhead would cost more than the step on the latents
         self._signal, self._noise = np.sqrt(abar), np.sqrt(1.0 - abar)
+        self._memo: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
 
     def t_of(self, k: torch.Tensor) -> torch.Tensor:
         """Timesteps for step indices (any shape)."""
@@ -113,20 +114,35 @@ class DDIMGrid:
         z_t, x0_hat: [B, F, ...]; k_from, k_to: [B, F] or [F], tensors or numpy arrays. Frames whose level
         does not change are returned unchanged bit for bit, so one call serves a row where only some move.
         """
-        k_from, k_to = (np.broadcast_to(_levels(k), tuple(z_t.shape[:2])) for k in (k_from, k_to))
-        if (k_to > k_from).any():
-            raise ValueError("a DDIM step cannot add noise: k_to must be <= k_from for every frame")
+        keep, take, same = self._step_coefficients(_levels(k_from), _levels(k_to), z_t)
         if clip_x0 is not None:
             x0_hat = x0_hat.clamp(-clip_x0, clip_x0)
+        z_prev = torch.addcmul(keep * z_t, take, x0_hat.to(z_t.dtype))
+        # where, not arithmetic, for unchanged frames: bit for bit even if the network's x0 there is not finite
+        return z_prev if same is None else torch.where(same, z_t, z_prev)
+
+    def _step_coefficients(self, k_from: np.ndarray, k_to: np.ndarray, like: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(keep, take, unchanged-frame mask or None) with z_prev = keep * z_t + take * x0, shaped to broadcast
+        over `like`. Memoised per levels: a sampler meets the same few rows of levels again and again, and
+        making the tensors costs more than the step itself on one frame's latents."""
+        key = (k_from.tobytes(), k_to.tobytes(), k_from.shape, k_to.shape, like.shape[:2], like.dim(), like.dtype,
+               like.device)
+        hit = self._memo.get(key)
+        if hit is not None:
+            return hit
+        k_from, k_to = (np.broadcast_to(k, tuple(like.shape[:2])) for k in (k_from, k_to))
+        if (k_to > k_from).any():
+            raise ValueError("a DDIM step cannot add noise: k_to must be <= k_from for every frame")
         # z_prev = a_to x0 + b_to eps with eps = (z_t - a_from x0) / b_from, i.e. keep * z_t + take * x0; the
-        # per-frame coefficients come from [B, F] levels (float64, once per call), not from the latents.
+        # per-frame coefficients come from [B, F] levels (float64), not from the latents.
         same = k_from == k_to
         keep = np.where(same, 1.0, self._noise[k_to] / np.maximum(self._noise[k_from], 1e-300))
         take = np.where(same, 0.0, self._signal[k_to] - keep * self._signal[k_from])
-        shape = tuple(keep.shape) + (1,) * (z_t.dim() - 2)
-        keep, take = torch.from_numpy(np.stack([keep, take])).to(z_t.device, z_t.dtype).reshape(2, *shape)
-        z_prev = torch.addcmul(keep * z_t, take, x0_hat.to(z_t.dtype))
-        if not same.any():
-            return z_prev
-        # where, not arithmetic, for unchanged frames: bit for bit even if the network's x0 there is not finite
-        return torch.where(torch.from_numpy(same.reshape(shape)).to(z_t.device), z_t, z_prev)
+        shape = tuple(keep.shape) + (1,) * (like.dim() - 2)
+        keep_t, take_t = torch.from_numpy(np.stack([keep, take])).to(like.device, like.dtype).reshape(2, *shape)
+        mask = torch.from_numpy(same.reshape(shape)).to(like.device) if same.any() else None
+        if len(self._memo) >= 4096:  # bounded: long runs at small s meet many distinct rows
+            self._memo.clear()
+        self._memo[key] = keep_t, take_t, mask
+        return keep_t, take_t, mask

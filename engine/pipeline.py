@@ -76,16 +76,25 @@ def parse_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def resolve_device(device: str = "auto") -> tuple[torch.device, torch.dtype | None]:
-    """("auto" | "cpu" | "cuda[:i]") -> (device, autocast dtype or None for float32)."""
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_device(device: str = "auto", precision: str = "auto") -> tuple[torch.device, torch.dtype | None]:
+    """("auto" | "cpu" | "cuda[:i]", "auto" | "fp32" | "bf16") -> (device, autocast dtype or None for float32).
+
+    "auto" precision is bfloat16 autocast on CUDA and on CPUs with native bfloat16 (AMX or AVX512-BF16), float32
+    elsewhere; "fp32" makes results the same on every CPU, whatever its matrix units.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = parse_device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("device 'cuda' was asked for but this torch has no CUDA device; use --device cpu")
-        return dev, torch.bfloat16
-    return dev, torch.bfloat16 if cpu_supports_bf16() else None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but this torch has no CUDA device; use --device cpu")
+    if precision != "auto":
+        return dev, None if precision == "fp32" else torch.bfloat16
+    return dev, torch.bfloat16 if dev.type == "cuda" or cpu_supports_bf16() else None
 
 
 @dataclass
@@ -128,8 +137,12 @@ class Pipeline:
         """One line saying what runs where, e.g. 'default model (64x64, window 16) on cpu, float32'."""
         precision = "float32" if self.autocast_dtype is None else f"{str(self.autocast_dtype)[6:]} autocast"
         why = ""
-        if self.device.type == "cpu" and self.autocast_dtype is None:
-            why = " (this CPU has no native bfloat16)"
+        if self.device.type == "cpu":
+            native = cpu_supports_bf16()
+            if self.autocast_dtype is None and not native:
+                why = " (this CPU has no native bfloat16)"
+            elif self.autocast_dtype is not None and not native:
+                why = " (emulated on this CPU: slower than float32)"
         source = self.checkpoint.path.name if self.checkpoint.path else "in-memory model"
         backend = "" if self.exported is None else f"; sampling with {self.exported.describe()}"
         if self.backend == "compile":
@@ -246,8 +259,11 @@ def to_uint8_frames(x: torch.Tensor) -> np.ndarray:
 
 
 def load_pipeline(checkpoint: str | Path | Checkpoint | None = None, device: str = "auto", backend: str = "eager",
-                  export_dir: str | Path | None = None) -> Pipeline:
+                  export_dir: str | Path | None = None, precision: str = "auto") -> Pipeline:
     """A pipeline for a checkpoint file (None: the embedded default in assets/) on "auto" | "cpu" | "cuda".
+
+    `precision` "auto" | "fp32" | "bf16" (see `resolve_device`); the exported backends run at the precision
+    they were exported with.
 
     `backend` "compile" compiles the cached sampler's one-frame DiT call with torch.compile (seconds, at load;
     engine.compiled); "aoti" | "onnx" | "tensorrt" sample with the graphs `ardiff-export` wrote to `export_dir`
@@ -256,11 +272,14 @@ def load_pipeline(checkpoint: str | Path | Checkpoint | None = None, device: str
     if backend in ("eager", "compile"):
         if export_dir is not None:
             raise ValueError(f"export_dir is for the exported backends (aoti, onnx, tensorrt), not {backend!r}")
-        dev, dtype = resolve_device(device)
+        dev, dtype = resolve_device(device, precision)
     else:
         from engine.export import check_backend_args
 
         manifest = check_backend_args(backend, export_dir, device)
+        if precision not in ("auto", manifest["dtype"]):
+            raise ValueError(f"the {backend} graphs in {export_dir} were exported in {manifest['dtype']}; "
+                             f"precision {precision!r} cannot change that (re-export, or use precision 'auto')")
         dev = resolve_device(manifest["device"])[0]
         # The eager parts (encoder, conditioning table) run at the exported graphs' precision.
         dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[manifest["dtype"]]

@@ -126,8 +126,7 @@ class Sampler:
     def _step(self, start: int, stop: int, x0: torch.Tensor, row: Row) -> None:
         """DDIM-step frames [start, stop) from level_from to level_to; unchanged frames stay bit for bit."""
         z = self.latents[:, start:stop]
-        self.latents[:, start:stop] = self.grid.ddim_step(z, x0, row.level_from[start:stop],
-                                                          row.level_to[start:stop], clip_x0=self.clip_x0)
+        self.latents[:, start:stop] = self.grid.ddim_step(z, x0, *row.levels(start, stop), clip_x0=self.clip_x0)
 
 
 class ReferenceSampler(Sampler):
@@ -160,7 +159,7 @@ class CachedSampler(Sampler):
             self.cache.reset(a)
         start = self.cache.end  # clean frames not yet cached are computed once here, then cached
         z = self.latents[:, start:b]
-        t = self._levels_to_t(row.level_from[start:b], batch)
+        t = self._levels_to_t(row.levels(start, b)[0], batch)
         out, kv = self.dit.forward_cached(self._double(z), self._double(t), self.cache, self._labels(batch),
                                           table=self._table)
         self.cache.append(kv, first - start, self.dit.num_tokens)

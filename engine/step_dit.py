@@ -42,10 +42,32 @@ class StepDiT:
     def conditioning_table(self, timesteps: torch.Tensor, class_label: torch.Tensor | None = None
                            ) -> ConditioningTable:
         table = self._dit.conditioning_table(timesteps, class_label)
-        # stacked [depth, B, K, 1, 6H] in the runner's dtype, gathered once per call
+        # stacked [depth, B, K, 1, 6H] in the runner's dtype, and the rows calls asked for (see _modulations)
         table.stacked = self._cast(torch.stack(table.blocks))
         table.final_cast = self._cast(table.final)
+        table.call_rows = {}
         return table
+
+    def _modulations(self, table: ConditioningTable, t: torch.Tensor, class_label: torch.Tensor | None,
+                     batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The table's rows for timesteps t [B, M], as [depth, B, M, 1, 6H] and [B, M, 1, 2H] in standard strides.
+
+        Memoised per timesteps: a sampler asks for the same few (a one-frame call for one of n + 1 levels) in
+        every row, and the gather, the checks and the copies cost more than the rest of the call's Python.
+        """
+        key = (tuple(t[0].tolist()), batch)
+        rows = table.call_rows.get(key)
+        if rows is None:
+            idx = table.rows_for(t, class_label)
+            block_mods, final_mod = table.stacked[:, :, idx], table.final_cast[:, idx]
+            if block_mods.shape[1] != batch:
+                block_mods, final_mod = block_mods.expand(-1, batch, -1, -1, -1), final_mod.expand(batch, -1, -1, -1)
+            # standard strides, even on size-1 dimensions: a runner specialised on strides then sees one layout
+            rows = table.call_rows[key] = (block_mods.clone(memory_format=torch.contiguous_format),
+                                           final_mod.clone(memory_format=torch.contiguous_format))
+        else:
+            table.check_call(t, class_label)
+        return rows
 
     def _past(self, cache: KVCache, batch: int, like: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -74,14 +96,9 @@ class StepDiT:
         self._dit._check_inputs(z, t, class_label)
         if table is None or not hasattr(table, "stacked"):
             table = self.conditioning_table(t[0].unique(), class_label)
-        idx = table.rows_for(t, class_label)
-        block_mods, final_mod = table.stacked[:, :, idx], table.final_cast[:, idx]
         B = z.shape[0]
-        if block_mods.shape[1] != B:
-            block_mods, final_mod = block_mods.expand(-1, B, -1, -1, -1), final_mod.expand(B, -1, -1, -1)
+        block_mods, final_mod = self._modulations(table, t, class_label, B)
         past_k, past_v, past_len = self._past(cache, B, block_mods)
-        # standard strides, even on size-1 dimensions: a runner specialised on strides then sees one layout
-        z, block_mods, final_mod = (x.clone(memory_format=torch.contiguous_format)
-                                    for x in (self._cast(z), block_mods, final_mod))
+        z = self._cast(z).clone(memory_format=torch.contiguous_format)
         x0, new_k, new_v = self.runner(z, block_mods, final_mod, past_k, past_v, past_len)
-        return x0, [(new_k[i], new_v[i]) for i in range(self.depth)]
+        return x0, list(zip(new_k.unbind(0), new_v.unbind(0)))

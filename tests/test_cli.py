@@ -58,6 +58,7 @@ def test_generate_to_png_folder_and_gif(tmp_path, capsys, tiny_checkpoint):
         (["continue", "{demo}", "-o", "{out}", "--checkpoint", "{text}"], "not a safetensors"),
         (["continue", "{empty_dir}", "-o", "{out}"], "no PNG/JPG frames"),
         (["continue", "{demo}", "-o", "{out}", "--device", "tpu"], "device must be"),
+        (["continue", "{demo}", "-o", "{out}", "--precision", "fp16"], "precision must be one of"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, tiny_checkpoint, argv, message):

@@ -10,6 +10,7 @@ from engine.compiled import CompiledDiT, CompileError
 from engine.models import build_models, get_preset
 from engine.models.dit import KVCache
 from engine.pipeline import Done, load_pipeline
+from engine.step_dit import StepDiT
 from tests.helpers import randomize_
 from tests.test_cli import DEMO
 from tests.test_sampling import STEPS, run, tiny_dit
@@ -107,3 +108,24 @@ def test_compile_failure_is_a_typed_error_and_exit_code_2(monkeypatch, tiny_chec
 def test_export_dir_is_refused_for_compile(tiny_checkpoint, tmp_path):
     with pytest.raises(ValueError, match="export_dir"):
         load_pipeline(tiny_checkpoint, "cpu", backend="compile", export_dir=tmp_path)
+
+
+def test_repeated_calls_reuse_modulations_but_still_check_labels():
+    # The stand-in memoises the conditioning rows per timesteps; a call with other labels than the table was
+    # built for must still be refused, and repeated calls must give the first call's result.
+    cfg = get_preset("tiny")
+    cfg.dit.num_classes = 3
+    _, labelled = build_models(cfg)
+    randomize_(labelled)
+    fast = StepDiT(labelled, lambda *args: labelled.step(*args))
+    table = fast.conditioning_table(torch.tensor([0, 500, 1000]), torch.tensor([1]))
+    cache = filled_cache(labelled, 3, 1)
+    z = torch.randn(1, 1, labelled.num_tokens, labelled.latent_dim, generator=torch.Generator().manual_seed(3))
+    t = torch.full((1, 1), 500)
+    with torch.no_grad():
+        first, _ = fast.forward_cached(z, t, cache, torch.tensor([1]), table)
+        again, _ = fast.forward_cached(z, t, cache, torch.tensor([1]), table)
+        want, _ = labelled.forward_cached(z, t, cache, torch.tensor([1]))
+        assert torch.equal(first, again) and (first - want).abs().max() <= 1e-5
+        with pytest.raises(ValueError, match="other class labels"):
+            fast.forward_cached(z, t, cache, torch.tensor([2]), table)

@@ -81,6 +81,24 @@ def test_ddim_clamp_and_no_noise_added():
     assert torch.equal(out, torch.ones_like(z))
 
 
+def test_ddim_step_coefficients_are_memoised_per_levels_shape_and_dtype():
+    # The step's coefficients are memoised: a repeated row, another batch, dtype or level pattern must each get
+    # their own, and an invalid step must fail every time, not only before the first valid one.
+    grid = DiffusionSchedule().ddim_grid(50)
+    z, x0 = torch.randn(2, 2, 3), torch.randn(2, 2, 3)
+    k_from, k_to = np.array([30, 50]), np.array([29, 50])
+    first = grid.ddim_step(z[:1], x0[:1], k_from, k_to)
+    assert torch.equal(grid.ddim_step(z[:1], x0[:1], k_from, k_to), first)
+    assert torch.equal(grid.ddim_step(z, x0, k_from, k_to)[:1], first)  # batch 2 broadcasts the same levels
+    double = grid.ddim_step(z[:1].double(), x0[:1].double(), k_from, k_to)
+    assert double.dtype == torch.float64 and torch.allclose(double.float(), first, atol=1e-6)
+    moved = grid.ddim_step(z[:1], x0[:1], k_from, np.array([29, 49]))  # second frame moves now
+    assert torch.equal(moved[:, 0], first[:, 0]) and not torch.equal(moved[:, 1], z[:1, 1])
+    for _ in range(2):
+        with pytest.raises(ValueError, match="cannot add noise"):
+            grid.ddim_step(z[:1], x0[:1], k_to, k_from)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [({"T": 0}, "T must be"), ({"beta_start": 0.0}, "betas"), ({"beta_end": 1.5}, "betas"), ({"kind": "x"}, "kind")],

@@ -104,6 +104,27 @@ def test_device_choice(monkeypatch, tiny_checkpoint):
             resolve_device("cuda")
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_precision_choice_overrides_the_cpu_default(monkeypatch, tiny_checkpoint, native):
+    monkeypatch.setattr(pipeline_mod, "cpu_supports_bf16", lambda: native)
+    fp32 = load_pipeline(tiny_checkpoint, "cpu", precision="fp32")
+    assert fp32.autocast_dtype is None and "float32" in fp32.describe()
+    assert ("no native bfloat16" in fp32.describe()) == (not native)  # the reason only where it is the CPU's
+    bf16 = load_pipeline(tiny_checkpoint, "cpu", precision="bf16")
+    assert bf16.autocast_dtype == torch.bfloat16
+    assert ("emulated" in bf16.describe()) == (not native)
+    auto = load_pipeline(tiny_checkpoint, "cpu")
+    assert auto.autocast_dtype == (torch.bfloat16 if native else None)
+    # fp32 is the same on every CPU: a seeded run does not depend on the CPU's matrix units
+    frames = [e.video for e in fp32.generate(num_frames=2, s=1, steps=2) if isinstance(e, Done)][0]
+    monkeypatch.setattr(pipeline_mod, "cpu_supports_bf16", lambda: not native)
+    again = load_pipeline(tiny_checkpoint, "cpu", precision="fp32")
+    assert np.array_equal([e.video for e in again.generate(num_frames=2, s=1, steps=2) if isinstance(e, Done)][0],
+                          frames)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        load_pipeline(tiny_checkpoint, "cpu", precision="fp16")
+
+
 def test_fit_note(pipe):
     assert pipe.fit_note(clip(2, 16, 16)) is None
     assert "16x16" in pipe.fit_note(clip(2, 30, 40))

@@ -185,6 +185,17 @@ def test_ad_follows_predecessor_at_distance_s():
                 assert lv[i] == min(lv[i - 1] + 5, 50)
 
 
+@pytest.mark.parametrize("s", [0, 3, 50])
+def test_row_level_slices_equal_the_full_arrays(s):
+    # Row.levels serves the samplers' per-row slices from the in-flight segment when it can
+    for row in ADScheduler(50, s, 16, min_context=1).rows(40, num_context=3):
+        for start in range(0, 43, 3):
+            for stop in range(start, 44, 5):
+                got_from, got_to = row.levels(start, stop)
+                assert np.array_equal(got_from, row.level_from[start:stop])
+                assert np.array_equal(got_to, row.level_to[start:stop])
+
+
 @pytest.mark.parametrize("s", [0, 1, 2, 5, 10, 25, 50])
 def test_ad_long_videos_finish_for_every_s(s):
     ad = ADScheduler(50, s, 16, min_context=1)

@@ -177,13 +177,17 @@ class ConditioningTable:
     final: torch.Tensor  # [B or 1, K, 1, 2H]
     class_label: torch.Tensor | None
 
-    def rows_for(self, t: torch.Tensor, class_label: torch.Tensor | None) -> torch.Tensor:
-        """Table rows for per-frame timesteps t [B, M] (the same in every batch row), checking the labels."""
+    def check_call(self, t: torch.Tensor, class_label: torch.Tensor | None) -> None:
+        """A call may use this table: the labels it was built for, the same timesteps in every batch row."""
         if (class_label is None) != (self.class_label is None) or (
                 class_label is not None and not torch.equal(class_label, self.class_label)):
             raise ValueError("the conditioning table was built for other class labels")
         if t.shape[0] > 1 and bool((t[0] != t).any()):
             raise ValueError("a conditioning table needs the same timesteps in every batch row")
+
+    def rows_for(self, t: torch.Tensor, class_label: torch.Tensor | None) -> torch.Tensor:
+        """Table rows for per-frame timesteps t [B, M] (the same in every batch row), checking the labels."""
+        self.check_call(t, class_label)
         idx = self.index_of_t[t[0]]
         if bool((idx < 0).any()):
             raise ValueError("timesteps outside the conditioning table")

@@ -54,6 +54,14 @@ class Row:
     def level_to(self) -> np.ndarray:
         return self._full(self.segment_to)
 
+    def levels(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """(level_from[start:stop], level_to[start:stop]); from the in-flight segment alone when the range lies
+        inside it, so a sampler's per-row slices cost O(range), not O(video length)."""
+        i, j = start - self.first, stop - self.first
+        if 0 <= i and j <= len(self.segment_from):
+            return self.segment_from[i:j], self.segment_to[i:j]
+        return self.level_from[start:stop], self.level_to[start:stop]
+
     @cached_property
     def num_active(self) -> int:
         """How many frames change level this row."""
