@@ -39,16 +39,18 @@ def autocast(dtype: str):
     return nullcontext() if dtype == "fp32" else torch.autocast("cpu", dtype=torch.bfloat16)
 
 
-def time_sampler(name, dit, cfg, N, s, steps, dtype):
-    ctx = autocast(dtype)
-    sampler = make_sampler(name, dit, DiffusionSchedule(), ADScheduler(steps, s, cfg.window, 1))
+def time_sampler(name, dit, cfg, N, s, steps, dtype, repeats=1):
+    """Median wall time of `repeats` runs, and the last run's sampler (its latents and work counts)."""
     noise = torch.randn(1, N, cfg.vae.num_latent_tokens, cfg.vae.latent_dim, generator=torch.Generator().manual_seed(0))
-    empty = noise[:, :0]
-    start = time.perf_counter()
-    with torch.no_grad(), ctx:
-        for _ in sampler.sample(empty, noise):
-            pass
-    return time.perf_counter() - start, sampler
+    times = []
+    for _ in range(repeats):
+        sampler = make_sampler(name, dit, DiffusionSchedule(), ADScheduler(steps, s, cfg.window, 1))
+        start = time.perf_counter()
+        with torch.no_grad(), autocast(dtype):
+            for _ in sampler.sample(noise[:, :0], noise):
+                pass
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)), sampler
 
 
 def streaming(cfg, vae, dit, steps: int, s: int, context: int, new: int, backend: str = "eager"
@@ -73,6 +75,7 @@ def main() -> None:
     parser.add_argument("--dtypes", default="fp32")
     parser.add_argument("--backends", default="eager", help="cached sampler backends: eager,compile,aoti,onnx")
     parser.add_argument("--workdir", default="/tmp/ardiff-bench-export")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per sampler and setting; the median is shown")
     parser.add_argument("--no-streaming", action="store_true")
     args = parser.parse_args()
     ckpt = load_checkpoint(make_checkpoint(args.preset, Path(args.workdir) / f"{args.preset}.safetensors"))
@@ -97,10 +100,10 @@ def main() -> None:
         print("| --- " * (8 + 2 * len(fast)) + "|")
         for N in map(int, args.frames.split(",")):
             for s in map(int, args.s.split(",")):
-                ref_t, ref = time_sampler("reference", dit, cfg, N, s, args.steps, dtype)
+                ref_t, ref = time_sampler("reference", dit, cfg, N, s, args.steps, dtype, args.repeats)
                 cells, diff = [], 0.0
                 for model in fast.values():
-                    t, run = time_sampler("cached", model, cfg, N, s, args.steps, dtype)
+                    t, run = time_sampler("cached", model, cfg, N, s, args.steps, dtype, args.repeats)
                     cells.append(f"{t:.2f} | {ref_t / t:.1f}x")
                     diff = max(diff, (run.latents - ref.latents).abs().max().item())
                 print(f"| {dtype} | {N} | {s} | {ref.stats.rows} | {ref_t:.2f} | {' | '.join(cells)} | "

@@ -31,8 +31,9 @@ from engine.step_dit import StepDiT
 # Inductor's C++ micro-kernels and (on CUDA) Triton, and the graph's wrapper is C++ (no Python between its ~50
 # kernels). These are patched around the compiling call rather than passed in torch.compile's options: passed
 # there, freezing did not reach the GEMM lowering and the autotuner never ran. Once a graph exists for a call's
-# shapes and autocast state, calls skip the patching (dynamo does not guard on Inductor's config). Measured per one-frame call on the
-# default preset: 2.1 ms with the options, 1.65-1.85 ms patched, 1.55 ms with the C++ wrapper (eager 3.4-3.9).
+# shapes and autocast state, calls skip the patching (dynamo does not guard on Inductor's config). Measured per
+# one-frame call on the default preset: 2.1 ms with the options, 1.65-1.85 ms patched, 1.55 ms with the C++
+# wrapper (eager 3.4-3.9).
 COMPILE_MODE = "max-autotune-no-cudagraphs"
 INDUCTOR_CONFIG = {
     "freezing": True,

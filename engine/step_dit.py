@@ -62,6 +62,8 @@ class StepDiT:
             block_mods, final_mod = table.stacked[:, :, idx], table.final_cast[:, idx]
             if block_mods.shape[1] != batch:
                 block_mods, final_mod = block_mods.expand(-1, batch, -1, -1, -1), final_mod.expand(batch, -1, -1, -1)
+            if len(table.call_rows) >= 128:  # bounded: many-frame patterns (small s) hold up to 0.3 MB each
+                table.call_rows.clear()
             # standard strides, even on size-1 dimensions: a runner specialised on strides then sees one layout
             rows = table.call_rows[key] = (block_mods.clone(memory_format=torch.contiguous_format),
                                            final_mod.clone(memory_format=torch.contiguous_format))
