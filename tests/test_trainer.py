@@ -250,6 +250,47 @@ def test_package_refuses_a_different_vae(vae_run, dit_run, tmp_path):
     assert not (tmp_path / "m.safetensors").exists()
 
 
+def test_decoder_fine_tune_keeps_the_latents_and_packages_with_the_dit(vae_run, dit_run, tmp_path):
+    # train_encoder = false: a GAN fine-tune of the decoder leaves the encoder (and so every latent the DiT was
+    # trained on) bit for bit, keeps the latent scale, and packages with the DiT, from its run or its checkpoint.
+    from engine.checkpoint import load_checkpoint
+    from engine.models.arvae import ARVAE
+
+    tuned = train(cfg_for("vae-temporal", f"vae={vae_run.run_dir}", "train_encoder=false", "max_steps=3",
+                          "gan=true", "disc_start=0", "temporal_rest_lr_scale=1.0"), tmp_path / "dec")
+    before, after = load_run(vae_run.run_dir).ema, load_run(tuned.run_dir).ema
+    vae = ARVAE(load_run(vae_run.run_dir).model_config.vae)
+    encoder = {n for n, p in vae.named_parameters() if id(p) in {id(q) for q in vae.encoder_parameters()}}
+    assert encoder and all(torch.equal(before[k], after[k]) for k in encoder)
+    assert any(not torch.equal(before[k], after[k]) for k in after if k not in encoder and k != "latent_scale")
+    assert torch.equal(before["latent_scale"], after["latent_scale"])
+    assert load_run(tuned.run_dir).meta["recipe"][-1]["train_encoder"] is False
+
+    from_run = tmp_path / "from-run.safetensors"
+    assert cli.main(["package", "--vae", str(tuned.run_dir), "--diffusion", str(dit_run.run_dir),
+                     "-o", str(from_run)]) == 0
+    original = tmp_path / "original.safetensors"
+    assert cli.main(["package", "--diffusion", str(dit_run.run_dir), "-o", str(original)]) == 0
+    from_ckpt = tmp_path / "from-ckpt.safetensors"
+    assert cli.main(["package", "--vae", str(tuned.run_dir), "--diffusion", str(original),
+                     "-o", str(from_ckpt)]) == 0
+    a, b, c = (load_checkpoint(p) for p in (original, from_run, from_ckpt))
+    frames = torch.rand(1, 2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(a.vae.encode(frames), b.vae.encode(frames))  # the DiT's latents, unchanged
+        assert not torch.equal(a.vae.decode(a.vae.encode(frames)), b.vae.decode(b.vae.encode(frames)))
+    for ck in (b, c):
+        assert all(torch.equal(v, a.dit.state_dict()[k]) for k, v in ck.dit.state_dict().items())
+        assert all(torch.equal(v, b.vae.state_dict()[k]) for k, v in ck.vae.state_dict().items())
+        assert ck.meta["steps"] == {"vae-image": 100, "diffusion": 100, "vae-temporal (decoder only)": 3}
+    # a VAE with another encoder is still refused, from a checkpoint too
+    other = train(cfg_for("vae-image", "max_steps=1", "seed=9"), tmp_path / "other")
+    assert cli.main(["package", "--vae", str(other.run_dir), "--diffusion", str(original),
+                     "-o", str(tmp_path / "m.safetensors")]) == 2
+    with pytest.raises(ConfigError, match="train_encoder = false needs a trained VAE"):
+        train(cfg_for("vae-image", "train_encoder=false", "max_steps=1"), tmp_path / "bad")
+
+
 # --------------------------------------------------------------------------- messy data
 
 

@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=cmd_train, stage=stage)
     p = sub.add_parser("package", help="EMA weights of a VAE run and a diffusion run -> one checkpoint")
     p.add_argument("--vae", help="the VAE run (default: the one the diffusion run recorded)")
-    p.add_argument("--diffusion", required=True, help="the diffusion run")
+    p.add_argument("--diffusion", required=True,
+                   help="the diffusion run, or a packaged checkpoint (its DiT; --vae then a decoder fine-tune of its VAE)")
     p.add_argument("-o", "--output", required=True, help="output .safetensors")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="weight dtype to ship")
     p.set_defaults(func=cmd_package)

@@ -87,6 +87,8 @@ class TrainConfig:
     pca_init_frames: int = 0  # vae-image with local latents: start the region paths as the local PCA of
     #   this many training frames (ARVAE.init_from_local_pca); 0 = data-free init
     temporal_rest_lr_scale: float = 0.1  # vae-temporal: lr factor for the non-temporal parameters; 0 = frozen
+    train_encoder: bool = True  # VAE stages: false freezes the encoder and its latent scale, so the latents, and a
+    #   DiT trained on them, stay valid: a decoder-only fine-tune (e.g. with the GAN) of a packaged model's VAE
     latent_scale_samples: int = 256  # items encoded to measure 1 / std of the latents at the end of VAE stages
     # ---- diffusion stage
     scheduler: str = "fopp"  # fopp | equal | independent | naive-nondecreasing

@@ -7,13 +7,15 @@ stage with its steps), the data provenance of each stage, the latent scale, and 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from engine.checkpoint import read_checkpoint_header, save_checkpoint
+from engine.checkpoint import load_checkpoint, read_checkpoint_header, save_checkpoint
 from engine.errors import CheckpointError
 from engine.models.dit import DiT
+from engine.models.presets import ModelConfig
 from trainer.state import load_run
 from trainer.train import load_vae_source
 
@@ -22,21 +24,27 @@ DTYPES = {"fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": tor
 
 
 def package(diffusion_run: str, output: str, vae: str | None = None, dtype: str = "fp32") -> Path:
+    """One checkpoint from a diffusion run (or a packaged checkpoint) and the VAE its DiT was trained with.
+
+    The VAE may be another one than the DiT saw if its encoder and latent scale are the same (a decoder-only
+    fine-tune, `train_encoder = false`): the DiT's latents are then unchanged.
+    """
     if dtype not in DTYPES:
         raise CheckpointError(f"--dtype must be one of fp32, bf16, fp16; got {dtype!r}")
-    diff = load_run(diffusion_run)
-    if diff.stage != "diffusion":
-        raise CheckpointError(f"--diffusion: {diffusion_run} is a {diff.stage} run, not a diffusion run")
+    diff = _diffusion_source(diffusion_run)
     used = diff.meta.get("vae_source") or {}
     vae_path = vae or used.get("path")
     if not vae_path:
         raise CheckpointError("--vae is needed: the diffusion run does not record its VAE")
     src = load_vae_source(vae_path)
-    if used.get("digest") and src.info["digest"] != used["digest"]:
+    same_latents = (used.get("encoder_digest") == src.info["encoder_digest"]
+                    and used.get("latent_scale") == src.info["latent_scale"])
+    if used.get("digest") and src.info["digest"] != used["digest"] and not same_latents:
         raise CheckpointError(
             f"the diffusion run {diffusion_run} was trained on the latents of the VAE at {used.get('path')} "
             f"(step {used.get('step')}, weights {used['digest']}), but --vae {vae_path} holds different weights "
-            f"({src.info['digest']}, step {src.info['step']}): package the VAE the diffusion model was trained on")
+            f"({src.info['digest']}, step {src.info['step']}) and another encoder or latent scale: package the "
+            f"VAE the diffusion model was trained on, or one fine-tuned from it with train_encoder = false")
     if src.model_config.vae != diff.model_config.vae:
         raise CheckpointError(f"--vae {vae_path} has a different VAE config than the diffusion run's model")
     if used.get("latent_channel_scale") is not None:  # latent_norm=channel: the same fold as in training
@@ -45,15 +53,17 @@ def package(diffusion_run: str, output: str, vae: str | None = None, dtype: str 
     src.vae.latent_scale.fill_(scale)  # the scale the diffusion model saw its latents at
     dit = DiT(diff.model_config)
     dit.load_state_dict(diff.ema)
-    recipe = diff.meta.get("recipe", [])
+    recipe = list(diff.meta.get("recipe", []))
+    if used.get("digest") and src.info["digest"] != used["digest"]:
+        recipe += src.info["recipe"][-1:]  # the decoder fine-tune, after the stages the DiT's VAE went through
     meta = {
         "recipe": recipe,
-        "steps": {r["stage"]: r["steps"] for r in recipe},
-        "data": {"vae": src.info.get("data"), "diffusion": diff.meta.get("data")},
+        "steps": {_stage_name(r): r["steps"] for r in recipe},
+        "data": {"vae": src.info.get("data"), "diffusion": diff.data},
         "latent_scale": scale,
         "latent_norm": "channel" if used.get("latent_channel_scale") is not None else "global",
         "weights": "ema",
-        "ema_decay": diff.train_config.ema_decay,
+        "ema_decay": diff.ema_decay,
         "sources": {"vae": src.info["path"], "vae_step": src.info["step"],
                     "diffusion": str(Path(diffusion_run).resolve()), "diffusion_step": diff.step},
         "packaged_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -61,3 +71,36 @@ def package(diffusion_run: str, output: str, vae: str | None = None, dtype: str 
     path = save_checkpoint(output, src.vae, dit, diff.model_config, meta=meta, dtype=DTYPES[dtype])
     read_checkpoint_header(path)  # what the engine reads first: fail here, not in the user's hands
     return path
+
+
+@dataclass
+class DiffusionSource:
+    """What packaging takes from a diffusion run, or from an already packaged checkpoint (its DiT and VAE)."""
+
+    model_config: ModelConfig
+    ema: dict[str, torch.Tensor]
+    meta: dict  # "vae_source" (the VAE its latents came from) and "recipe" are what packaging reads
+    data: dict | None  # the diffusion stage's data provenance
+    step: int | None
+    ema_decay: float | None
+
+
+def _diffusion_source(path: str) -> DiffusionSource:
+    if Path(path).is_file():  # a packaged model: its DiT, trained on its own VAE's latents
+        ck = load_checkpoint(path)
+        vae_info = load_vae_source(path).info
+        meta = {**ck.meta, "vae_source": {k: vae_info[k] for k in ("path", "step", "digest", "encoder_digest")}
+                | {"latent_scale": float(ck.meta.get("latent_scale", vae_info["latent_scale"])),
+                   "latent_channel_scale": None}}
+        return DiffusionSource(ck.config, {k: v.float() for k, v in ck.dit.state_dict().items()}, meta,
+                               (ck.meta.get("data") or {}).get("diffusion"),
+                               ck.meta.get("sources", {}).get("diffusion_step"), ck.meta.get("ema_decay"))
+    diff = load_run(path)
+    if diff.stage != "diffusion":
+        raise CheckpointError(f"--diffusion: {path} is a {diff.stage} run, not a diffusion run")
+    return DiffusionSource(diff.model_config, diff.ema, diff.meta, diff.meta.get("data"), diff.step,
+                           diff.train_config.ema_decay)
+
+
+def _stage_name(record: dict) -> str:
+    return record["stage"] + (" (decoder only)" if record.get("train_encoder") is False else "")

@@ -192,7 +192,8 @@ def load_vae_source(path: str) -> VAESource:
         info = {"path": str(p.resolve()), "kind": "run", "stage": run.stage, "step": run.step,
                 "latent_scale": float(vae.latent_scale),
                 "latent_scale_measured": bool(run.meta.get("latent_scale_measured", False)),
-                "digest": weights_digest(run.ema), "data": run.meta.get("data"),
+                "digest": weights_digest(run.ema), "encoder_digest": encoder_digest(vae),
+                "data": run.meta.get("data"),
                 "recipe": run.meta.get("recipe", [])}
         return VAESource(vae, run.model_config, info)
     from engine.checkpoint import load_checkpoint
@@ -200,9 +201,16 @@ def load_vae_source(path: str) -> VAESource:
     ck = load_checkpoint(p)
     info = {"path": str(p.resolve()), "kind": "checkpoint", "stage": "checkpoint", "step": ck.meta.get("steps"),
             "latent_scale": float(ck.vae.latent_scale), "latent_scale_measured": True,
-            "digest": weights_digest(ck.vae.state_dict()), "data": ck.meta.get("data"),
+            "digest": weights_digest(ck.vae.state_dict()), "encoder_digest": encoder_digest(ck.vae),
+            "data": ck.meta.get("data"),
             "recipe": ck.meta.get("recipe", [])}
     return VAESource(ck.vae.float(), ck.config, info)
+
+
+def encoder_digest(vae: ARVAE) -> str:
+    """A short hash of the encoder's weights alone: what a DiT trained on the VAE's latents depends on."""
+    ids = {id(p) for p in vae.encoder_parameters()}
+    return weights_digest({name: p for name, p in vae.named_parameters() if id(p) in ids})
 
 
 def check_vae_matches(src: VAESource, model_cfg: ModelConfig, where: str) -> None:
@@ -471,6 +479,13 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
             trainable = temporal
         if not temporal and cfg.stage == "vae-temporal":
             raise ConfigError("this preset's VAE has temporal_window 1: it has no temporal parameters to train")
+        if not cfg.train_encoder:  # decoder-only: the encoder (and so every latent) stays bit for bit
+            if vae_src is None:
+                raise ConfigError("train_encoder = false needs a trained VAE to start from: run the vae-temporal "
+                                  "stage with vae=RUN_DIR_OR_CHECKPOINT")
+            encoder_ids = {id(p) for p in model.encoder_parameters()}
+            groups = [{**g, "params": [p for p in g["params"] if id(p) not in encoder_ids]} for g in groups]
+            trainable = [p for p in trainable if id(p) not in encoder_ids]
         trainable_ids = {id(p) for p in trainable}
         last_layer = model.to_pixels.weight  # the decoder's last layer, for the adaptive GAN weight
         for p in model.parameters():
@@ -605,6 +620,8 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
             tensors.update(rng_t)
             this = {"stage": cfg.stage, "steps": step_now, "preset": cfg.preset, "data": cfg.data,
                     "lr": cfg.lr, "batch_size": cfg.batch_size, "world_size": world, "grad_accum": cfg.grad_accum}
+            if stage_is_vae:
+                this.update(gan=cfg.gan, train_encoder=cfg.train_encoder)
             if cfg.stage == "diffusion":
                 this.update(scheduler=cfg.scheduler, clean_prefix_p=cfg.clean_prefix_p,
                             prediction=cfg.prediction, attention=cfg.attention)
@@ -796,6 +813,9 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
 
     # ---- end of the run
     if not stopped:
+        if stage_is_vae and not latent_scale_measured and not cfg.train_encoder:
+            latent_scale_measured = True  # the source's scale: the latents are the source's
+            log.info(f"latent scale kept from the source VAE ({float(raw.latent_scale):.4f}): the encoder was frozen")
         if stage_is_vae and not latent_scale_measured:
             ema_vae = ema.copy_to(ARVAE(model_cfg.vae).to(device))
             scale = measure_latent_scale(ema_vae, dataset, cfg.latent_scale_samples, cfg.batch_size, device,
