@@ -269,6 +269,8 @@ def load_pipeline(checkpoint: str | Path | Checkpoint | None = None, device: str
     engine.compiled); "aoti" | "onnx" | "tensorrt" sample with the graphs `ardiff-export` wrote to `export_dir`
     (made from this same checkpoint), on the device they were exported for.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if backend in ("eager", "compile"):
         if export_dir is not None:
             raise ValueError(f"export_dir is for the exported backends (aoti, onnx, tensorrt), not {backend!r}")

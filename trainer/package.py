@@ -89,9 +89,9 @@ def _diffusion_source(path: str) -> DiffusionSource:
     if Path(path).is_file():  # a packaged model: its DiT, trained on its own VAE's latents
         ck = load_checkpoint(path)
         vae_info = load_vae_source(path).info
-        meta = {**ck.meta, "vae_source": {k: vae_info[k] for k in ("path", "step", "digest", "encoder_digest")}
-                | {"latent_scale": float(ck.meta.get("latent_scale", vae_info["latent_scale"])),
-                   "latent_channel_scale": None}}
+        used = {k: vae_info[k] for k in ("path", "step", "digest", "encoder_digest")}
+        used["latent_scale"] = float(ck.meta.get("latent_scale", vae_info["latent_scale"]))  # already folded in
+        meta = {**ck.meta, "vae_source": used}
         return DiffusionSource(ck.config, {k: v.float() for k, v in ck.dit.state_dict().items()}, meta,
                                (ck.meta.get("data") or {}).get("diffusion"),
                                ck.meta.get("sources", {}).get("diffusion_step"), ck.meta.get("ema_decay"))
