@@ -53,9 +53,10 @@ def time_sampler(name, dit, cfg, N, s, steps, dtype, repeats=1):
     return float(np.median(times)), sampler
 
 
-def streaming(cfg, vae, dit, steps: int, s: int, context: int, new: int, backend: str = "eager"
+def streaming(cfg, vae, dit, steps: int, s: int, context: int, new: int, backend: str = "eager", dtype: str = "fp32"
               ) -> tuple[float, float]:
-    pipe = Pipeline(Checkpoint(vae, dit, cfg), torch.device("cpu"), None, backend=backend)
+    autocast_dtype = None if dtype == "fp32" else torch.bfloat16
+    pipe = Pipeline(Checkpoint(vae, dit, cfg), torch.device("cpu"), autocast_dtype, backend=backend)
     frames = np.random.default_rng(0).integers(0, 256, (context, 64, 64, 3), dtype=np.uint8)
     start = time.perf_counter()
     first = None
@@ -110,10 +111,11 @@ def main() -> None:
                       f"{ref.stats.frame_forwards} | {run.stats.frame_forwards} | {diff:.1e} |", flush=True)
     if not args.no_streaming:
         print()
-        for backend in [b for b in fast if b in ("eager", "compile")]:
-            latency, rate = streaming(cfg, vae, dit, args.steps, 5, 8, 32, backend)
-            print(f"Streaming, backend {backend} (pipeline, decode included, 8 context + 32 new, s = 5, "
-                  f"n = {args.steps}, fp32): first frame after {latency:.2f} s, then {rate:.1f} frames/s")
+        for dtype in args.dtypes.split(","):
+            for backend in [b for b in fast if b in ("eager", "compile")]:
+                latency, rate = streaming(cfg, vae, dit, args.steps, 5, 8, 32, backend, dtype)
+                print(f"Streaming, backend {backend} (pipeline, decode included, 8 context + 32 new, s = 5, "
+                      f"n = {args.steps}, {dtype}): first frame after {latency:.2f} s, then {rate:.1f} frames/s")
 
 
 if __name__ == "__main__":
