@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from engine.cli import main
-from engine.video_io import probe_video, read_video, write_video
+from engine.video_io import probe_video, read_video
 
 DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo.mp4"
 
