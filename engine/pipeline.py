@@ -79,14 +79,18 @@ def parse_device(device: str | torch.device) -> torch.device:
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
 def resolve_device(device: str = "auto", precision: str = "auto") -> tuple[torch.device, torch.dtype | None]:
     """("auto" | "cpu" | "cuda[:i]", "auto" | "fp32" | "bf16") -> (device, autocast dtype or None for float32).
 
     "auto" precision is bfloat16 autocast on CUDA and on CPUs with native bfloat16 (AMX or AVX512-BF16), float32
     elsewhere; "fp32" makes results the same on every CPU, whatever its matrix units.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_precision(precision)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = parse_device(device)
@@ -269,8 +273,7 @@ def load_pipeline(checkpoint: str | Path | Checkpoint | None = None, device: str
     engine.compiled); "aoti" | "onnx" | "tensorrt" sample with the graphs `ardiff-export` wrote to `export_dir`
     (made from this same checkpoint), on the device they were exported for.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_precision(precision)
     if backend in ("eager", "compile"):
         if export_dir is not None:
             raise ValueError(f"export_dir is for the exported backends (aoti, onnx, tensorrt), not {backend!r}")

@@ -17,7 +17,7 @@ from engine.errors import CheckpointError
 from engine.models.dit import DiT
 from engine.models.presets import ModelConfig
 from trainer.state import load_run
-from trainer.train import load_vae_source
+from trainer.train import checkpoint_vae_source, load_vae_source
 
 DTYPES = {"fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
@@ -37,9 +37,10 @@ def package(diffusion_run: str, output: str, vae: str | None = None, dtype: str 
     if not vae_path:
         raise CheckpointError("--vae is needed: the diffusion run does not record its VAE")
     src = load_vae_source(vae_path)
+    other_vae = bool(used.get("digest")) and src.info["digest"] != used["digest"]
     same_latents = (used.get("encoder_digest") == src.info["encoder_digest"]
                     and used.get("latent_scale") == src.info["latent_scale"])
-    if used.get("digest") and src.info["digest"] != used["digest"] and not same_latents:
+    if other_vae and not same_latents:
         raise CheckpointError(
             f"the diffusion run {diffusion_run} was trained on the latents of the VAE at {used.get('path')} "
             f"(step {used.get('step')}, weights {used['digest']}), but --vae {vae_path} holds different weights "
@@ -54,7 +55,7 @@ def package(diffusion_run: str, output: str, vae: str | None = None, dtype: str 
     dit = DiT(diff.model_config)
     dit.load_state_dict(diff.ema)
     recipe = list(diff.meta.get("recipe", []))
-    if used.get("digest") and src.info["digest"] != used["digest"]:
+    if other_vae:
         recipe += src.info["recipe"][-1:]  # the decoder fine-tune, after the stages the DiT's VAE went through
     meta = {
         "recipe": recipe,
@@ -88,7 +89,7 @@ class DiffusionSource:
 def _diffusion_source(path: str) -> DiffusionSource:
     if Path(path).is_file():  # a packaged model: its DiT, trained on its own VAE's latents
         ck = load_checkpoint(path)
-        vae_info = load_vae_source(path).info
+        vae_info = checkpoint_vae_source(ck).info
         used = {k: vae_info[k] for k in ("path", "step", "digest", "encoder_digest")}
         used["latent_scale"] = float(ck.meta.get("latent_scale", vae_info["latent_scale"]))  # already folded in
         meta = {**ck.meta, "vae_source": used}

@@ -198,12 +198,15 @@ def load_vae_source(path: str) -> VAESource:
         return VAESource(vae, run.model_config, info)
     from engine.checkpoint import load_checkpoint
 
-    ck = load_checkpoint(p)
-    info = {"path": str(p.resolve()), "kind": "checkpoint", "stage": "checkpoint", "step": ck.meta.get("steps"),
-            "latent_scale": float(ck.vae.latent_scale), "latent_scale_measured": True,
+    return checkpoint_vae_source(load_checkpoint(p))
+
+
+def checkpoint_vae_source(ck) -> VAESource:
+    """The VAE of a loaded ardiff checkpoint (engine.checkpoint.Checkpoint) as a VAE source."""
+    info = {"path": str(ck.path.resolve()), "kind": "checkpoint", "stage": "checkpoint",
+            "step": ck.meta.get("steps"), "latent_scale": float(ck.vae.latent_scale), "latent_scale_measured": True,
             "digest": weights_digest(ck.vae.state_dict()), "encoder_digest": encoder_digest(ck.vae),
-            "data": ck.meta.get("data"),
-            "recipe": ck.meta.get("recipe", [])}
+            "data": ck.meta.get("data"), "recipe": ck.meta.get("recipe", [])}
     return VAESource(ck.vae.float(), ck.config, info)
 
 
