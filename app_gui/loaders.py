@@ -6,7 +6,12 @@ once instead of after the (seconds-long) torch import.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from engine.pipeline import Pipeline
 
 CLIP_MEMORY_BUDGET = 1 << 30  # bytes of decoded frames kept for the player (1 GiB)
 
@@ -21,17 +26,21 @@ def read_clip(path: str) -> tuple[np.ndarray, float, bool]:
     return frames[:cap], info.fps, len(frames) > cap
 
 
-def load_model(checkpoint: str, device: str, export_dir: str | None = None):
-    """A Pipeline for a checkpoint path ("" = the embedded default) on "auto" | "cpu" | "cuda"; with
-    `export_dir`, sampling runs the graphs ardiff-export wrote there (its manifest names the backend)."""
+def load_model(checkpoint: str, device: str, export_dir: str | None = None,
+               precision: str = "auto") -> Pipeline:
+    """A Pipeline for a checkpoint path ("" = the embedded default) on "auto" | "cpu" | "cuda" at `precision`
+    "auto" | "fp32" | "bf16"; with `export_dir`, sampling runs the graphs ardiff-export wrote there (its
+    manifest names the backend)."""
     from engine.pipeline import load_pipeline
 
     if export_dir:
         from engine.export import read_manifest
 
         backend = read_manifest(export_dir)["backend"]
+        # The graphs run at the precision they were exported with; the person's choice (kept for checkpoints)
+        # must not make loading them fail, so the export decides ("auto").
         return load_pipeline(checkpoint or None, device, backend=backend, export_dir=export_dir)
-    return load_pipeline(checkpoint or None, device)
+    return load_pipeline(checkpoint or None, device, precision=precision)
 
 
 def cuda_problem() -> str | None:

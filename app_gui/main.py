@@ -18,14 +18,20 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from app_gui.settings import PRECISIONS
+
 SCREENSHOT_SIZE = (1280, 800)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line; --device and --precision, when given, override the saved settings."""
     p = argparse.ArgumentParser(prog="ardiff-gui", description="Continue a video with AR-Diffusion.")
     p.add_argument("clip", nargs="?", help="a video file or frame folder to open")
     p.add_argument("--checkpoint", help="model checkpoint (.safetensors); default: the embedded model")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where the model runs")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="auto: bfloat16 where the CPU/GPU does it natively, else float32; "
+                        "fp32: the same result on every machine; bf16: always bfloat16")
     p.add_argument("--screenshot", metavar="PATH", help="render the window to a PNG and exit")
     p.add_argument("--mid-generation", action="store_true",
                    help="with --screenshot: press Generate and take the picture when half the frames are in")
@@ -74,7 +80,8 @@ def screenshot(args: argparse.Namespace) -> int:
     from app_gui.settings import Settings
     from app_gui.window import MainWindow
 
-    window = MainWindow(Settings(), checkpoint=args.checkpoint, device=args.device, persist=False)
+    window = MainWindow(Settings(), checkpoint=args.checkpoint, device=args.device, persist=False,
+                        precision=args.precision)
     wait_for(lambda: not window.loading_model, 120)
     status = 0 if window.pipeline is not None or args.checkpoint is None else 2
     if args.clip:
@@ -148,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from app_gui.window import MainWindow
 
     _install_excepthook(app)
-    window = MainWindow(checkpoint=args.checkpoint, device=args.device)
+    window = MainWindow(checkpoint=args.checkpoint, device=args.device, precision=args.precision)
     window.show()
     if args.clip:
         window.open_path(args.clip)

@@ -17,9 +17,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app_gui.settings import DEVICES
+from app_gui.settings import DEVICES, PRECISIONS
 
 DEVICE_LABELS = {"auto": "Auto", "cpu": "CPU", "cuda": "CUDA"}
+PRECISION_LABELS = {"auto": "Auto", "fp32": "float32", "bf16": "bfloat16"}
+PRECISION_TOOLTIP = (
+    "How the model computes. Auto: bfloat16 where this CPU or GPU does it natively (CUDA, AMX, "
+    "AVX512-BF16), else float32. float32: the same result on every machine. bfloat16: always "
+    "(slow where the CPU only emulates it). An export folder runs at the precision it was exported with.")
 
 
 def tab_focus_only(*buttons: QPushButton) -> None:
@@ -38,9 +43,10 @@ def clock(seconds: float) -> str:
 
 
 class ModelPanel(QGroupBox):
-    """What model is loaded (or why none is), the device, and buttons to pick another model."""
+    """What model is loaded (or why none is), the device and precision, and buttons to pick another model."""
 
     deviceChosen = Signal(str)
+    precisionChosen = Signal(str)
     openRequested = Signal()
     defaultRequested = Signal()
 
@@ -57,6 +63,11 @@ class ModelPanel(QGroupBox):
             self.device_combo.addItem(DEVICE_LABELS[key], key)
         self.device_combo.setToolTip("Where the model runs. Auto picks CUDA when there is a GPU.")
         self.device_combo.activated.connect(lambda _: self.deviceChosen.emit(self.device()))
+        self.precision_combo = QComboBox()
+        for key in PRECISIONS:
+            self.precision_combo.addItem(PRECISION_LABELS[key], key)
+        self.precision_combo.setToolTip(PRECISION_TOOLTIP)
+        self.precision_combo.activated.connect(lambda _: self.precisionChosen.emit(self.precision()))
         self.open_button = QPushButton("Open checkpoint…")
         self.open_button.setToolTip("Use a model file (.safetensors) made with ardiff-train")
         self.open_button.clicked.connect(self.openRequested)
@@ -68,6 +79,8 @@ class ModelPanel(QGroupBox):
         device_row = QHBoxLayout()
         device_row.addWidget(QLabel("Device"))
         device_row.addWidget(self.device_combo, 1)
+        device_row.addWidget(QLabel("Precision"))
+        device_row.addWidget(self.precision_combo, 1)
         buttons = QHBoxLayout()
         buttons.addWidget(self.open_button, 1)
         buttons.addWidget(self.default_button)
@@ -84,6 +97,15 @@ class ModelPanel(QGroupBox):
         index = self.device_combo.findData(device if device in DEVICES else "auto")
         self.device_combo.setCurrentIndex(max(0, index))
 
+    def precision(self) -> str:
+        """The precision chosen: "auto" | "fp32" | "bf16"."""
+        return self.precision_combo.currentData() or "auto"
+
+    def select_precision(self, precision: str) -> None:
+        """Show `precision` as chosen (an unknown value shows Auto); loads nothing."""
+        index = self.precision_combo.findData(precision if precision in PRECISIONS else "auto")
+        self.precision_combo.setCurrentIndex(max(0, index))
+
     def show_loading(self, what: str) -> None:
         self.label.setText(f"Loading {what}…")
 
@@ -98,7 +120,7 @@ class ModelPanel(QGroupBox):
         self.warning.show()
 
     def set_busy(self, busy: bool) -> None:
-        for w in (self.device_combo, self.open_button, self.default_button):
+        for w in (self.device_combo, self.precision_combo, self.open_button, self.default_button):
             w.setEnabled(not busy)
 
 

@@ -1,4 +1,4 @@
-"""Settings that survive between runs: the last parameters, model, device, folders and recent clips.
+"""Settings that survive between runs: the last parameters, model, device, precision, folders, recent clips.
 
 Stored as one small JSON file in the platform's config folder (platformdirs), so a person finds the app
 as they left it. Unknown or malformed values fall back to defaults: a damaged file never stops the app.
@@ -17,6 +17,9 @@ APP_NAME = "ardiff"
 FILE_NAME = "gui.json"
 MAX_RECENT = 8
 DEVICES = ("auto", "cpu", "cuda")
+# engine.pipeline.PRECISIONS, spelled out: importing the engine pulls in torch (seconds), and the window must
+# appear at once; tests/test_gui.py checks the two stay the same.
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def config_path() -> Path:
@@ -37,6 +40,7 @@ class Settings:
     class_label: int = -1  # -1: unconditional
     checkpoint: str = ""  # "" = the embedded default model
     device: str = "auto"
+    precision: str = "auto"  # "auto" | "fp32" | "bf16", as load_pipeline takes it
     recent: list[str] = field(default_factory=list)
     last_dir: str = ""
     save_dir: str = ""
@@ -67,6 +71,8 @@ class Settings:
         settings.recent = [p for p in settings.recent if isinstance(p, str)][:MAX_RECENT]
         if settings.device not in DEVICES:
             settings.device = "auto"
+        if settings.precision not in PRECISIONS:
+            settings.precision = "auto"
         return settings
 
     def save(self) -> None:

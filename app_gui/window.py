@@ -34,7 +34,7 @@ from app_gui.controls import MODE_CONTINUE, ParameterPanel
 from app_gui.filmstrip import Filmstrip
 from app_gui.heatmap import ScheduleHeatmap, schedule_levels
 from app_gui.loaders import cuda_problem, load_model, read_clip
-from app_gui.panels import DEVICE_LABELS, ModelPanel, RunPanel
+from app_gui.panels import DEVICE_LABELS, PRECISION_LABELS, ModelPanel, RunPanel
 from app_gui.player import FramePlayer, to_qimage
 from app_gui.settings import Settings
 from app_gui.worker import Generation, Job, Task
@@ -69,7 +69,8 @@ class MainWindow(QMainWindow):
     errorShown = Signal(str, str)  # title, message
 
     def __init__(self, settings: Settings | None = None, checkpoint: str | None = None,
-                 device: str | None = None, load_on_start: bool = True, persist: bool = True) -> None:
+                 device: str | None = None, load_on_start: bool = True, persist: bool = True,
+                 precision: str | None = None) -> None:
         super().__init__()
         self.settings = settings if settings is not None else Settings.load()
         self.persist = persist
@@ -89,6 +90,7 @@ class MainWindow(QMainWindow):
         self._tasks: set = set()  # running Tasks: held so they outlive the call that started them
         self._run: _RunState | None = None  # bookkeeping of the current (or last) generation
         self._device_shown = self.settings.device
+        self._precision_shown = self.settings.precision
 
         self.setWindowTitle("ardiff — continue a video")
         self.setAcceptDrops(True)
@@ -96,6 +98,7 @@ class MainWindow(QMainWindow):
         self._build_menus()
         self.params.load(self.settings)
         self.model_panel.select_device(self.settings.device)
+        self.model_panel.select_precision(self.settings.precision)
         if self.settings.geometry:
             self.restoreGeometry(QByteArray.fromHex(self.settings.geometry.encode()))
         else:
@@ -106,6 +109,8 @@ class MainWindow(QMainWindow):
             self.settings.checkpoint = str(checkpoint)
         if device is not None:
             self.model_panel.select_device(device)
+        if precision is not None:
+            self.model_panel.select_precision(precision)
         if load_on_start:
             self.load_model(self.settings.checkpoint, self.current_device(), quiet=True)
 
@@ -144,6 +149,9 @@ class MainWindow(QMainWindow):
         self.model_panel = ModelPanel()
         self.model_panel.deviceChosen.connect(
             lambda device: self.load_model(self.settings.checkpoint, device))
+        self.model_panel.precisionChosen.connect(
+            lambda precision: self.load_model(self.settings.checkpoint, self.current_device(),
+                                              precision=precision))
         self.model_panel.openRequested.connect(self.choose_checkpoint)
         self.model_panel.defaultRequested.connect(lambda: self.load_model("", self.current_device()))
 
@@ -269,11 +277,16 @@ class MainWindow(QMainWindow):
     def current_device(self) -> str:
         return self.model_panel.device()
 
+    def current_precision(self) -> str:
+        """The precision chosen in the model panel: "auto" | "fp32" | "bf16"."""
+        return self.model_panel.precision()
+
     def load_model(self, checkpoint: str | os.PathLike, device: str, quiet: bool = False,
-                   export_dir: str | None = None) -> bool:
+                   export_dir: str | None = None, precision: str | None = None) -> bool:
         """Load a model in the background ("" = embedded default). A failure keeps the model already loaded.
         `quiet` (at start-up) shows a problem beside the model instead of popping up a dialog. `export_dir`
-        samples with the graphs ardiff-export made from this checkpoint."""
+        samples with the graphs ardiff-export made from this checkpoint. `precision` None: the panel's."""
+        precision = self.current_precision() if precision is None else precision
         if self.is_generating():
             self.show_error("Busy", "Wait for the current run to finish (or cancel it) "
                                     "before changing the model.")
@@ -288,16 +301,17 @@ class MainWindow(QMainWindow):
         self.model_panel.show_loading(Path(checkpoint).name if checkpoint else "the default model")
         self.statusBar().showMessage("Loading model…")
         self._update_actions()
-        task = Task(load_model, checkpoint, device, export_dir, name="ardiff-load-model")
-        self._start_task(task, lambda pipe: self._model_loaded(pipe, checkpoint, device),
+        task = Task(load_model, checkpoint, device, export_dir, precision, name="ardiff-load-model")
+        self._start_task(task, lambda pipe: self._model_loaded(pipe, checkpoint, device, precision),
                          lambda msg: self._model_failed(msg, device, quiet))
         return True
 
-    def _model_loaded(self, pipe, checkpoint: str, device: str) -> None:
+    def _model_loaded(self, pipe, checkpoint: str, device: str, precision: str) -> None:
         self.loading_model = False
         self.pipeline, self.model_error = pipe, None
         self.settings.checkpoint, self.settings.device = checkpoint, device
-        self._device_shown = device
+        self.settings.precision = precision
+        self._device_shown, self._precision_shown = device, precision
         self.model_panel.show_model(pipe.describe())
         self.params.set_limits(pipe.window, pipe.schedule.T)
         self.params.set_num_classes(int(getattr(pipe.config.dit, "num_classes", 0) or 0))
@@ -317,6 +331,7 @@ class MainWindow(QMainWindow):
         else:
             self.model_panel.show_model(self.pipeline.describe())
         self.model_panel.select_device(self._device_shown)  # the choice that failed is not what is running
+        self.model_panel.select_precision(self._precision_shown)
         self._update_status_model()
         self._update_actions()
         self.modelFailed.emit(message)
@@ -328,12 +343,15 @@ class MainWindow(QMainWindow):
     def _update_status_model(self) -> None:
         if self.pipeline is None:
             device = DEVICE_LABELS.get(self.current_device(), "?")
-            self.status_model.setText(f"Model: none · Device: {device}")
+            precision = PRECISION_LABELS.get(self.current_precision(), "?")
+            self.status_model.setText(f"Model: none · Device: {device} · Precision: {precision}")
             return
         cfg = self.pipeline.config
         name = self.pipeline.checkpoint.path.name if self.pipeline.checkpoint.path else cfg.name
+        dtype = self.pipeline.autocast_dtype  # what runs, which "auto" (or an export) decided
+        precision = "float32" if dtype is None else str(dtype).removeprefix("torch.")
         self.status_model.setText(f"Model: {name} ({cfg.name}, {self.pipeline.resolution}px) · "
-                                  f"Device: {self.pipeline.device}")
+                                  f"Device: {self.pipeline.device} · {precision}")
 
     def choose_checkpoint(self) -> None:
         ckpt = self.settings.checkpoint

@@ -24,7 +24,15 @@ from textual.worker import Worker
 
 from app_tui.clip import Clip, context_frames, load_clip
 from app_tui.screens import HelpScreen, SaveScreen
-from app_tui.settings import DEVICES, INT_FIELDS, Settings, SettingsError, parse_settings
+from app_tui.settings import (
+    DEVICES,
+    INT_FIELDS,
+    PRECISION_HELP,
+    PRECISIONS,
+    Settings,
+    SettingsError,
+    parse_settings,
+)
 from app_tui.widgets.filmstrip import Filmstrip
 from app_tui.widgets.files import VideoTree
 from app_tui.widgets.heatmap import ScheduleHeatmap
@@ -37,6 +45,7 @@ from engine.video_io import write_video
 DEFAULT_FPS = 8.0  # for runs without a clip (the CLI's generate default)
 REFRESH_HZ = 10  # live views redraw at most this often; enough to watch, cheap over SSH
 EVENT_BUFFER = 4096  # events the model may run ahead of the screen (a few MB of frames at most)
+PRECISION_LABELS = {"auto": "auto", "fp32": "float32", "bf16": "bfloat16"}  # the form's names for them
 
 
 def _clock(seconds: float) -> str:
@@ -133,6 +142,9 @@ class ArdiffApp(App[list[Path]]):
                     devices = list(dict.fromkeys([*DEVICES, self.initial.device]))  # keeps e.g. cuda:1
                     yield Select([(d, d) for d in devices], value=self.initial.device, allow_blank=False,
                                  id="set-device", compact=True)
+                    yield Label("precision")
+                    yield Select([(PRECISION_LABELS[p], p) for p in PRECISIONS], value=self.initial.precision,
+                                 allow_blank=False, id="set-precision", compact=True, tooltip=PRECISION_HELP)
                 with Horizontal(id="buttons"):
                     yield Button("Generate", id="generate", variant="primary", compact=True)
                     yield Button("Cancel", id="cancel", variant="error", compact=True, disabled=True)
@@ -246,6 +258,7 @@ class ArdiffApp(App[list[Path]]):
         values = {field: self.main_screen.query_one(f"#set-{field}", Input).value for field in INT_FIELDS}
         values["checkpoint"] = self.main_screen.query_one("#set-checkpoint", Input).value
         values["device"] = str(self.main_screen.query_one("#set-device", Select).value)
+        values["precision"] = str(self.main_screen.query_one("#set-precision", Select).value)
         return parse_settings(values)
 
     @on(Input.Changed)
@@ -285,7 +298,7 @@ class ArdiffApp(App[list[Path]]):
         self._quit_armed = False
         self._set_buttons()
         where = settings.checkpoint or "the embedded default model"
-        self.say(f"loading {where} on {settings.device} ...")
+        self.say(f"loading {where} on {settings.device}, precision {settings.precision} ...")
         self._stats("loading model ...")
         self.job_worker = self._run_job(self.job)
 

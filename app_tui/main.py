@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from app_tui.settings import DEVICES, Settings
+from app_tui.settings import DEVICES, PRECISION_HELP, PRECISIONS, Settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="model checkpoint (default: the embedded model)")
     p.add_argument("--device", default="auto", help=f"{' | '.join(DEVICES)}")
     defaults = Settings()
+    p.add_argument("--precision", default=defaults.precision, choices=PRECISIONS, help=PRECISION_HELP)
     p.add_argument("--s", type=int, default=defaults.s, help="levels between neighbouring frames")
     p.add_argument("--frames", type=int, default=defaults.frames, help="new frames to make")
     p.add_argument("--steps", type=int, default=defaults.steps, help="DDIM steps per frame")
@@ -55,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     leave_a_core_for_the_ui()
     settings = Settings(s=args.s, frames=args.frames, steps=args.steps, context=args.context, seed=args.seed,
                         checkpoint=Path(args.checkpoint).expanduser() if args.checkpoint else None,
-                        device=args.device)
+                        device=args.device, precision=args.precision)
     mode = "text" if args.no_images else ("halfcell" if args.screenshot else "auto")
 
     from app_tui.app import ArdiffApp

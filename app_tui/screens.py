@@ -11,6 +11,8 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
 
+from app_tui.settings import PRECISION_HELP
+
 KEYS = [
     ("g, F5", "generate (continue the clip; with no clip, generate from nothing)"),
     ("esc", "cancel the run; frames made so far are kept"),
@@ -40,7 +42,8 @@ class HelpScreen(ModalScreen[None]):
             yield Static(table, id="help-keys")
             yield Static("Settings: s = levels between neighbouring frames (0 synchronous, >= steps one by "
                          "one); "
-                         "context = frames taken from the end of the clip; device auto uses CUDA if present.",
+                         "context = frames taken from the end of the clip; device auto uses CUDA if present; "
+                         f"precision {PRECISION_HELP}.",
                          id="help-notes")
 
 

@@ -6,8 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import ArdiffError
+from engine.pipeline import PRECISIONS
 
 DEVICES = ("auto", "cpu", "cuda")
+# One wording for --help, the form's tooltip and the help screen.
+PRECISION_HELP = ("auto: bfloat16 where the CPU/GPU does it natively, else float32; "
+                  "fp32: the same result on every machine; bf16: always bfloat16")
 
 
 class SettingsError(ArdiffError):
@@ -29,6 +33,7 @@ class Settings:
     seed: int = 0
     checkpoint: Path | None = None
     device: str = "auto"
+    precision: str = "auto"  # "auto" | "fp32" | "bf16", as load_pipeline takes it
 
 
 # field -> (label shown in the form, smallest allowed value)
@@ -59,4 +64,8 @@ def parse_settings(values: dict[str, str]) -> Settings:
     if device not in DEVICES and not device.startswith("cuda:"):
         raise SettingsError("device", f"device must be auto, cpu or cuda, got {device!r}")
     parsed["device"] = device
+    precision = values.get("precision", "auto").strip() or "auto"
+    if precision not in PRECISIONS:
+        raise SettingsError("precision", f"precision must be {', '.join(PRECISIONS)}, got {precision!r}")
+    parsed["precision"] = precision
     return Settings(**parsed)  # type: ignore[arg-type]

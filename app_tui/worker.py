@@ -58,16 +58,17 @@ class PipelineCache:
     """Keeps the last loaded pipeline, so pressing Generate again does not reload the weights."""
 
     def __init__(self) -> None:
-        self._key: tuple[str | None, str] | None = None
+        self._key: tuple[str | None, str, str] | None = None
         self._pipe: Pipeline | None = None
         self._lock = threading.Lock()
 
-    def get(self, checkpoint: Path | None, device: str) -> Pipeline:
-        key = (str(checkpoint) if checkpoint else None, device)
+    def get(self, checkpoint: Path | None, device: str, precision: str = "auto") -> Pipeline:
+        """The pipeline for these settings: the cached one, or a fresh load when any of them changed."""
+        key = (str(checkpoint) if checkpoint else None, device, precision)
         with self._lock:
             if self._key != key or self._pipe is None:
                 self._pipe, self._key = None, None  # free the old model before loading the next
-                self._pipe, self._key = load_pipeline(checkpoint, device), key
+                self._pipe, self._key = load_pipeline(checkpoint, device, precision=precision), key
             return self._pipe
 
 
@@ -75,7 +76,7 @@ def run_job(job: Job, cache: PipelineCache, emit: Callable[[object], None]) -> N
     """Run `job`, passing Started, then FrameReady/Progress events, then Done (or one Failed) to `emit`."""
     s = job.settings
     try:
-        pipe = cache.get(s.checkpoint, s.device)
+        pipe = cache.get(s.checkpoint, s.device, s.precision)
         if job.context is None:
             context = np.zeros((0, pipe.resolution, pipe.resolution, 3), np.uint8)
             events = pipe.generate(num_frames=s.frames, s=s.s, steps=s.steps, seed=s.seed, cancel=job.cancel,
@@ -108,8 +109,9 @@ def run_job(job: Job, cache: PipelineCache, emit: Callable[[object], None]) -> N
 
 def _field_for(err: BaseException) -> str | None:
     text = str(err)
-    for needle, name in (("device", "device"), ("checkpoint", "checkpoint"), ("safetensors", "checkpoint"),
-                         ("steps", "steps"), ("context", "context"), ("num_new_frames", "frames")):
+    for needle, name in (("precision", "precision"), ("device", "device"), ("checkpoint", "checkpoint"),
+                         ("safetensors", "checkpoint"), ("steps", "steps"), ("context", "context"),
+                         ("num_new_frames", "frames")):
         if needle in text:
             return name
     return None

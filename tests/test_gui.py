@@ -3,6 +3,8 @@ checkpoint, watch frames arrive, cancel, save and read back, and every error pat
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from pathlib import Path
 
@@ -16,9 +18,10 @@ except ImportError:  # the gui extra is not installed
     pytest.skip("PySide6 is not installed (pip install 'ardiff[gui]')", allow_module_level=True)
 
 from app_gui.heatmap import schedule_levels
-from app_gui.settings import Settings, config_path
+from app_gui.settings import PRECISIONS, Settings, config_path
 import app_gui.window as window_mod  # noqa: E402
 from app_gui.window import MainWindow
+import engine.pipeline as pipeline_mod
 from engine.pipeline import Done, FrameReady, Progress
 from engine.video_io import list_frame_files, read_video, write_video
 
@@ -92,6 +95,20 @@ def show_active(qtbot, w: MainWindow) -> None:
 def close_dialogs(w: MainWindow) -> None:
     if w.last_dialog is not None:
         w.last_dialog.close()
+
+
+def choose(qtbot, combo, value: str, signal) -> list:
+    """Pick `value` in a combo as a person does (`activated`), wait for `signal` and return its args."""
+    combo.setCurrentIndex(combo.findData(value))
+    with qtbot.waitSignal(signal, timeout=WAIT) as blocker:
+        combo.activated.emit(combo.currentIndex())
+    return blocker.args
+
+
+def native_bf16(monkeypatch, native: bool) -> None:
+    """Pretend this CPU has (or lacks) native bfloat16, so "auto" would pick the other precision than the
+    one a test chooses: the choice, not the machine, must decide."""
+    monkeypatch.setattr(pipeline_mod, "cpu_supports_bf16", lambda: native)
 
 
 # --------------------------------------------------------------------------- the main path
@@ -397,10 +414,13 @@ def test_sampling_with_an_export_dir(qtbot, make_window, tiny_checkpoint, tmp_pa
     out = tmp_path / "onnx"
     export(tiny_checkpoint, out, "onnx", device="cpu", dtype="fp32", log=lambda _: None)
     w = make_window()
+    choose(qtbot, w.model_panel.precision_combo, "bf16", w.modelLoaded)  # not what the graphs were made in
     monkeypatch.setattr(window_mod.QFileDialog, "getExistingDirectory", lambda *a, **k: str(out))
     with qtbot.waitSignal(w.modelLoaded, timeout=WAIT) as blocker:
         w.act_open_export.trigger()
     assert "backend onnx" in blocker.args[0]
+    assert w.pipeline.autocast_dtype is None and w.errors == []  # the export decides: float32
+    assert w.model_panel.precision() == "bf16"  # the choice stays, for the next checkpoint
     open_clip(qtbot, w, DEMO)
     set_params(w, s=1, new=3, steps=2, context=2)
     events, done = run(qtbot, w)
@@ -412,3 +432,97 @@ def test_sampling_with_an_export_dir(qtbot, make_window, tiny_checkpoint, tmp_pa
         w.act_open_export.trigger()
     assert "not an ardiff export" in blocker.args[1]
     assert "backend onnx" in w.pipeline.describe()  # the loaded model stays
+
+
+# --------------------------------------------------------------------------- precision
+
+
+def test_precision_choice_reloads_the_model_and_is_kept(qtbot, make_window, monkeypatch):
+    import torch
+
+    from app_gui.loaders import load_model
+
+    assert PRECISIONS == pipeline_mod.PRECISIONS  # the GUI spells out the engine's list (no torch at start)
+    native_bf16(monkeypatch, True)
+    w = make_window()
+    panel = w.model_panel
+    assert panel.precision() == "auto" and w.pipeline.autocast_dtype == torch.bfloat16
+    combo = panel.precision_combo
+    assert [combo.itemText(i) for i in range(combo.count())] == ["Auto", "float32", "bfloat16"]
+    assert "natively" in combo.toolTip() and "same result on every machine" in combo.toolTip()
+
+    (description,) = choose(qtbot, combo, "fp32", w.modelLoaded)
+    assert w.pipeline.autocast_dtype is None and "cpu, float32" in description
+    assert w.status_model.text().endswith("· float32") and w.settings.precision == "fp32"
+
+    native_bf16(monkeypatch, False)
+    choose(qtbot, combo, "bf16", w.modelLoaded)
+    assert w.pipeline.autocast_dtype == torch.bfloat16 and "bfloat16 autocast" in panel.label.text()
+    assert w.status_model.text().endswith("· bfloat16") and w.settings.precision == "bf16"
+
+    # A reload that fails: the model that runs stays, and so does the combo's choice.
+    def broken(*args):
+        raise ValueError("cannot load at this precision")
+
+    pipeline = w.pipeline
+    monkeypatch.setattr(window_mod, "load_model", broken)
+    title, message = choose(qtbot, combo, "fp32", w.errorShown)
+    close_dialogs(w)
+    assert "model" in title and "cannot load at this precision" in message
+    assert w.pipeline is pipeline and panel.precision() == "bf16" and w.settings.precision == "bf16"
+    monkeypatch.setattr(window_mod, "load_model", load_model)
+
+    w.close()
+    assert Settings.load().precision == "bf16"
+    w2 = make_window(checkpoint=None)  # the saved checkpoint, at the saved precision ("auto" is float32 now)
+    assert w2.model_panel.precision() == "bf16" and w2.pipeline.autocast_dtype == torch.bfloat16
+
+
+def test_unknown_stored_precision_falls_back_to_auto(qtbot, make_window, monkeypatch):
+    native_bf16(monkeypatch, False)
+    w = make_window()
+    w.close()
+    data = json.loads(config_path().read_text())
+    for bad in ("fp16", 16, None):
+        data["precision"] = bad
+        config_path().write_text(json.dumps(data))
+        assert Settings.load().precision == "auto", bad
+    data["precision"] = "fp32"
+    config_path().write_text(json.dumps(data))
+    assert Settings.load().precision == "fp32"  # a good value is read back
+    data["precision"] = "fp16"
+    config_path().write_text(json.dumps(data))
+    w2 = make_window()
+    assert w2.model_panel.precision() == "auto" and w2.pipeline.autocast_dtype is None
+
+
+def test_precision_option_reaches_the_window(qapp, qtbot, tmp_path, tiny_checkpoint, monkeypatch):
+    import torch
+
+    from app_gui.main import main, parse_args
+
+    assert parse_args([]).precision is None  # no option: the saved choice stands
+    with pytest.raises(SystemExit):
+        parse_args(["--precision", "fp16"])
+    made: list[MainWindow] = []
+
+    class Recorded(MainWindow):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+            qtbot.addWidget(self)
+
+    monkeypatch.setattr(window_mod, "MainWindow", Recorded)
+    native_bf16(monkeypatch, True)
+    model = ["--checkpoint", str(tiny_checkpoint), "--device", "cpu"]
+    assert main(["--screenshot", str(tmp_path / "shot.png"), *model, "--precision", "fp32"]) == 0
+    assert made[-1].model_panel.precision() == "fp32" and made[-1].pipeline.autocast_dtype is None
+
+    # The app itself: the event loop starts and is told to stop at once; the window and its model stay.
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # main installs its own
+    native_bf16(monkeypatch, False)
+    QTimer.singleShot(0, qapp.quit)
+    assert main([*model, "--precision", "bf16"]) == 0
+    w = made[-1]
+    qtbot.waitUntil(lambda: not w.loading_model, timeout=WAIT)
+    assert w.model_panel.precision() == "bf16" and w.pipeline.autocast_dtype == torch.bfloat16

@@ -15,10 +15,11 @@ from rich.segment import Segment  # noqa: E402
 from textual import events  # noqa: E402
 from textual.widgets import Footer, Header, Input  # noqa: E402
 
+import engine.pipeline as pipeline_mod  # noqa: E402
 from app_tui.app import ArdiffApp  # noqa: E402
 from app_tui.render import ASCII_RAMP  # noqa: E402
 from app_tui.screens import HelpScreen, SaveScreen  # noqa: E402
-from app_tui.settings import Settings, SettingsError, parse_settings  # noqa: E402
+from app_tui.settings import PRECISIONS, Settings, SettingsError, parse_settings  # noqa: E402
 from app_tui.widgets.heatmap import SHADES, ScheduleHeatmap, cell_indices  # noqa: E402
 from engine.pipeline import FrameReady  # noqa: E402
 from engine.schedulers.ad import ADScheduler  # noqa: E402
@@ -183,7 +184,7 @@ async def test_80x24_layout_nothing_overlaps(tiny_checkpoint):
         for (a, ra), (b, rb) in itertools.combinations(regions.items(), 2):
             assert not ra.overlaps(rb), f"{a} {ra} overlaps {b} {rb}"
         for field in ["#set-s", "#set-frames", "#set-steps", "#set-context", "#set-seed", "#set-checkpoint",
-                      "#set-device", "#generate", "#cancel", "#save"]:
+                      "#set-device", "#set-precision", "#generate", "#cancel", "#save"]:
             region = app.query_one(field).region
             assert region.area > 0 and regions["#form"].contains_region(region) or \
                 regions["#buttons"].contains_region(region), field
@@ -298,6 +299,42 @@ async def test_help_screen_lists_keys():
     assert app.return_value == []
 
 
+async def test_precision_from_the_command_line_and_the_form(tiny_checkpoint, monkeypatch):
+    import torch
+
+    from app_tui.main import main
+
+    made: list[ArdiffApp] = []
+
+    def keep(app, *args, **kwargs):  # instead of taking over the terminal: keep the app main() built
+        made.append(app)
+        return []
+
+    monkeypatch.setattr(ArdiffApp, "run", keep)
+    args = ["--checkpoint", str(tiny_checkpoint), "--device", "cpu", "--no-images"]
+    args += [f"--{k}={v}" for k, v in FAST.items()]
+    assert main([*args, "--precision", "fp32", str(DEMO)]) == 0
+    (app,) = made
+    # Pretend the CPU has native bfloat16, so "auto" would not be float32: the choice must decide.
+    monkeypatch.setattr(pipeline_mod, "cpu_supports_bf16", lambda: True)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await app.load_worker.wait()
+        assert app.query_one("#set-precision").value == "fp32" and app.read_settings().precision == "fp32"
+        await generate(pilot)
+        assert app.errors == [] and app.last_done is not None
+        assert app.pipes._pipe.autocast_dtype is None
+        assert any("on cpu, float32," in m for m in app.messages)  # describe(), in the log
+
+        monkeypatch.setattr(pipeline_mod, "cpu_supports_bf16", lambda: False)  # now "auto" is float32
+        app.query_one("#set-precision").value = "bf16"
+        seen = len(app.messages)
+        await generate(pilot)  # a new precision loads the model again
+        assert app.errors == [] and app.pipes._pipe.autocast_dtype == torch.bfloat16
+        said = app.messages[seen:]
+        assert said[0].startswith("loading") and said[0].endswith("on cpu, precision bf16 ...")
+        assert any("on cpu, bfloat16 autocast" in m for m in said)
+
+
 def test_screenshot_cli_writes_svg(tmp_path):
     from app_tui.main import main
 
@@ -308,8 +345,9 @@ def test_screenshot_cli_writes_svg(tmp_path):
 
 
 def test_settings_and_heatmap_helpers():
-    ok = parse_settings({"s": "5", "frames": "32", "steps": "50", "context": "8", "seed": "0",
-                         "checkpoint": " ", "device": "cpu"})
+    good = {"s": "5", "frames": "32", "steps": "50", "context": "8", "seed": "0", "checkpoint": " ",
+            "device": "cpu"}
+    ok = parse_settings(good)
     assert ok == Settings(device="cpu")
     with pytest.raises(SettingsError) as err:
         parse_settings({"s": "x", "frames": "1", "steps": "1", "context": "1", "seed": "0"})
@@ -317,5 +355,16 @@ def test_settings_and_heatmap_helpers():
     with pytest.raises(SettingsError) as err:
         parse_settings({"s": "1", "frames": "1", "steps": "1", "context": "1", "seed": "0", "device": "tpu"})
     assert err.value.field == "device"
+    assert ok.precision == "auto" and PRECISIONS is pipeline_mod.PRECISIONS
+    for precision in PRECISIONS:
+        assert parse_settings({**good, "precision": precision}).precision == precision
+    with pytest.raises(SettingsError) as err:
+        parse_settings({**good, "precision": "fp16"})
+    assert err.value.field == "precision" and "auto, fp32, bf16" in str(err.value)
+    from app_tui.main import build_parser
+
+    assert build_parser().parse_args(["--precision", "bf16"]).precision == "bf16"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--precision", "fp16"])
     assert list(cell_indices(4, 10)) == [0, 0, 0, 1, 1, 2, 2, 2, 3, 3]  # every frame shown, width used
     assert list(cell_indices(10, 5)) == [0, 2, 4, 6, 8]
