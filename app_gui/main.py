@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from app_gui.settings import PRECISIONS
+from engine.precision import PRECISIONS
 
 SCREENSHOT_SIZE = (1280, 800)
 

@@ -17,7 +17,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app_gui.settings import DEVICES, PRECISIONS
+from app_gui.settings import DEVICES
+from engine.precision import PRECISIONS
 
 DEVICE_LABELS = {"auto": "Auto", "cpu": "CPU", "cuda": "CUDA"}
 PRECISION_LABELS = {"auto": "Auto", "fp32": "float32", "bf16": "bfloat16"}

@@ -13,13 +13,12 @@ from pathlib import Path
 
 import platformdirs
 
+from engine.precision import PRECISIONS
+
 APP_NAME = "ardiff"
 FILE_NAME = "gui.json"
 MAX_RECENT = 8
 DEVICES = ("auto", "cpu", "cuda")
-# engine.pipeline.PRECISIONS, spelled out: importing the engine pulls in torch (seconds), and the window must
-# appear at once; tests/test_gui.py checks the two stay the same.
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def config_path() -> Path:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import ArdiffError
-from engine.pipeline import PRECISIONS
+from engine.precision import PRECISIONS
 
 DEVICES = ("auto", "cpu", "cuda")
 # One wording for --help, the form's tooltip and the help screen.

@@ -21,6 +21,7 @@ import torch
 
 from engine.checkpoint import Checkpoint, load_checkpoint
 from engine.diffusion import DiffusionSchedule
+from engine.precision import check_precision
 from engine.schedulers.ad import ADScheduler
 from engine.sampling import SamplerStats, make_sampler
 from engine.video_io import describe_fit, fit_frames
@@ -74,14 +75,6 @@ def parse_device(device: str | torch.device) -> torch.device:
     if dev is None or dev.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
     return dev
-
-
-PRECISIONS = ("auto", "fp32", "bf16")
-
-
-def check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
 def resolve_device(device: str = "auto", precision: str = "auto") -> tuple[torch.device, torch.dtype | None]:

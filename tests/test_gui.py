@@ -18,7 +18,7 @@ except ImportError:  # the gui extra is not installed
     pytest.skip("PySide6 is not installed (pip install 'ardiff[gui]')", allow_module_level=True)
 
 from app_gui.heatmap import schedule_levels
-from app_gui.settings import PRECISIONS, Settings, config_path
+from app_gui.settings import Settings, config_path
 import app_gui.window as window_mod  # noqa: E402
 from app_gui.window import MainWindow
 import engine.pipeline as pipeline_mod
@@ -442,7 +442,6 @@ def test_precision_choice_reloads_the_model_and_is_kept(qtbot, make_window, monk
 
     from app_gui.loaders import load_model
 
-    assert PRECISIONS == pipeline_mod.PRECISIONS  # the GUI spells out the engine's list (no torch at start)
     native_bf16(monkeypatch, True)
     w = make_window()
     panel = w.model_panel

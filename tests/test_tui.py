@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -355,7 +357,7 @@ def test_settings_and_heatmap_helpers():
     with pytest.raises(SettingsError) as err:
         parse_settings({"s": "1", "frames": "1", "steps": "1", "context": "1", "seed": "0", "device": "tpu"})
     assert err.value.field == "device"
-    assert ok.precision == "auto" and PRECISIONS is pipeline_mod.PRECISIONS
+    assert ok.precision == "auto" and PRECISIONS == ("auto", "fp32", "bf16")
     for precision in PRECISIONS:
         assert parse_settings({**good, "precision": precision}).precision == precision
     with pytest.raises(SettingsError) as err:
@@ -368,3 +370,12 @@ def test_settings_and_heatmap_helpers():
         build_parser().parse_args(["--precision", "fp16"])
     assert list(cell_indices(4, 10)) == [0, 0, 0, 1, 1, 2, 2, 2, 3, 3]  # every frame shown, width used
     assert list(cell_indices(10, 5)) == [0, 2, 4, 6, 8]
+
+
+def test_settings_and_parsers_do_not_load_torch():
+    """`ardiff-tui --help` and the desktop window come up before torch loads (seconds): what they read at start
+    (settings, the precision list, the argument parsers) must not import it."""
+    code = ("import sys; import app_tui.main, app_tui.settings, app_gui.settings; "
+            "app_tui.main.build_parser(); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
