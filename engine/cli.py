@@ -398,7 +398,7 @@ def cmd_eval_continue(args: argparse.Namespace) -> int:
     if result.fvd_missing and i3d is not None:
         _say(args, f"FVD is missing: {result.fvd_missing}")
     for run in result.runs:
-        fvd = f"FVD {run.fvd['fvd']:.1f}, " if "fvd" in run.fvd else ""
+        fvd = f"FVD {run.fvd['fvd']:.1f}, KVD {run.fvd['kvd']:.3f}, " if "fvd" in run.fvd else ""
         speed = f", {run.seconds_per_clip:.2f} s/clip" if run.s is not None else ""
         _say(args, f"{run.name:>16}: {fvd}PSNR {run.psnr_mean:.2f} dB, SSIM {run.ssim_mean:.3f}{speed}")
     _say(args, "wrote " + ", ".join(str(p) for p in paths.values()))

@@ -75,7 +75,10 @@ FVD_DEFINITION = (
     "all {frames} new frames of every clip to I3D as one clip (Kinetics-400 logits averaged over time), "
     "real = the real next {frames} frames after the {context} context frames, both at the model resolution "
     "{res}x{res} (resized to 224x224 for I3D); `fvd_16` = the same on new frames 1..16 only, `fvd_128` = "
-    "mean FVD of the eight 16-frame segments of new frames 1..128 (each where frames allow)."
+    "mean FVD of the eight 16-frame segments of new frames 1..128 (each where frames allow). `kvd` = the "
+    "kernel video distance on the same features as `fvd` (unbiased squared MMD, cubic polynomial kernel, "
+    "engine.metrics.kernel): unlike FVD it carries no small-sample bias, so with few clips it is the fairer "
+    "comparison between rows; it can be slightly negative when two sets do not differ."
 )
 
 
@@ -256,6 +259,13 @@ def _fvd_from(real: list[dict], fake: list[dict], segments: Sequence[tuple[int, 
         values.append(frechet_distance_from_features(np.stack([f[seg] for f in real]),
                                                      np.stack([f[seg] for f in fake])))
     return float(np.mean(values))
+
+
+def _kvd_from(real: list[dict], fake: list[dict], segment: tuple[int, int]) -> float:
+    """KVD from per-video feature dicts, on one segment."""
+    from engine.metrics import kernel_distance
+
+    return kernel_distance(np.stack([f[segment] for f in real]), np.stack([f[segment] for f in fake]))
 
 
 def fvd_between_files(real: str | os.PathLike | Sequence, fake: str | os.PathLike | Sequence,
@@ -546,7 +556,9 @@ def evaluate_continuation(pipe, clips: Sequence[Clip | np.ndarray], context: int
         if real_feats is None:
             real_feats = features(truths)
         fake = features(videos)
-        return {key: _fvd_from(real_feats, fake, segs) for key, segs in fvd_segments.items()}
+        row = {key: _fvd_from(real_feats, fake, segs) for key, segs in fvd_segments.items()}
+        row["kvd"] = _kvd_from(real_feats, fake, fvd_segments["fvd"][0])
+        return row
 
     if warmup:  # one tiny untimed run so lazy initialisation does not land on the first timed clip
         for _ in pipe.continue_video(contexts[0], num_new_frames=1, s=0, steps=1, seed=seed, sampler=sampler):
@@ -633,9 +645,9 @@ def write_markdown(result: EvalResult, path: str | os.PathLike) -> Path:
     from engine.atomic import atomic_path
 
     hs = horizons_for(result.frames)
-    fvd_keys = [k for k in ("fvd", "fvd_16", "fvd_128") if any(k in r.fvd for r in result.runs)]
+    fvd_keys = [k for k in ("fvd", "fvd_16", "fvd_128", "kvd") if any(k in r.fvd for r in result.runs)]
     fvd_titles = {"fvd": f"FVD (new {result.frames})", "fvd_16": "FVD_16 (new 1-16)",
-                  "fvd_128": "FVD_128 (new 1-128)"}
+                  "fvd_128": "FVD_128 (new 1-128)", "kvd": f"KVD (new {result.frames})"}
     head = ["s"] + ([fvd_titles[k] for k in fvd_keys] or ["FVD"]) + ["PSNR / SSIM avg"]
     head += [f"PSNR / SSIM @{h}" for h in hs] + ["Inference time (s / clip)", "frames/s"]
     lines = [
@@ -655,7 +667,7 @@ def write_markdown(result: EvalResult, path: str | os.PathLike) -> Path:
         name = str(r.s) if r.s is not None else r.name
         cells = [name]
         if fvd_keys:
-            cells += [_fmt(r.fvd.get(k), 1) for k in fvd_keys]
+            cells += [_fmt(r.fvd.get(k), 3 if k == "kvd" else 1) for k in fvd_keys]
         else:
             cells.append("n/a")
         cells.append(f"{_fmt(r.psnr_mean)} / {_fmt(r.ssim_mean, 3)}")
@@ -667,7 +679,7 @@ def write_markdown(result: EvalResult, path: str | os.PathLike) -> Path:
             cells += [_fmt(r.seconds_per_clip, 2), _fmt(r.frames_per_second, 1)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "PSNR per horizon: `horizon.png`; every number per clip and per horizon: `results.json`.", ""]
-    lines.append(f"**FVD.** {result.fvd_definition}")
+    lines.append(f"**FVD, KVD.** {result.fvd_definition}")
     if result.fvd_missing:
         lines.append(f"FVD is not reported: {result.fvd_missing}")
     elif len(result.clips) < 256:

@@ -105,10 +105,12 @@ def test_ground_truth_model_scores_perfectly_and_shift_by_one_does_not(tiny_pipe
         run = result.run(s)
         assert run.psnr.shape == run.ssim.shape == (3, 10)
         assert np.all(np.isinf(run.psnr)) and np.allclose(run.ssim, 1.0)
-        assert set(run.fvd) == {"fvd"} and run.fvd["fvd"] == pytest.approx(0.0, abs=1e-6)
+        assert set(run.fvd) == {"fvd", "kvd"} and run.fvd["fvd"] == pytest.approx(0.0, abs=1e-6)
+        assert run.fvd["kvd"] <= 1e-9  # unbiased: identical sets score at most 0
     # The moving baseline is imperfect, so the comparison really looks at the right frames.
     base = result.baseline
     assert np.all(np.isfinite(base.psnr)) and base.ssim.max() < 1.0 and base.fvd["fvd"] > 1e-3
+    assert base.fvd["kvd"] > result.run(0).fvd["kvd"] + 1e-6
     # A model that is one frame ahead of the truth is caught: finite PSNR at every horizon.
     monkeypatch.setattr(tiny_pipe, "continue_video", _truth_model(tiny_pipe, clips, context=4, shift=1))
     shifted = evaluate_continuation(tiny_pipe, clips, context=4, frames=10, s_values=[0], steps=2, seed=0)
@@ -150,7 +152,7 @@ def test_eval_continue_end_to_end(tmp_path, capsys, tiny_checkpoint, clip_dir, s
     assert "wrote" in err and "s=2" in err
     md = (out / "results.md").read_text()
     table = [line for line in md.splitlines() if line.startswith("| ")]
-    assert table[0].startswith("| s | FVD (new 10) |") and "PSNR / SSIM @1" in table[0]
+    assert table[0].startswith("| s | FVD (new 10) | KVD (new 10) |") and "PSNR / SSIM @1" in table[0]
     assert "Inference time" in table[0]
     assert [row.split("|")[1].strip() for row in table[2:]] == ["0", "2", BASELINE_NAME, AUTOENCODER_NAME]
     assert "n/a" not in md and "all 10 new frames" in md
@@ -164,7 +166,7 @@ def test_eval_continue_end_to_end(tmp_path, capsys, tiny_checkpoint, clip_dir, s
     for run in data["runs"]:
         assert len(run["psnr_per_horizon"]) == len(run["ssim_per_horizon"]) == 10
         assert len(run["per_clip"]) == 2 and all(len(c["psnr"]) == 10 for c in run["per_clip"])
-        assert set(run["fvd"]) == {"fvd"} and run["fvd"]["fvd"] >= 0
+        assert set(run["fvd"]) == {"fvd", "kvd"} and run["fvd"]["fvd"] >= 0 and math.isfinite(run["fvd"]["kvd"])
         assert math.isfinite(run["psnr_mean"]) and -1 <= run["ssim_mean"] <= 1
     assert data["runs"][0]["frames_per_second"] > 0 and data["runs"][0]["per_clip"][0]["rows"] > 0
     png = out / "horizon.png"
