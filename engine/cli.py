@@ -294,7 +294,7 @@ def _add_eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="measure: FVD between video sets, or continuation quality per s")
     ev = p.add_subparsers(dest="eval_command", required=True, metavar="WHAT")
 
-    q = ev.add_parser("fvd", help="FVD between two sets of videos (FVD_16, and FVD_128 where long enough)")
+    q = ev.add_parser("fvd", help="FVD and KVD between two sets of videos (16 frames, and 128 where long enough)")
     q.add_argument("real", help="real videos: a folder of videos, one video, or comma-separated paths")
     q.add_argument("fake", help="generated videos: a folder of videos, one video, or comma-separated paths")
     q.add_argument("--frames", type=int, default=16, help="frames per video for the main FVD (>= 9)")

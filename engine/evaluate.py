@@ -261,21 +261,23 @@ def _fvd_from(real: list[dict], fake: list[dict], segments: Sequence[tuple[int, 
     return float(np.mean(values))
 
 
-def _kvd_from(real: list[dict], fake: list[dict], segment: tuple[int, int]) -> float:
-    """KVD from per-video feature dicts, on one segment."""
+def _kvd_from(real: list[dict], fake: list[dict], segments: Sequence[tuple[int, int]]) -> float:
+    """KVD from per-video feature dicts: the mean over `segments` of the kernel distance of each (as FVD)."""
     from engine.metrics import kernel_distance
 
-    return kernel_distance(np.stack([f[segment] for f in real]), np.stack([f[segment] for f in fake]))
+    return float(np.mean([kernel_distance(np.stack([f[seg] for f in real]), np.stack([f[seg] for f in fake]))
+                          for seg in segments]))
 
 
 def fvd_between_files(real: str | os.PathLike | Sequence, fake: str | os.PathLike | Sequence,
                       i3d: torch.nn.Module, frames: int = 16, *, with_128: bool = True,
                       note: Callable[[str], None] | None = None,
                       progress: Callable[[int, int, str], None] | None = None) -> dict[str, float]:
-    """FVD between two sets of videos on disk (folders, files or lists): {"FVD_16": x, "FVD_128": y, ...}.
+    """FVD and KVD between two sets of videos on disk (folders, files or lists): {"FVD_16": x, "KVD_16": y, ...}.
 
     ``FVD_<frames>`` is required: every video must have ``frames`` frames. FVD_16 and (``with_128``)
-    FVD_128 are added where every video is long enough. Only the needed frames are decoded."""
+    FVD_128 are added where every video is long enough, each with the KVD on the same segments (unbiased
+    with few videos, see engine.metrics.kernel). Only the needed frames are decoded."""
     from engine.metrics.i3d import MIN_FRAMES
     from engine.video_io import iter_frames, probe_video
 
@@ -332,6 +334,7 @@ def fvd_between_files(real: str | os.PathLike | Sequence, fake: str | os.PathLik
         everyone = feats["real"] + feats["generated"]
         if all(seg in f for f in everyone for seg in _segments(length)):
             results[f"FVD_{length}"] = _fvd_from(feats["real"], feats["generated"], _segments(length))
+            results[f"KVD_{length}"] = _kvd_from(feats["real"], feats["generated"], _segments(length))
         elif length != frames:
             note(f"FVD_{length} not computed: not every video has {length} frames")
     return results
@@ -557,7 +560,7 @@ def evaluate_continuation(pipe, clips: Sequence[Clip | np.ndarray], context: int
             real_feats = features(truths)
         fake = features(videos)
         row = {key: _fvd_from(real_feats, fake, segs) for key, segs in fvd_segments.items()}
-        row["kvd"] = _kvd_from(real_feats, fake, fvd_segments["fvd"][0])
+        row["kvd"] = _kvd_from(real_feats, fake, fvd_segments["fvd"])
         return row
 
     if warmup:  # one tiny untimed run so lazy initialisation does not land on the first timed clip

@@ -246,15 +246,16 @@ def test_eval_fvd_two_folders(tmp_path, capsys, stub_i3d):
     fake = _video_set(tmp_path / "fake", [4, 5], size=20)
     code, out, err = run_cli(capsys, "eval", "fvd", real, fake)
     assert code == 0, err
-    name, value = out.split()
-    assert name == "FVD_16" and float(value) > 0
+    values = {name: float(value) for name, value in (line.split() for line in out.splitlines())}
+    assert set(values) == {"FVD_16", "KVD_16"} and values["FVD_16"] > 0 and values["KVD_16"] > 0
     assert "resized to 224x224" in err  # 24x24 vs 20x20
-    # Identical sets: zero. Comma-separated lists of paths work too.
+    # Identical sets: zero FVD, KVD at most zero (unbiased). Comma-separated lists of paths work too.
     code, out, err = run_cli(capsys, "eval", "fvd", f"{real / 'v1'},{real / 'v2'}", real, "--json", "--quiet")
     assert code == 0, err
     assert json.loads(out)["FVD_16"] > 0
     code, out, _ = run_cli(capsys, "eval", "fvd", real, real, "--quiet")
-    assert code == 0 and float(out.split()[1]) == pytest.approx(0.0, abs=1e-3)
+    same = {name: float(value) for name, value in (line.split() for line in out.splitlines())}
+    assert code == 0 and same["FVD_16"] == pytest.approx(0.0, abs=1e-3) and same["KVD_16"] <= 1e-9
 
 
 def test_streamed_features_equal_engine_fvd(tmp_path):
@@ -267,7 +268,7 @@ def test_streamed_features_equal_engine_fvd(tmp_path):
     _video_set(tmp_path / "r", [1, 2, 3])
     _video_set(tmp_path / "f", [4, 5, 6])
     ours = fvd_between_files(tmp_path / "r", tmp_path / "f", stub, 16, with_128=False)
-    assert set(ours) == {"FVD_16"}
+    assert set(ours) == {"FVD_16", "KVD_16"}
     assert ours["FVD_16"] == pytest.approx(fvd(real, fake, stub), rel=1e-6)
     feats, seen = video_features(iter(real[0]), stub, [(0, 10), (4, 12), (8, 16)])
     assert seen == 16 and set(feats) == {(0, 10), (4, 12)}  # (8, 16) needs 24 frames
