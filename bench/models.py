@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from contextlib import nullcontext
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -26,7 +27,13 @@ def main() -> None:
     parser.add_argument("--preset", default="default")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--dtypes", default="fp32,bf16")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        # Inductor writes the thread count into its kernels: a graph compiled for another count must not
+        # come back from its on-disk cache
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), f"ardiff-inductor-t{args.threads}")
     torch.manual_seed(0)
     cfg = get_preset(args.preset)
     vae, dit = build_models(cfg)

@@ -2,7 +2,9 @@
 
 The cached sampler runs eagerly and, with --backends, with its one-frame DiT calls compiled by torch.compile
 (`compile`, engine.compiled) or on the graphs `ardiff-export` writes (`aoti`, `onnx`): the reference stays
-eager, the oracle. Exports are made once into --workdir (shared with bench/export.py) and reused; the compile
+eager, the oracle. Backend `null` stands in a DiT that costs nothing (it hands back its input and zero
+keys/values): its time is the sampler's own work, the floor under every other backend (its latents are
+not compared). Exports are made once into --workdir (shared with bench/export.py) and reused; the compile
 time is printed (Inductor's on-disk cache makes it shorter the second time).
 
 Targets (pipeline issue): the cached sampler faster everywhere and at least 8x faster at s = 50, N = 128;
@@ -33,10 +35,22 @@ from engine.diffusion import DiffusionSchedule  # noqa: E402
 from engine.pipeline import FrameReady, Pipeline  # noqa: E402
 from engine.schedulers import ADScheduler  # noqa: E402
 from engine.sampling import make_sampler  # noqa: E402
+from engine.step_dit import StepDiT  # noqa: E402
 
 
 def autocast(dtype: str):
     return nullcontext() if dtype == "fp32" else torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def null_dit(dit) -> StepDiT:
+    """A stand-in whose every call is free: x0 = its input, zero keys/values of the right shape."""
+    depth, heads, head_dim = len(dit.blocks), dit.heads, dit.x_embed.out_features // dit.heads
+
+    def runner(z, block_mods, final_mod, past_k, past_v, past_len):
+        kv = z.new_zeros(depth, z.shape[0], heads, z.shape[1] * z.shape[2], head_dim)
+        return z, kv, kv
+
+    return StepDiT(dit, runner)
 
 
 def time_sampler(name, dit, cfg, N, s, steps, dtype, repeats=1):
@@ -74,7 +88,7 @@ def main() -> None:
     parser.add_argument("--s", default="0,5,10,25,50")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--dtypes", default="fp32")
-    parser.add_argument("--backends", default="eager", help="cached sampler backends: eager,compile,aoti,onnx")
+    parser.add_argument("--backends", default="eager", help="cached sampler backends: eager,compile,aoti,onnx,null")
     parser.add_argument("--workdir", default="/tmp/ardiff-bench-export")
     parser.add_argument("--repeats", type=int, default=1, help="runs per sampler and setting; the median is shown")
     parser.add_argument("--no-streaming", action="store_true")
@@ -85,6 +99,8 @@ def main() -> None:
     for backend in args.backends.split(","):
         if backend == "compile":
             fast[backend] = CompiledDiT(dit)
+        elif backend == "null":
+            fast[backend] = null_dit(dit)
         elif backend != "eager":
             out, _ = get_export(ckpt.path, backend, Path(args.workdir), "fp32")
             fast[backend] = E.ExportedModels.load(out, ckpt, backend).dit
@@ -103,10 +119,11 @@ def main() -> None:
             for s in map(int, args.s.split(",")):
                 ref_t, ref = time_sampler("reference", dit, cfg, N, s, args.steps, dtype, args.repeats)
                 cells, diff = [], 0.0
-                for model in fast.values():
+                for backend, model in fast.items():
                     t, run = time_sampler("cached", model, cfg, N, s, args.steps, dtype, args.repeats)
                     cells.append(f"{t:.2f} | {ref_t / t:.1f}x")
-                    diff = max(diff, (run.latents - ref.latents).abs().max().item())
+                    if backend != "null":
+                        diff = max(diff, (run.latents - ref.latents).abs().max().item())
                 print(f"| {dtype} | {N} | {s} | {ref.stats.rows} | {ref_t:.2f} | {' | '.join(cells)} | "
                       f"{ref.stats.frame_forwards} | {run.stats.frame_forwards} | {diff:.1e} |", flush=True)
     if not args.no_streaming:
