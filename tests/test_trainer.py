@@ -294,6 +294,40 @@ def test_decoder_fine_tune_keeps_the_latents_and_packages_with_the_dit(vae_run, 
 # --------------------------------------------------------------------------- messy data
 
 
+def test_init_dit_continues_a_dit_on_its_own_latents(vae_run, dit_run, tmp_path):
+    """init_dit starts the DiT from a packaged model's (or a run's) EMA weights; the recipe keeps every stage
+    it went through, and a DiT trained on another VAE's latents is refused."""
+    from engine.checkpoint import load_checkpoint
+
+    packaged = tmp_path / "m.safetensors"
+    assert cli.main(["package", "--diffusion", str(dit_run.run_dir), "-o", str(packaged)]) == 0
+    source = load_checkpoint(packaged).dit.state_dict()
+    # a learning rate too small to move anything: the run's weights are the source's
+    still = train(cfg_for("diffusion", f"vae={packaged}", f"init_dit={packaged}", "max_steps=1", "lr=1e-12",
+                          "warmup_steps=0"), tmp_path / "still")
+    model = load_run(still.run_dir).model
+    assert all(torch.allclose(model[k], v, atol=1e-6) for k, v in source.items())
+    fresh = train(cfg_for("diffusion", f"vae={packaged}", "max_steps=1", "lr=1e-12", "warmup_steps=0"),
+                  tmp_path / "fresh")
+    assert not torch.allclose(load_run(fresh.run_dir).model["x_embed.weight"], source["x_embed.weight"])
+    # a fresh DiT on a packaged VAE does not inherit the packaged DiT's diffusion stage; a continued one does
+    assert [r["stage"] for r in load_run(fresh.run_dir).meta["recipe"]] == ["vae-image", "diffusion"]
+    recipe = load_run(still.run_dir).meta["recipe"]
+    assert [r["stage"] for r in recipe] == ["vae-image", "diffusion", "diffusion"]
+    assert recipe[-1]["init_dit"] == str(packaged.resolve())
+    out = tmp_path / "continued.safetensors"
+    assert cli.main(["package", "--diffusion", str(still.run_dir), "-o", str(out)]) == 0
+    assert load_checkpoint(out).meta["steps"] == {"vae-image": 100, "diffusion": 100, "diffusion (continued)": 1}
+    # from the run dir too; and refused on another VAE's latents, or outside the diffusion stage
+    train(cfg_for("diffusion", f"vae={vae_run.run_dir}", f"init_dit={dit_run.run_dir}", "max_steps=1"),
+          tmp_path / "from-run")
+    other = train(cfg_for("vae-image", "max_steps=1", "seed=9"), tmp_path / "other-vae")
+    with pytest.raises(ConfigError, match="latents of another VAE"):
+        train(cfg_for("diffusion", f"vae={other.run_dir}", f"init_dit={packaged}", "max_steps=1"), tmp_path / "x")
+    with pytest.raises(ConfigError, match="for the diffusion stage"):
+        cfg_for("vae-image", f"init_dit={packaged}")
+
+
 def test_a_folder_with_bad_files_trains_and_reports_them(vae_run, tmp_path, capsys):
     from engine.video_io import write_video
     from trainer.data import DatasetWarning

@@ -96,6 +96,8 @@ class TrainConfig:
     latent_cache: bool = False  # encode the dataset once with the frozen VAE (trainer/latents.py)
     latent_norm: str = "global"  # global: one latent_scale for all latents; channel: unit std per latent channel,
     #   folded into the frozen (local-latent) VAE's layers (ARVAE.scale_latent_channels) and packaged with it
+    init_dit: str = ""  # diffusion: start the DiT from the EMA weights of a packaged checkpoint or a diffusion run
+    #   (training it further, with fresh optimizer state); its latents must be this run's VAE's
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -215,6 +217,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             raise ConfigError(f"config key {key!r} must be >= 0, got {getattr(cfg, key)}")
     if cfg.lr <= 0:
         raise ConfigError(f"config key 'lr' must be > 0, got {cfg.lr}")
+    if cfg.init_dit and cfg.stage != "diffusion":
+        raise ConfigError(f"config key 'init_dit' is for the diffusion stage, not {cfg.stage}")
     if not 0.0 <= cfg.ema_decay < 1.0:
         raise ConfigError(f"config key 'ema_decay' must be in [0, 1), got {cfg.ema_decay}")
     if not 0.0 <= cfg.clean_prefix_p <= 1.0:

@@ -7,17 +7,14 @@ stage with its steps), the data provenance of each stage, the latent scale, and 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from engine.checkpoint import load_checkpoint, read_checkpoint_header, save_checkpoint
+from engine.checkpoint import read_checkpoint_header, save_checkpoint
 from engine.errors import CheckpointError
 from engine.models.dit import DiT
-from engine.models.presets import ModelConfig
-from trainer.state import load_run
-from trainer.train import checkpoint_vae_source, load_vae_source
+from trainer.train import load_diffusion_source, load_vae_source
 
 DTYPES = {"fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
@@ -31,7 +28,7 @@ def package(diffusion_run: str, output: str, vae: str | None = None, dtype: str 
     """
     if dtype not in DTYPES:
         raise CheckpointError(f"--dtype must be one of fp32, bf16, fp16; got {dtype!r}")
-    diff = _diffusion_source(diffusion_run)
+    diff = load_diffusion_source(diffusion_run)
     used = diff.meta.get("vae_source") or {}
     vae_path = vae or used.get("path")
     if not vae_path:
@@ -74,34 +71,7 @@ def package(diffusion_run: str, output: str, vae: str | None = None, dtype: str 
     return path
 
 
-@dataclass
-class DiffusionSource:
-    """What packaging takes from a diffusion run, or from an already packaged checkpoint (its DiT and VAE)."""
-
-    model_config: ModelConfig
-    ema: dict[str, torch.Tensor]
-    meta: dict  # "vae_source" (the VAE its latents came from) and "recipe" are what packaging reads
-    data: dict | None  # the diffusion stage's data provenance
-    step: int | None
-    ema_decay: float | None
-
-
-def _diffusion_source(path: str) -> DiffusionSource:
-    if Path(path).is_file():  # a packaged model: its DiT, trained on its own VAE's latents
-        ck = load_checkpoint(path)
-        vae_info = checkpoint_vae_source(ck).info
-        used = {k: vae_info[k] for k in ("path", "step", "digest", "encoder_digest")}
-        used["latent_scale"] = float(ck.meta.get("latent_scale", vae_info["latent_scale"]))  # already folded in
-        meta = {**ck.meta, "vae_source": used}
-        return DiffusionSource(ck.config, {k: v.float() for k, v in ck.dit.state_dict().items()}, meta,
-                               (ck.meta.get("data") or {}).get("diffusion"),
-                               ck.meta.get("sources", {}).get("diffusion_step"), ck.meta.get("ema_decay"))
-    diff = load_run(path)
-    if diff.stage != "diffusion":
-        raise CheckpointError(f"--diffusion: {path} is a {diff.stage} run, not a diffusion run")
-    return DiffusionSource(diff.model_config, diff.ema, diff.meta, diff.meta.get("data"), diff.step,
-                           diff.train_config.ema_decay)
-
-
 def _stage_name(record: dict) -> str:
+    if record.get("init_dit"):
+        return record["stage"] + " (continued)"
     return record["stage"] + (" (decoder only)" if record.get("train_encoder") is False else "")

@@ -46,7 +46,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from engine.atomic import atomic_path
 from engine.diffusion import DiffusionSchedule
-from engine.errors import ArdiffError
+from engine.errors import ArdiffError, CheckpointError
 from engine.models.arvae import ARVAE
 from engine.models.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss
 from engine.models.dit import DiT
@@ -208,6 +208,58 @@ def checkpoint_vae_source(ck) -> VAESource:
             "digest": weights_digest(ck.vae.state_dict()), "encoder_digest": encoder_digest(ck.vae),
             "data": ck.meta.get("data"), "recipe": ck.meta.get("recipe", [])}
     return VAESource(ck.vae.float(), ck.config, info)
+
+
+@dataclass
+class DiffusionSource:
+    """A trained DiT (EMA weights) from a diffusion run or a packaged checkpoint, with what its latents were."""
+
+    model_config: ModelConfig
+    ema: dict[str, torch.Tensor]
+    meta: dict  # "vae_source" (the VAE its latents came from) and "recipe" (every stage it went through)
+    data: dict | None  # the diffusion stage's data provenance
+    step: int | None
+    ema_decay: float | None
+
+
+def load_diffusion_source(path: str) -> DiffusionSource:
+    """A diffusion run dir or a packaged ardiff checkpoint (whose DiT was trained on its own VAE's latents)."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{path} does not exist (give a diffusion run dir or an ardiff checkpoint)")
+    if p.is_file():
+        from engine.checkpoint import load_checkpoint
+
+        ck = load_checkpoint(p)
+        vae_info = checkpoint_vae_source(ck).info
+        used = {k: vae_info[k] for k in ("path", "step", "digest", "encoder_digest")}
+        used["latent_scale"] = float(ck.meta.get("latent_scale", vae_info["latent_scale"]))  # already folded in
+        meta = {**ck.meta, "vae_source": used}
+        return DiffusionSource(ck.config, {k: v.float() for k, v in ck.dit.state_dict().items()}, meta,
+                               (ck.meta.get("data") or {}).get("diffusion"),
+                               ck.meta.get("sources", {}).get("diffusion_step"), ck.meta.get("ema_decay"))
+    run = load_run(p)
+    if run.stage != "diffusion":
+        raise CheckpointError(f"{path} is a {run.stage} run, not a diffusion run")
+    return DiffusionSource(run.model_config, run.ema, run.meta, run.meta.get("data"), run.step,
+                           run.train_config.ema_decay)
+
+
+def init_dit_from(dit: DiT, path: str, model_cfg: ModelConfig, vae_src: VAESource) -> list[dict]:
+    """Load the DiT at `path` (init_dit) into `dit`; return the recipe stages it went through.
+
+    Only a DiT trained on this run's latents may be continued: the same encoder and latent scale."""
+    src = load_diffusion_source(path)
+    if src.model_config.to_dict() != model_cfg.to_dict():
+        raise ConfigError(f"init_dit: the DiT at {path} (preset {src.model_config.name!r}) has another model "
+                          f"config than this run's; set preset= and the model keys to its own")
+    used = src.meta.get("vae_source") or {}
+    if (used.get("encoder_digest"), used.get("latent_scale")) != (vae_src.info["encoder_digest"],
+                                                                    vae_src.info["latent_scale"]):
+        raise ConfigError(f"init_dit: the DiT at {path} was trained on the latents of another VAE "
+                          f"({used.get('path')}) than this run's vae; give the VAE it was trained with")
+    dit.load_state_dict(src.ema)
+    return list(src.meta.get("recipe", []))
 
 
 def encoder_digest(vae: ARVAE) -> str:
@@ -404,6 +456,10 @@ def _check_resume_config(saved: TrainConfig, cfg: TrainConfig) -> None:
                           f"only {', '.join(sorted(RESUME_MUTABLE))} may change on resume")
 
 
+def _stage_steps(recipe: list[dict]) -> list[str]:
+    return [f"{r['stage']} {r['steps']:,} steps" for r in recipe]
+
+
 def _model_config(cfg: TrainConfig) -> ModelConfig:
     mc = get_preset(cfg.preset)
     mc.dit.attention = cfg.attention
@@ -504,6 +560,10 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
     else:
         frozen_vae = vae_src.vae.to(device).eval().requires_grad_(False)
         model = DiT(model_cfg)
+        if cfg.init_dit:
+            # the stages before this one are the continued DiT's own (its VAE's, then its diffusion runs)
+            recipe = init_dit_from(model, cfg.init_dit, model_cfg, vae_src)
+            log.info(f"the DiT continues from {cfg.init_dit} ({', '.join(_stage_steps(recipe))})")
         trainable = list(model.parameters())
         groups = [{"params": trainable, "lr_scale": 1.0}]
         schedule = DiffusionSchedule(model_cfg.diffusion.num_timesteps, model_cfg.diffusion.beta_start,
@@ -602,7 +662,10 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
                                 cfg.num_workers, autocast, lambda _: None)
         dataset = LatentDataset(latents)
 
-    recipe = list(vae_src.info.get("recipe", [])) if vae_src is not None else []
+    if not (cfg.stage == "diffusion" and cfg.init_dit):
+        # a packaged checkpoint's recipe ends with the diffusion stage of its own DiT: not this run's past
+        recipe = [r for r in (vae_src.info.get("recipe", []) if vae_src is not None else [])
+                  if r["stage"] != "diffusion"]
 
     def save(step_now: int) -> Path:
         """Rank 0 writes the whole training state; every rank waits for it."""
@@ -628,6 +691,8 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
             if cfg.stage == "diffusion":
                 this.update(scheduler=cfg.scheduler, clean_prefix_p=cfg.clean_prefix_p,
                             prediction=cfg.prediction, attention=cfg.attention)
+                if cfg.init_dit:
+                    this.update(init_dit=str(Path(cfg.init_dit).resolve()))
             meta = {
                 "format": STATE_FORMAT, "version": STATE_VERSION, "stage": cfg.stage, "step": step_now,
                 "data_position": {"epoch": epoch, "batch": batch_in_epoch},
