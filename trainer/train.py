@@ -456,10 +456,6 @@ def _check_resume_config(saved: TrainConfig, cfg: TrainConfig) -> None:
                           f"only {', '.join(sorted(RESUME_MUTABLE))} may change on resume")
 
 
-def _stage_steps(recipe: list[dict]) -> list[str]:
-    return [f"{r['stage']} {r['steps']:,} steps" for r in recipe]
-
-
 def _model_config(cfg: TrainConfig) -> ModelConfig:
     mc = get_preset(cfg.preset)
     mc.dit.attention = cfg.attention
@@ -563,7 +559,8 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
         if cfg.init_dit:
             # the stages before this one are the continued DiT's own (its VAE's, then its diffusion runs)
             recipe = init_dit_from(model, cfg.init_dit, model_cfg, vae_src)
-            log.info(f"the DiT continues from {cfg.init_dit} ({', '.join(_stage_steps(recipe))})")
+            stages = ", ".join(f"{r['stage']} {r['steps']:,} steps" for r in recipe)
+            log.info(f"the DiT continues from {cfg.init_dit} ({stages})")
         trainable = list(model.parameters())
         groups = [{"params": trainable, "lr_scale": 1.0}]
         schedule = DiffusionSchedule(model_cfg.diffusion.num_timesteps, model_cfg.diffusion.beta_start,

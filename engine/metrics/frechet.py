@@ -20,15 +20,21 @@ from engine.errors import ArdiffError
 __all__ = ["frechet_distance", "frechet_distance_from_features", "gaussian_stats"]
 
 
-def gaussian_stats(features) -> tuple[np.ndarray, np.ndarray]:
-    """Mean ``[D]`` and covariance ``[D, D]`` (unbiased, N - 1) of ``features [N, D]``, in float64."""
+def feature_matrix(features, use: str) -> np.ndarray:
+    """``features [N, D]`` as float64, checked for what `use` (e.g. "a Gaussian fit") needs: N >= 2, finite."""
     f = np.asarray(features, dtype=np.float64)
     if f.ndim != 2:
-        raise ArdiffError(f"features must be [N, D], got shape {f.shape}")
+        raise ArdiffError(f"{use}: features must be [N, D], got shape {f.shape}")
     if f.shape[0] < 2:
-        raise ArdiffError(f"a Gaussian fit needs at least 2 samples, got {f.shape[0]}")
+        raise ArdiffError(f"{use} needs at least 2 samples, got {f.shape[0]}")
     if not np.all(np.isfinite(f)):
-        raise ArdiffError("features contain NaN or inf")
+        raise ArdiffError(f"{use}: features contain NaN or inf")
+    return f
+
+
+def gaussian_stats(features) -> tuple[np.ndarray, np.ndarray]:
+    """Mean ``[D]`` and covariance ``[D, D]`` (unbiased, N - 1) of ``features [N, D]``, in float64."""
+    f = feature_matrix(features, "a Gaussian fit")
     return f.mean(axis=0), np.cov(f, rowvar=False).reshape(f.shape[1], f.shape[1])
 
 

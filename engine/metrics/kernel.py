@@ -14,24 +14,14 @@ from __future__ import annotations
 import numpy as np
 
 from engine.errors import ArdiffError
+from engine.metrics.frechet import feature_matrix
 
 __all__ = ["kernel_distance"]
 
 
-def _check(features, name: str) -> np.ndarray:
-    f = np.asarray(features, dtype=np.float64)
-    if f.ndim != 2:
-        raise ArdiffError(f"{name} features must be [N, D], got shape {f.shape}")
-    if f.shape[0] < 2:
-        raise ArdiffError(f"a kernel distance needs at least 2 samples per set, got {f.shape[0]} ({name})")
-    if not np.all(np.isfinite(f)):
-        raise ArdiffError(f"{name} features contain NaN or inf")
-    return f
-
-
 def kernel_distance(features1, features2) -> float:
     """Unbiased MMD^2 between feature sets [N1, D] and [N2, D] (N1, N2 >= 2) with k(a, b) = (a.b / D + 1)^3."""
-    x, y = _check(features1, "first"), _check(features2, "second")
+    x, y = (feature_matrix(f, "a kernel distance") for f in (features1, features2))
     if x.shape[1] != y.shape[1]:
         raise ArdiffError(f"feature sizes differ: {x.shape[1]} and {y.shape[1]}")
     d = x.shape[1]
