@@ -65,6 +65,16 @@ class DiffusionSchedule:
         mask = (t == 0).reshape(a.shape)
         return torch.where(mask, z0, a * z0 + b * noise)
 
+    def previous_frame_term(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What "x0-prev" prediction adds to the network's output: for frame i, sqrt(abar) x frame i - 1 as the
+        network sees it (frame i - 1 itself when clean); zero for frame 0. z_t [B, F, ...], t [B, F].
+
+        The network then predicts a correction to "the previous frame again", so a DiT whose output layer starts
+        at zero starts as the repeat-the-last-frame baseline instead of the data mean.
+        """
+        a, _ = self._coefficients(t[:, :-1], z_t[:, :-1])
+        return torch.cat([torch.zeros_like(z_t[:, :1]), a * z_t[:, :-1]], 1)
+
     def x0_from_eps(self, z_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The clean signal implied by z_t and a noise estimate (for eps-prediction models)."""
         a, b = self._coefficients(t, z_t)

@@ -113,15 +113,24 @@ class Sampler:
     def _double(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([x, x]) if self._guided else x
 
-    def _x0(self, out: torch.Tensor, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Network output -> x0 estimate (float32), with classifier-free guidance on x0."""
+    def _x0(self, out: torch.Tensor, start: int, row: Row) -> torch.Tensor:
+        """Network output for frames [start, start + M) -> x0 estimate (float32), with classifier-free guidance
+        on the output."""
         out = out.float()
         if self._guided:
             cond, uncond = out.chunk(2)
             out = uncond + self.guidance_scale * (cond - uncond)
+        if self.prediction == "x0":
+            return out
+        stop = start + out.shape[1]
         if self.prediction == "eps":
-            out = self.schedule.x0_from_eps(z, out, t)
-        return out
+            z = self.latents[:, start:stop]
+            return self.schedule.x0_from_eps(z, out, self._levels_to_t(row.levels(start, stop)[0], len(z)))
+        # x0-prev: the frame before `start` is part of the term (it lies outside the call's frames)
+        lo = max(start - 1, 0)
+        z = self.latents[:, lo:stop]
+        term = self.schedule.previous_frame_term(z, self._levels_to_t(row.levels(lo, stop)[0], len(z)))
+        return out + term[:, start - lo:]
 
     def _step(self, start: int, stop: int, x0: torch.Tensor, row: Row) -> None:
         """DDIM-step frames [start, stop) from level_from to level_to; unchanged frames stay bit for bit."""
@@ -140,7 +149,7 @@ class ReferenceSampler(Sampler):
         out = self.dit(self._double(z), self._double(t), self._labels(batch))  # no shortcuts: the oracle
         self.stats.network_calls += 1
         self.stats.frame_forwards += b - a
-        self._step(a, b, self._x0(out, z, t), row)
+        self._step(a, b, self._x0(out, a, row), row)
 
 
 class CachedSampler(Sampler):
@@ -169,8 +178,7 @@ class CachedSampler(Sampler):
         self._cached_upto = max(self._cached_upto, first)
         self.stats.network_calls += 1
         self.stats.frame_forwards += b - start
-        n = first - start
-        self._step(first, b, self._x0(out[:, n:], z[:, n:], t[:, n:]), row)
+        self._step(first, b, self._x0(out[:, first - start:], first, row), row)
 
 
 SAMPLERS = {"reference": ReferenceSampler, "cached": CachedSampler}

@@ -26,6 +26,19 @@ def test_q_sample_zero_timestep_returns_input_exactly():
     assert not torch.equal(z[0, 1], z0[0, 1])
 
 
+def test_previous_frame_term_repeats_a_clean_predecessor_and_shrinks_a_noisy_one():
+    sched = DiffusionSchedule()
+    z = torch.randn(2, 4, 3, 5)
+    t = torch.tensor([[0, 0, 500, 999], [1000, 0, 0, 7]])
+    term = sched.previous_frame_term(z, t)
+    assert term.shape == z.shape and not term[:, 0].any()  # frame 0 has no predecessor
+    assert torch.equal(term[0, 1], z[0, 0]) and torch.equal(term[0, 2], z[0, 1])  # clean: the frame itself
+    abar = sched.alphas_cumprod
+    torch.testing.assert_close(term[0, 3], z[0, 2] * abar[500].sqrt().float())
+    torch.testing.assert_close(term[1, 1], z[1, 0] * abar[1000].sqrt().float())
+    assert torch.equal(term[1, 3], z[1, 2])
+
+
 def test_q_sample_statistics_match_closed_form():
     sched = DiffusionSchedule()
     g = torch.Generator().manual_seed(1)

@@ -98,20 +98,38 @@ def test_cancel_stops_within_one_row():
     assert rows == 5 and sampler.stats.rows == 5
 
 
-def test_eps_prediction_converts_to_x0():
+@pytest.mark.parametrize("prediction,s,N,C", [("eps", 0, 4, 0), ("eps", 3, 20, 2), ("x0-prev", 0, 4, 0),
+                                               ("x0-prev", 3, 20, 2), ("x0-prev", STEPS, 20, 1)])
+def test_other_predictions_convert_to_x0(prediction, s, N, C):
+    """Both samplers convert the output the same way, also when the previous frame lies outside the call
+    (x0-prev: cached frames, a slid window); and the conversion changes the result."""
     dit, _ = tiny_dit()
     sched = DiffusionSchedule()
-    noise = torch.randn(1, 4, 4, 4)
-    a = ReferenceSampler(dit, sched, ADScheduler(STEPS, 0, 16), prediction="eps")
-    b = CachedSampler(dit, sched, ADScheduler(STEPS, 0, 16), prediction="eps")
+    g = torch.Generator().manual_seed(0)
+    context, noise = torch.randn(1, C, 4, 4, generator=g), torch.randn(1, N, 4, 4, generator=g)
+    runs = {}
+    for name, kind in (("reference", prediction), ("cached", prediction), ("x0", "x0")):
+        sampler = make_sampler("reference" if name == "x0" else name, dit, sched, ADScheduler(STEPS, s, 16),
+                               prediction=kind)
+        with torch.no_grad():
+            list(sampler.sample(context, noise))
+        runs[name] = sampler.latents
+    assert (runs["reference"] - runs["cached"]).abs().max() <= 1e-4
+    assert (runs["reference"] - runs["x0"]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("sampler", ["reference", "cached"])
+def test_x0_prev_with_a_silent_network_repeats_the_last_context_frame(sampler):
+    """x0-prev's starting point: a DiT whose output is zero (as initialised) continues with the last frame."""
+    dit, _ = tiny_dit()
+    torch.nn.init.zeros_(dit.final.linear.weight)
+    torch.nn.init.zeros_(dit.final.linear.bias)
+    g = torch.Generator().manual_seed(0)
+    context, noise = torch.randn(1, 3, 4, 4, generator=g), torch.randn(1, 20, 4, 4, generator=g)
+    run = make_sampler(sampler, dit, DiffusionSchedule(), ADScheduler(STEPS, 2, 16), prediction="x0-prev")
     with torch.no_grad():
-        list(a.sample(torch.zeros(1, 0, 4, 4), noise))
-        list(b.sample(torch.zeros(1, 0, 4, 4), noise))
-    x0_run = ReferenceSampler(dit, sched, ADScheduler(STEPS, 0, 16))
-    with torch.no_grad():
-        list(x0_run.sample(torch.zeros(1, 0, 4, 4), noise))
-    assert (a.latents - b.latents).abs().max() <= 1e-4
-    assert (a.latents - x0_run.latents).abs().max() > 1e-3
+        list(run.sample(context, noise))
+    torch.testing.assert_close(run.latents[:, 3:], context[:, -1:].expand(-1, 20, -1, -1))
 
 
 def test_bad_sampler_arguments():

@@ -179,6 +179,30 @@ def test_diffusion_trains_on_fopp_compositions_by_default(vae_run, tmp_path, mon
     assert torch.equal(t[~clean], fopp_draws[~clean])
 
 
+def test_x0_prev_loss_of_a_silent_network_is_the_repeat_last_frame_error():
+    from engine.diffusion import DiffusionSchedule
+    from trainer.losses import diffusion_loss
+
+    class Silent(torch.nn.Module):
+        def forward(self, z, t):
+            return torch.zeros_like(z)
+
+    sched = DiffusionSchedule()
+    z0 = torch.randn(3, 5, 4, 2)
+    t = torch.tensor([[0, 0, 50, 60, 70], [0, 0, 300, 300, 900], [0, 10, 10, 20, 999]])
+    noise = torch.randn_like(z0)
+    loss, per_frame = diffusion_loss(Silent(), sched, z0, t, noise, "x0-prev")
+    z_t = sched.q_sample(z0, t, noise)
+    expected = torch.zeros(3, 5)
+    for b in range(3):
+        for f in range(1, 5):
+            if t[b, f] > 0:
+                prev = z_t[b, f - 1] * sched.alphas_cumprod[t[b, f - 1]].sqrt().float()
+                expected[b, f] = (prev - z0[b, f]).pow(2).mean()
+    torch.testing.assert_close(per_frame, expected)
+    torch.testing.assert_close(loss, (expected.sum(1) / (t > 0).sum(1)).mean())
+
+
 def _real_loss(*args):
     from trainer.losses import diffusion_loss
 
@@ -190,6 +214,7 @@ def _real_loss(*args):
     ["scheduler=independent"],
     ["scheduler=naive-nondecreasing"],
     ["prediction=eps", "attention=full"],
+    ["prediction=x0-prev"],
 ])
 def test_ablation_switches_are_real_code_paths(sets, vae_run, tmp_path, monkeypatch):
     seen = []
@@ -292,6 +317,34 @@ def test_decoder_fine_tune_keeps_the_latents_and_packages_with_the_dit(vae_run, 
 
 
 # --------------------------------------------------------------------------- messy data
+
+
+def test_vae_image_continues_a_trained_vae(vae_run, dit_run, tmp_path):
+    """vae=PATH in the image stage starts from that VAE's EMA weights (run or packaged model); the recipe and
+    the packaged steps show both image stages; PCA init (a new VAE) and vae=PATH exclude each other."""
+    from engine.checkpoint import load_checkpoint
+
+    packaged = tmp_path / "m.safetensors"
+    assert cli.main(["package", "--diffusion", str(dit_run.run_dir), "-o", str(packaged)]) == 0
+    # a learning rate too small to move anything: the run's weights are the source's
+    for source, name in ((str(vae_run.run_dir), "from-run"), (str(packaged), "from-model")):
+        still = train(cfg_for("vae-image", f"vae={source}", "max_steps=1", "lr=1e-12", "warmup_steps=0", "gan=false"),
+                      tmp_path / name)
+        model = load_run(still.run_dir).model
+        reference = load_run(vae_run.run_dir).ema if name == "from-run" else load_checkpoint(packaged).vae.state_dict()
+        assert all(torch.allclose(model[k], v.float(), atol=1e-6) for k, v in reference.items()
+                   if k != "latent_scale")
+        recipe = load_run(still.run_dir).meta["recipe"]
+        assert [r["stage"] for r in recipe] == ["vae-image", "vae-image"] and recipe[-1]["vae"] == str(
+            Path(source).resolve())
+    fresh = load_run(train(cfg_for("vae-image", "max_steps=1", "seed=3", "gan=false"), tmp_path / "fresh").run_dir)
+    assert not torch.allclose(fresh.model["patch_embed.proj.weight"], model["patch_embed.proj.weight"])
+    dit = train(cfg_for("diffusion", f"vae={still.run_dir}", "max_steps=1"), tmp_path / "dit")
+    out = tmp_path / "continued.safetensors"
+    assert cli.main(["package", "--diffusion", str(dit.run_dir), "-o", str(out)]) == 0
+    assert list(load_checkpoint(out).meta["steps"]) == ["vae-image", "vae-image (continued)", "diffusion"]
+    with pytest.raises(ConfigError, match="cannot be combined"):
+        cfg_for("vae-image", f"vae={packaged}", "pca_init_frames=10")
 
 
 def test_init_dit_continues_a_dit_on_its_own_latents(vae_run, dit_run, tmp_path):

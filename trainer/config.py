@@ -24,6 +24,7 @@ from typing import Any
 import tomllib
 
 from engine.errors import ArdiffError
+from engine.models.presets import PREDICTIONS
 
 STAGES = ("vae-image", "vae-temporal", "diffusion")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -73,9 +74,10 @@ class TrainConfig:
     tensorboard: bool = False  # also write TensorBoard events (only if torch.utils.tensorboard imports)
     # ---- model overrides (Table 3 ablations)
     attention: str = "causal"  # causal | full (DiT temporal attention)
-    prediction: str = "x0"  # x0 | eps (DiT target)
+    prediction: str = "x0"  # x0 | eps | x0-prev (what the DiT outputs: engine.models.presets.PREDICTIONS)
     # ---- VAE stages
-    vae: str = ""  # vae-temporal: the vae-image run; diffusion: a VAE run dir or an ardiff checkpoint
+    vae: str = ""  # vae-temporal: the vae-image run; diffusion: a VAE run dir or an ardiff checkpoint;
+    #   vae-image (optional): a VAE run or checkpoint to train further (its image stage, from its EMA weights)
     l1_weight: float = 1.0
     gan: bool = True  # hinge GAN with a PatchGAN discriminator (after disc_start steps)
     disc_start: int = 0  # optimizer step at which the GAN loss starts (paper: 50k)
@@ -115,7 +117,7 @@ _CHOICES = {
     "precision": ("auto", "fp32", "bf16"),
     "device": ("auto", "cpu", "cuda"),
     "attention": ("causal", "full"),
-    "prediction": ("x0", "eps"),
+    "prediction": PREDICTIONS,
     "scheduler": ("fopp", "equal", "independent", "naive-nondecreasing"),
     "latent_norm": ("global", "channel"),
 }
@@ -234,6 +236,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.stage in ("vae-temporal", "diffusion") and not cfg.vae:
         what = "the vae-image run" if cfg.stage == "vae-temporal" else "a VAE run dir or checkpoint"
         raise ConfigError(f"the {cfg.stage} stage needs vae=PATH ({what}): --set vae=RUN_DIR")
+    if cfg.stage == "vae-image" and cfg.vae and cfg.pca_init_frames:
+        raise ConfigError("vae-image: pca_init_frames starts a new VAE; it cannot be combined with vae=PATH "
+                          "(which continues a trained one)")
     if cfg.stage == "vae-temporal" and cfg.num_frames == 1:
         raise ConfigError("the vae-temporal stage trains cross-frame attention: num_frames must be 0 or >= 2")
     if cfg.stage == "vae-image" and cfg.num_frames > 1:

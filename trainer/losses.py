@@ -31,14 +31,17 @@ def diffusion_loss(
     dit: torch.nn.Module, schedule: DiffusionSchedule, z0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
     prediction: str = "x0",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """MSE on x0 (or eps): mean over tokens and channels per frame, then over the noisy frames of each clip
+    """MSE on x0 (or eps; "x0-prev" adds the previous-frame term to the output first): mean over tokens and
+    channels per frame, then over the noisy frames of each clip
     (frames at t = 0, the clean prefix, are conditioning and excluded), then over clips.
 
     Returns (loss, per-frame losses [B, F] with clean frames zeroed).
     """
     z_t = schedule.q_sample(z0, t, noise)
     out = dit(z_t, t).float()
-    target = z0 if prediction == "x0" else noise
+    if prediction == "x0-prev":
+        out = out + schedule.previous_frame_term(z_t, t).float()
+    target = noise if prediction == "eps" else z0
     per_frame = (out - target.float()).pow(2).mean(dim=(2, 3))  # [B, F]
     noisy = (t > 0).to(per_frame.dtype)
     per_clip = (per_frame * noisy).sum(1) / noisy.sum(1).clamp_min(1.0)

@@ -72,6 +72,6 @@ def package(diffusion_run: str, output: str, vae: str | None = None, dtype: str 
 
 
 def _stage_name(record: dict) -> str:
-    if record.get("init_dit"):
+    if record.get("init_dit") or record["stage"] == "vae-image" and record.get("vae"):
         return record["stage"] + " (continued)"
     return record["stage"] + (" (decoder only)" if record.get("train_encoder") is False else "")

@@ -504,10 +504,12 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
 
     model_cfg = _model_config(cfg)
     vae_src: VAESource | None = None
-    if cfg.stage != "vae-image":
+    if cfg.vae:  # needed by the later stages; optional for vae-image, which then trains that VAE further
         vae_src = load_vae_source(cfg.vae)
         check_vae_matches(vae_src, model_cfg, cfg.stage)
-        if cfg.stage == "vae-temporal" and vae_src.info["stage"] != "vae-image":
+        if cfg.stage == "vae-image":
+            log.info(f"vae-image continues the {vae_src.info['stage']} VAE {cfg.vae}")
+        elif cfg.stage == "vae-temporal" and vae_src.info["stage"] != "vae-image":
             log.info(f"vae-temporal starts from a {vae_src.info['stage']} VAE ({cfg.vae})")
     stage_is_vae = cfg.stage in ("vae-image", "vae-temporal")
     num_frames = stage_num_frames(cfg, model_cfg)
@@ -685,6 +687,8 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
                     "lr": cfg.lr, "batch_size": cfg.batch_size, "world_size": world, "grad_accum": cfg.grad_accum}
             if stage_is_vae:
                 this.update(gan=cfg.gan, train_encoder=cfg.train_encoder)
+                if cfg.stage == "vae-image" and vae_src is not None:
+                    this.update(vae=vae_src.info["path"])
             if cfg.stage == "diffusion":
                 this.update(scheduler=cfg.scheduler, clean_prefix_p=cfg.clean_prefix_p,
                             prediction=cfg.prediction, attention=cfg.attention)

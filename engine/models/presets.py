@@ -48,13 +48,18 @@ class DiTConfig:
     rope_theta: float = 10000.0
 
 
+# What the DiT's output means: x0 (the paper's choice), eps (ablation), or x0-prev: a correction to the
+# previous frame (DiffusionSchedule.previous_frame_term), so that an untrained DiT repeats the last frame.
+PREDICTIONS = ("x0", "eps", "x0-prev")
+
+
 @dataclass
 class DiffusionConfig:
     num_timesteps: int = 1000
     beta_start: float = 1e-4
     beta_end: float = 0.02  # DESIGN.md: Table 6's 0.002 never reaches noise; the released code uses 0.02
     schedule: str = "linear"
-    prediction: str = "x0"  # "x0" (the paper's choice) | "eps" (ablation)
+    prediction: str = "x0"  # one of PREDICTIONS
 
 
 @dataclass
@@ -116,8 +121,9 @@ def validate_config(cfg: ModelConfig) -> None:
         raise ValueError(f"dit.hidden ({d.hidden}) / dit.heads ({d.heads}) must be an even integer (rotary)")
     if d.attention not in ("causal", "full"):
         raise ValueError(f"dit.attention must be 'causal' or 'full', got {d.attention!r}")
-    if cfg.diffusion.prediction not in ("x0", "eps"):
-        raise ValueError(f"diffusion.prediction must be 'x0' or 'eps', got {cfg.diffusion.prediction!r}")
+    if cfg.diffusion.prediction not in PREDICTIONS:
+        raise ValueError(f"diffusion.prediction must be one of {', '.join(PREDICTIONS)}, "
+                         f"got {cfg.diffusion.prediction!r}")
     if v.local_latents:
         side, grid = math.isqrt(v.num_latent_tokens), v.image_size // v.patch_size
         if side * side != v.num_latent_tokens or grid % side:
