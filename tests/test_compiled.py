@@ -61,6 +61,19 @@ def test_cached_sampler_with_compiled_dit_equals_reference(model, monkeypatch, s
         assert len(graph_calls) > 0.8 * got.stats.network_calls
 
 
+def test_graphs_for_two_batch_sizes_are_told_apart(model):
+    """Once compiled, calls skip most of dynamo's guards: the graph for each batch size must still be the one
+    that runs."""
+    dit, fast = model
+    cache = {batch: filled_cache(dit, 3, batch) for batch in (1, 2)}
+    for batch in (1, 2, 1, 2):
+        z = torch.randn(batch, 1, dit.num_tokens, dit.latent_dim, generator=torch.Generator().manual_seed(batch))
+        t = torch.full((batch, 1), 300)
+        with torch.no_grad():
+            got = fast.forward_cached(z, t, cache[batch])[0]
+            assert (got - dit.forward_cached(z, t, cache[batch])[0]).abs().max() <= 1e-5
+
+
 def test_each_model_gets_its_own_graph(model):
     """The weights are frozen into the graph: a second model of the same shape must not reuse the first's."""
     dit, fast = model
