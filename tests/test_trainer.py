@@ -347,6 +347,17 @@ def test_vae_image_continues_a_trained_vae(vae_run, dit_run, tmp_path):
         cfg_for("vae-image", f"vae={packaged}", "pca_init_frames=10")
 
 
+def test_packaged_steps_keep_every_stage_in_order():
+    from trainer.package import steps_by_stage
+
+    recipe = [{"stage": "vae-image", "steps": 10}, {"stage": "vae-temporal", "steps": 2},
+              {"stage": "vae-image", "steps": 30, "vae": "/a"}, {"stage": "vae-temporal", "steps": 4},
+              {"stage": "vae-temporal", "steps": 5, "train_encoder": False}, {"stage": "diffusion", "steps": 7}]
+    steps = steps_by_stage(recipe)
+    assert list(steps.items()) == [("vae-image", 10), ("vae-temporal", 2), ("vae-image (continued)", 30),
+                                   ("vae-temporal #2", 4), ("vae-temporal (decoder only)", 5), ("diffusion", 7)]
+
+
 def test_init_dit_continues_a_dit_on_its_own_latents(vae_run, dit_run, tmp_path):
     """init_dit starts the DiT from a packaged model's (or a run's) EMA weights; the recipe keeps every stage
     it went through, and a DiT trained on another VAE's latents is refused."""

@@ -56,7 +56,7 @@ def package(diffusion_run: str, output: str, vae: str | None = None, dtype: str 
         recipe += src.info["recipe"][-1:]  # the decoder fine-tune, after the stages the DiT's VAE went through
     meta = {
         "recipe": recipe,
-        "steps": {_stage_name(r): r["steps"] for r in recipe},
+        "steps": steps_by_stage(recipe),
         "data": {"vae": src.info.get("data"), "diffusion": diff.data},
         "latent_scale": scale,
         "latent_norm": "channel" if used.get("latent_channel_scale") is not None else "global",
@@ -69,6 +69,20 @@ def package(diffusion_run: str, output: str, vae: str | None = None, dtype: str 
     path = save_checkpoint(output, src.vae, dit, diff.model_config, meta=meta, dtype=DTYPES[dtype])
     read_checkpoint_header(path)  # what the engine reads first: fail here, not in the user's hands
     return path
+
+
+def steps_by_stage(recipe: list[dict]) -> dict[str, int]:
+    """Steps of every stage in order, by a readable name; a name met again (a second vae-temporal stage after a
+    continued image stage) is numbered, so no stage is lost."""
+    steps: dict[str, int] = {}
+    for record in recipe:
+        name = base = _stage_name(record)
+        count = 1
+        while name in steps:
+            count += 1
+            name = f"{base} #{count}"
+        steps[name] = record["steps"]
+    return steps
 
 
 def _stage_name(record: dict) -> str:
