@@ -86,6 +86,6 @@ def steps_by_stage(recipe: list[dict]) -> dict[str, int]:
 
 
 def _stage_name(record: dict) -> str:
-    if record.get("init_dit") or record["stage"] == "vae-image" and record.get("vae"):
+    if record.get("init_dit") or (record["stage"] == "vae-image" and record.get("vae")):
         return record["stage"] + " (continued)"
     return record["stage"] + (" (decoder only)" if record.get("train_encoder") is False else "")
