@@ -32,8 +32,8 @@ def diffusion_loss(
     prediction: str = "x0",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """MSE on x0 (or eps; "x0-prev" adds the previous-frame term to the output first): mean over tokens and
-    channels per frame, then over the noisy frames of each clip
-    (frames at t = 0, the clean prefix, are conditioning and excluded), then over clips.
+    channels per frame, then over the noisy frames of each clip (frames at t = 0, the clean prefix, are
+    conditioning and excluded), then over clips.
 
     Returns (loss, per-frame losses [B, F] with clean frames zeroed).
     """
