@@ -58,8 +58,10 @@ class CompiledDiT(StepDiT):
         built: set[tuple] = set()  # (autocast state, input shapes) of the graphs compiled so far
 
         def runner(*args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            # the thread count too: Inductor's CPU graphs are built for one, and a call after the caller changed
+            # it must take the guarded path below (a recompile), not the unguarded one (dynamo would raise)
             key = (torch.is_autocast_enabled(args[0].device.type), torch.get_autocast_dtype(args[0].device.type),
-                   *((a.shape, a.dtype) for a in args))
+                   torch.get_num_threads(), *((a.shape, a.dtype) for a in args))
             if key in built:  # the hot path: no config patching, no warning filters (~0.1 ms a call)
                 # A graph for exactly this call exists (the key above), so dynamo need only tell its graphs
                 # apart (this model's from another's, one batch size from another) instead of re-checking every

@@ -74,6 +74,23 @@ def test_graphs_for_two_batch_sizes_are_told_apart(model):
             assert (got - dit.forward_cached(z, t, cache[batch])[0]).abs().max() <= 1e-5
 
 
+def test_changing_the_thread_count_recompiles_instead_of_failing(model):
+    """Inductor's CPU graphs are specialised on the thread count; a caller may change it between calls."""
+    dit, fast = model
+    cache = filled_cache(dit, 2, 2)
+    z = torch.randn(2, 1, dit.num_tokens, dit.latent_dim, generator=torch.Generator().manual_seed(4))
+    t = torch.full((2, 1), 500)
+    threads = torch.get_num_threads()
+    try:
+        for n in (threads, 2 if threads == 1 else 1, threads):
+            torch.set_num_threads(n)
+            with torch.no_grad():
+                got = fast.forward_cached(z, t, cache)[0]
+                assert (got - dit.forward_cached(z, t, cache)[0]).abs().max() <= 1e-5
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_each_model_gets_its_own_graph(model):
     """The weights are frozen into the graph: a second model of the same shape must not reuse the first's."""
     dit, fast = model
