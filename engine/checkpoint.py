@@ -101,6 +101,7 @@ def load_checkpoint(path: str | os.PathLike | None = None, device: str | torch.d
                 f"ardiff-train) or set ARDIFF_CHECKPOINT")
     path = _existing_file(path)
     cfg, meta = read_checkpoint_header(path)
+    sampling_defaults(meta, path)  # a bad entry fails at load, not at the first sample
     vae, dit = build_models(cfg)
     with safe_open(str(path), framework="pt") as f:
         tensors = {key: f.get_tensor(key) for key in f.keys()}
@@ -112,6 +113,20 @@ def load_checkpoint(path: str | os.PathLike | None = None, device: str | torch.d
     vae.to(device).eval()
     dit.to(device).eval()
     return Checkpoint(vae=vae, dit=dit, config=cfg, meta=meta, path=path)
+
+
+def sampling_defaults(meta: dict[str, Any], path: str | os.PathLike | None = None) -> dict[str, float]:
+    """The sampling settings a checkpoint recommends (meta "sampling", written by `ardiff-train package`):
+    so far `history_guidance` (engine.sampling), 1.0 (off) when absent."""
+    given = meta.get("sampling", {})
+    where = f"{path}: " if path else ""
+    if not isinstance(given, dict) or set(given) - {"history_guidance"}:
+        raise CheckpointError(f"{where}meta 'sampling' must be an object with at most 'history_guidance', got "
+                              f"{json.dumps(given)[:80]}")
+    value = given.get("history_guidance", 1.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        raise CheckpointError(f"{where}meta sampling.history_guidance must be a number >= 0, got {value!r}")
+    return {"history_guidance": float(value)}
 
 
 def _load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], prefix: str, path: Path) -> None:

@@ -84,6 +84,12 @@ def _add_precision(p: argparse.ArgumentParser) -> None:
                         "(AMX/AVX512-BF16), else fp32")
 
 
+def _add_history_guidance(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--history-guidance", type=float, default=None, metavar="W",
+                   help="lean on the context: x0 = free + W (x0 - free), free = the frames in flight without "
+                        "what came before; 1 = off (default: the model's own, see `ardiff info`)")
+
+
 def _add_sampling_args(p: argparse.ArgumentParser, frames: int, s: int) -> None:
     p.add_argument("--frames", type=int, default=frames, help="new frames to make")
     p.add_argument("--s", type=int, default=s, help="0: synchronous; >= steps: frame by frame")
@@ -91,6 +97,7 @@ def _add_sampling_args(p: argparse.ArgumentParser, frames: int, s: int) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--min-context", type=int, default=1, help="clean frames kept in view once any exists")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale on x0")
+    _add_history_guidance(p)
     p.add_argument("--checkpoint", default=None, help="model checkpoint (default: the embedded model)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     _add_precision(p)
@@ -121,7 +128,8 @@ def cmd_continue(args: argparse.Namespace) -> int:
     if note:
         _say(args, f"input {note} for the model")
     events = pipe.continue_video(frames, num_new_frames=args.frames, s=args.s, steps=args.steps, seed=args.seed,
-                                 sampler=args.sampler, guidance_scale=args.guidance, min_context=args.min_context)
+                                 sampler=args.sampler, guidance_scale=args.guidance, min_context=args.min_context,
+                                 history_guidance=args.history_guidance)
     return _run_and_write(args, events, args.frames, info.fps)
 
 
@@ -131,7 +139,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     _say(args, pipe.describe())
     events = pipe.generate(num_frames=args.frames, s=args.s, steps=args.steps, seed=args.seed,
                            class_label=args.class_label, sampler=args.sampler, guidance_scale=args.guidance,
-                           min_context=args.min_context)
+                           min_context=args.min_context, history_guidance=args.history_guidance)
     return _run_and_write(args, events, args.frames, args.fps)
 
 
@@ -316,6 +324,7 @@ def _add_eval_parser(sub) -> None:
     q.add_argument("--device", default="auto", help="auto | cpu | cuda")
     _add_precision(q)
     q.add_argument("--sampler", default="cached", choices=["cached", "reference"])
+    _add_history_guidance(q)
     q.add_argument("-o", "--output", required=True, help="folder for results.md, results.json, horizon.png")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_eval_continue)
@@ -393,7 +402,8 @@ def cmd_eval_continue(args: argparse.Namespace) -> int:
             _say(args, f"FVD will be missing: {why}")
     with _eval_progress(args.quiet) as bar:
         result = evaluate_continuation(pipe, clips, args.context, args.frames, s_values, args.steps, args.seed,
-                                       i3d, fvd_missing=why, sampler=args.sampler, progress=bar)
+                                       i3d, fvd_missing=why, sampler=args.sampler, progress=bar,
+                                       history_guidance=args.history_guidance)
     paths = write_reports(result, args.output)
     if result.fvd_missing and i3d is not None:
         _say(args, f"FVD is missing: {result.fvd_missing}")

@@ -405,6 +405,7 @@ class EvalResult:
     fvd_missing: str | None = None
     notes: list[str] = field(default_factory=list)
     checkpoint: str | None = None
+    history_guidance: float = 1.0
 
     @property
     def baseline(self) -> RunResult:
@@ -441,7 +442,8 @@ class EvalResult:
             "checkpoint": self.checkpoint,
             "resolution": self.resolution,
             "setup": {"context": self.context, "frames": self.frames, "steps": self.steps, "seed": self.seed,
-                      "s_values": list(self.s_values), "clip_seed": "seed + clip index"},
+                      "s_values": list(self.s_values), "clip_seed": "seed + clip index",
+                      "history_guidance": self.history_guidance},
             "horizons": list(range(1, self.frames + 1)),
             "alignment": (f"horizon h compares new frame h with real frame context + h (1-based), i.e. index "
                           f"{self.context} + h - 1 of the clip; psnr/ssim arrays are indexed by h - 1"),
@@ -490,7 +492,8 @@ def evaluate_continuation(pipe, clips: Sequence[Clip | np.ndarray], context: int
                           s_values: Sequence[int], steps: int = 50, seed: int = 0,
                           i3d: torch.nn.Module | None = None, *, fvd_missing: str | None = None,
                           sampler: str = "cached", min_context: int = 1, warmup: bool = True,
-                          progress: Callable[[str, int, int, str], None] | None = None) -> EvalResult:
+                          progress: Callable[[str, int, int, str], None] | None = None,
+                          history_guidance: float | None = None) -> EvalResult:
     """Continue every clip from its first ``context`` frames by ``frames`` frames for every s, and compare with
     the real next frames (see the module docstring for the exact alignment and what goes into FVD).
 
@@ -579,6 +582,7 @@ def evaluate_continuation(pipe, clips: Sequence[Clip | np.ndarray], context: int
             start = time.perf_counter()
             done = None
             for event in pipe.continue_video(ctx, num_new_frames=frames, s=s, steps=steps, seed=seed + i,
+                                             history_guidance=history_guidance,
                                              sampler=sampler, min_context=min_context):
                 if isinstance(event, Progress):
                     report("rows", event.row, event.total_rows, label)
@@ -624,9 +628,11 @@ def evaluate_continuation(pipe, clips: Sequence[Clip | np.ndarray], context: int
     clip_info = [{"name": c.name, "path": c.path, "source_size": [int(c.frames.shape[2]), int(c.frames.shape[1])],
                   "seed": seed + i} for i, c in enumerate(clips)]
     checkpoint = getattr(getattr(pipe, "checkpoint", None), "path", None)
+    guidance = getattr(pipe, "history_guidance", 1.0) if history_guidance is None else history_guidance
     return EvalResult(model=pipe.describe(), resolution=res, context=context, frames=frames, steps=steps,
                       seed=seed, s_values=list(s_values), clips=clip_info, runs=runs, fvd_missing=fvd_missing,
-                      notes=notes, checkpoint=str(checkpoint) if checkpoint else None)
+                      notes=notes, checkpoint=str(checkpoint) if checkpoint else None,
+                      history_guidance=float(guidance))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -659,7 +665,8 @@ def write_markdown(result: EvalResult, path: str | os.PathLike) -> Path:
         f"Model: {result.model}",
         "",
         f"{len(result.clips)} clip(s); context {result.context} frames, {result.frames} new frames, "
-        f"DDIM steps {result.steps}, seed {result.seed} (clip i uses seed + i). Frames at {result.resolution}x"
+        f"DDIM steps {result.steps}, history guidance {result.history_guidance:g}, seed {result.seed} (clip i "
+        f"uses seed + i). Frames at {result.resolution}x"
         f"{result.resolution}. PSNR in dB (inf: identical frames), SSIM in [0, 1]; @h = the h-th new frame "
         f"(compared with real frame context + h); avg = mean over all {result.frames} new frames and all clips.",
         "",

@@ -19,7 +19,7 @@ from typing import Iterator, Union
 import numpy as np
 import torch
 
-from engine.checkpoint import Checkpoint, load_checkpoint
+from engine.checkpoint import Checkpoint, load_checkpoint, sampling_defaults
 from engine.diffusion import DiffusionSchedule
 from engine.precision import check_precision
 from engine.schedulers.ad import ADScheduler
@@ -130,6 +130,11 @@ class Pipeline:
             self.notes.append(f"sampling window limited to {self.window} frames (the export's --max-frames; "
                               f"the model's window is {cfg.window})")
 
+    @property
+    def history_guidance(self) -> float:
+        """The history guidance this model samples with unless told otherwise (its checkpoint's recommendation)."""
+        return sampling_defaults(self.checkpoint.meta)["history_guidance"]
+
     def describe(self) -> str:
         """One line saying what runs where, e.g. 'default model (64x64, window 16) on cpu, float32'."""
         precision = "float32" if self.autocast_dtype is None else f"{str(self.autocast_dtype)[6:]} autocast"
@@ -144,8 +149,9 @@ class Pipeline:
         backend = "" if self.exported is None else f"; sampling with {self.exported.describe()}"
         if self.backend == "compile":
             backend = " (one-frame DiT calls compiled by torch.compile, the rest eager)"
-        return (f"{self.config.name} model {source} ({self.resolution}x{self.resolution}, window {self.window}) "
-                f"on {self.device}, {precision}{why}, backend {self.backend}{backend}")
+        guidance = f", history guidance {self.history_guidance:g}" if self.history_guidance != 1.0 else ""
+        return (f"{self.config.name} model {source} ({self.resolution}x{self.resolution}, window {self.window}"
+                f"{guidance}) on {self.device}, {precision}{why}, backend {self.backend}{backend}")
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -174,8 +180,10 @@ class Pipeline:
     def continue_video(self, frames: np.ndarray, num_new_frames: int = 32, s: int = 5, steps: int = 50,
                        seed: int = 0, cancel: threading.Event | None = None, sampler: str = "cached",
                        class_label: int | None = None, guidance_scale: float = 1.0, min_context: int = 1,
-                       clip_x0: float | None = None) -> Iterator[Event]:
-        """Continue a clip (uint8 [N, H, W, 3], N <= window - 1) by `num_new_frames` frames."""
+                       clip_x0: float | None = None, history_guidance: float | None = None) -> Iterator[Event]:
+        """Continue a clip (uint8 [N, H, W, 3], N <= window - 1) by `num_new_frames` frames.
+
+        `history_guidance`: None samples with the model's own (`Pipeline.history_guidance`); 1.0 is off."""
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
             raise ValueError(f"frames must be uint8 [N, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
@@ -185,23 +193,23 @@ class Pipeline:
         self._validate_run(num_new_frames, s, steps)
         fitted, context = self.encode_frames(frames)
         return self._run(fitted, context, num_new_frames, s, steps, seed, cancel, sampler, class_label,
-                         guidance_scale, min(min_context, len(frames)), clip_x0)
+                         guidance_scale, min(min_context, len(frames)), clip_x0, history_guidance)
 
     def generate(self, num_frames: int = 16, s: int = 0, steps: int = 50, seed: int = 0,
                  class_label: int | None = None, cancel: threading.Event | None = None, sampler: str = "cached",
-                 guidance_scale: float = 1.0, min_context: int = 1, clip_x0: float | None = None
-                 ) -> Iterator[Event]:
+                 guidance_scale: float = 1.0, min_context: int = 1, clip_x0: float | None = None,
+                 history_guidance: float | None = None) -> Iterator[Event]:
         """Generate a video from nothing; the same events as `continue_video`."""
         self._validate_run(num_frames, s, steps)
         L, D = self.config.vae.num_latent_tokens, self.config.vae.latent_dim
         empty = np.zeros((0, self.resolution, self.resolution, 3), np.uint8)
         context = torch.zeros(1, 0, L, D, device=self.device)
         return self._run(empty, context, num_frames, s, steps, seed, cancel, sampler, class_label,
-                         guidance_scale, min_context, clip_x0)
+                         guidance_scale, min_context, clip_x0, history_guidance)
 
     def _run(self, context_frames: np.ndarray, context: torch.Tensor, num_new: int, s: int, steps: int, seed: int,
              cancel: threading.Event | None, sampler_name: str, class_label: int | None, guidance_scale: float,
-             min_context: int, clip_x0: float | None) -> Iterator[Event]:
+             min_context: int, clip_x0: float | None, history_guidance: float | None) -> Iterator[Event]:
         # Validate everything before the first event, so bad arguments fail at the call, not mid-stream.
         if steps > self.schedule.T:
             raise ValueError(f"steps must be <= {self.schedule.T}, got {steps}")
@@ -219,7 +227,8 @@ class Pipeline:
             label = torch.tensor([class_label], device=self.device)
         sampler = make_sampler(sampler_name, self.dit, self.schedule, scheduler,
                                prediction=self.config.diffusion.prediction, guidance_scale=guidance_scale,
-                               clip_x0=clip_x0)
+                               clip_x0=clip_x0, history_guidance=(self.history_guidance if history_guidance is None
+                                                                  else history_guidance))
         L, D = self.config.vae.num_latent_tokens, self.config.vae.latent_dim
         noise = torch.randn(1, num_new, L, D, generator=torch.Generator().manual_seed(seed)).to(self.device)
         return self._stream(context_frames, context, noise, sampler, label, cancel)

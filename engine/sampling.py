@@ -6,6 +6,9 @@
 never computed (causal attention: nothing earlier can see them). When the window slides, the cache is
 rebuilt for the new window, because a clean frame's keys in deeper layers depend on the frames before it
 inside the window. Both give the same result for the same noise (tests hold them to 1e-4 in float32).
+
+Options: classifier-free guidance (class-conditional DiTs, one batched call), an x0 clamp, and history
+guidance (`Sampler._guide_history`: one more call per row, the frames in flight without their history).
 """
 
 from __future__ import annotations
@@ -55,11 +58,17 @@ class Sampler:
     prediction: str = "x0"
     guidance_scale: float = 1.0
     clip_x0: float | None = None
+    history_guidance: float = 1.0
     stats: SamplerStats = field(default_factory=SamplerStats)
 
     def __post_init__(self) -> None:
         if self.scheduler.window > self.dit.window:
             raise ValueError(f"sampling window {self.scheduler.window} exceeds the model's window {self.dit.window}")
+        if not (np.isfinite(self.history_guidance) and self.history_guidance >= 0):
+            raise ValueError(f"history guidance must be a number >= 0, got {self.history_guidance!r}")
+        if self.history_guidance != 1.0 and self.prediction == "x0-prev":
+            raise ValueError("history guidance needs a DiT that predicts x0 or eps, not x0-prev (its output is "
+                             "tied to the frame before, which the history-free call does not see)")
         self.grid = self.schedule.ddim_grid(self.scheduler.num_steps)
         self._timesteps = self.grid.timesteps.numpy()
 
@@ -132,6 +141,26 @@ class Sampler:
         term = self.schedule.previous_frame_term(z, self._levels_to_t(row.levels(lo, stop)[0], len(z)))
         return out + term[:, start - lo:]
 
+    def _guide_history(self, x0: torch.Tensor, row: Row) -> torch.Tensor:
+        """History guidance on the frames in flight [row.first, b): x0 = free + w (x0 - free), where `free` is the
+        DiT's x0 for the same frames run as a window of their own, with no earlier frames (as the first frames
+        of every training clip are seen). w > 1 makes the DiT lean harder on its context; w = 1 is off."""
+        a, b = row.window
+        first = row.first
+        if self.history_guidance == 1.0 or first == a:  # nothing before the frames in flight: nothing to guide
+            return x0
+        batch = self.latents.shape[0]
+        z = self.latents[:, first:b]
+        out = self._free_call(self._double(z), self._double(self._levels_to_t(row.levels(first, b)[0], batch)),
+                              self._labels(batch))
+        self.stats.network_calls += 1
+        self.stats.frame_forwards += b - first
+        free = self._x0(out, first, row)
+        return free + self.history_guidance * (x0 - free)
+
+    def _free_call(self, z: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        return self.dit(z, t, labels)
+
     def _step(self, start: int, stop: int, x0: torch.Tensor, row: Row) -> None:
         """DDIM-step frames [start, stop) from level_from to level_to; unchanged frames stay bit for bit."""
         z = self.latents[:, start:stop]
@@ -149,7 +178,10 @@ class ReferenceSampler(Sampler):
         out = self.dit(self._double(z), self._double(t), self._labels(batch))  # no shortcuts: the oracle
         self.stats.network_calls += 1
         self.stats.frame_forwards += b - a
-        self._step(a, b, self._x0(out, a, row), row)
+        x0 = self._x0(out, a, row)
+        first = row.first
+        x0 = torch.cat([x0[:, :first - a], self._guide_history(x0[:, first - a:], row)], 1)
+        self._step(a, b, x0, row)
 
 
 class CachedSampler(Sampler):
@@ -178,7 +210,11 @@ class CachedSampler(Sampler):
         self._cached_upto = max(self._cached_upto, first)
         self.stats.network_calls += 1
         self.stats.frame_forwards += b - start
-        self._step(first, b, self._x0(out[:, first - start:], first, row), row)
+        self._step(first, b, self._guide_history(self._x0(out[:, first - start:], first, row), row), row)
+
+    def _free_call(self, z: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        # through forward_cached with an empty cache, so compiled and exported DiTs serve this call too
+        return self.dit.forward_cached(z, t, KVCache(start=-1), labels, table=self._table)[0]
 
 
 SAMPLERS = {"reference": ReferenceSampler, "cached": CachedSampler}

@@ -158,7 +158,7 @@ def test_eval_continue_end_to_end(tmp_path, capsys, tiny_checkpoint, clip_dir, s
     assert "n/a" not in md and "all 10 new frames" in md
     data = json.loads((out / "results.json").read_text())
     assert data["setup"] == {"context": 4, "frames": 10, "steps": 3, "seed": 0, "s_values": [0, 2],
-                             "clip_seed": "seed + clip index"}
+                             "clip_seed": "seed + clip index", "history_guidance": 1.0}
     assert [c["name"] for c in data["clips"]] == ["a.mp4", "b_frames"]
     assert [r["name"] for r in data["runs"]] == ["s=0", "s=2", BASELINE_NAME, AUTOENCODER_NAME]
     assert [r["kind"] for r in data["runs"]] == ["model", "model", "baseline", "autoencoder"]

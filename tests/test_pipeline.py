@@ -85,6 +85,8 @@ def test_bad_arguments_fail_at_the_call(pipe):
         pipe.generate(class_label=1)
     with pytest.raises(ValueError, match="steps must be <= 1000"):
         pipe.generate(steps=2000)
+    with pytest.raises(ValueError, match="history guidance must be a number >= 0"):
+        pipe.continue_video(clip(), history_guidance=-0.5)
 
 
 def test_device_choice(monkeypatch, tiny_checkpoint):
@@ -128,3 +130,37 @@ def test_precision_choice_overrides_the_cpu_default(monkeypatch, tiny_checkpoint
 def test_fit_note(pipe):
     assert pipe.fit_note(clip(2, 16, 16)) is None
     assert "16x16" in pipe.fit_note(clip(2, 30, 40))
+
+
+def _with_sampling_meta(tiny_checkpoint, tmp_path, sampling) -> str:
+    from engine.checkpoint import load_checkpoint, save_checkpoint
+
+    ck = load_checkpoint(tiny_checkpoint)
+    path = tmp_path / "guided.safetensors"
+    save_checkpoint(path, ck.vae, ck.dit, ck.config, meta={**ck.meta, "sampling": sampling})
+    return str(path)
+
+
+def test_history_guidance_defaults_to_the_checkpoints_own(tiny_checkpoint, tmp_path):
+    """A checkpoint recommends its history guidance; continue_video uses it unless told, and says so."""
+    guided = load_pipeline(_with_sampling_meta(tiny_checkpoint, tmp_path, {"history_guidance": 2.5}), device="cpu")
+    plain = load_pipeline(tiny_checkpoint, device="cpu")
+    assert guided.history_guidance == 2.5 and plain.history_guidance == 1.0
+    assert "history guidance 2.5" in guided.describe() and "history guidance" not in plain.describe()
+    frames = clip()
+
+    def video(pipe, **kw):
+        return list(pipe.continue_video(frames, num_new_frames=6, s=2, steps=4, seed=0, **kw))[-1].video
+
+    default = video(guided)
+    assert np.array_equal(default, video(plain, history_guidance=2.5))
+    assert np.array_equal(video(guided, history_guidance=1.0), video(plain))
+    assert not np.array_equal(default[6:], video(plain)[6:])
+
+
+@pytest.mark.parametrize("sampling", [{"history_guidance": -1}, {"history_guidance": "2"}, {"cfg": 2.0}, [2.0]])
+def test_a_bad_sampling_entry_fails_at_load(tiny_checkpoint, tmp_path, sampling):
+    from engine.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="sampling"):
+        load_pipeline(_with_sampling_meta(tiny_checkpoint, tmp_path, sampling), device="cpu")

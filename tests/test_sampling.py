@@ -18,12 +18,14 @@ def tiny_dit(num_classes=0):
     return randomize_(DiT(cfg), std=0.15).eval(), cfg
 
 
-def run(name, dit, s, N, C, guidance=1.0, label=None, window=16, seed=0):
+def run(name, dit, s, N, C, guidance=1.0, label=None, window=16, seed=0, history=1.0, context_seed=None):
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(2, N, dit.num_tokens, dit.latent_dim, generator=g)
     context = torch.randn(2, C, dit.num_tokens, dit.latent_dim, generator=g)
+    if context_seed is not None:
+        context = torch.randn(2, C, dit.num_tokens, dit.latent_dim, generator=torch.Generator().manual_seed(context_seed))
     sampler = make_sampler(name, dit, DiffusionSchedule(), ADScheduler(STEPS, s, window, 1),
-                           guidance_scale=guidance)
+                           guidance_scale=guidance, history_guidance=history)
     with torch.no_grad():
         steps = list(sampler.sample(context, noise, label))
     return sampler, steps
@@ -49,12 +51,39 @@ def test_result_depends_on_context_and_noise():
     assert (diff > 1e-3).all()
 
 
+@pytest.mark.parametrize("s,N,C", [(0, 12, 3), (3, 40, 3), (5, 9, 4), (STEPS, 40, 2)])
+def test_cached_equals_reference_with_history_guidance(s, N, C):
+    """Both samplers guide the frames in flight the same way, also once the window has slid; the guidance
+    changes the result and costs one history-free call per row that has history."""
+    dit, _ = tiny_dit()
+    ref, _ = run("reference", dit, s, N, C, history=2.5)
+    fast, _ = run("cached", dit, s, N, C, history=2.5)
+    assert (fast.latents - ref.latents).abs().max() <= 1e-4
+    plain, _ = run("cached", dit, s, N, C)
+    assert (plain.latents - fast.latents).abs().max() > 1e-3
+    assert plain.stats.network_calls < fast.stats.network_calls <= 2 * plain.stats.network_calls
+
+
+@pytest.mark.parametrize("sampler", ["reference", "cached"])
+@pytest.mark.parametrize("s", [0, 3, STEPS])
+def test_history_guidance_zero_ignores_every_clean_frame(sampler, s):
+    """w = 0 keeps only the history-free call: the new frames then cannot depend on the context (nor on any
+    frame that turned clean), so another context gives the same frames, bit for bit up to float noise."""
+    dit, _ = tiny_dit()
+    first, _ = run(sampler, dit, s, 20, 3, history=0.0)
+    other, _ = run(sampler, dit, s, 20, 3, history=0.0, context_seed=7)
+    assert (first.latents[:, 3:] - other.latents[:, 3:]).abs().max() <= 1e-5
+    with_history, _ = run(sampler, dit, s, 20, 3, context_seed=7)
+    assert (with_history.latents[:, 3:] - other.latents[:, 3:]).abs().max() > 1e-3
+
+
 @pytest.mark.parametrize("s", [0, 3])
-def test_cached_equals_reference_with_guidance(s):
+@pytest.mark.parametrize("history", [1.0, 2.0])
+def test_cached_equals_reference_with_guidance(s, history):
     dit, _ = tiny_dit(num_classes=3)
     label = torch.tensor([0, 2])
-    ref, _ = run("reference", dit, s, 20, 2, guidance=3.0, label=label)
-    fast, _ = run("cached", dit, s, 20, 2, guidance=3.0, label=label)
+    ref, _ = run("reference", dit, s, 20, 2, guidance=3.0, label=label, history=history)
+    fast, _ = run("cached", dit, s, 20, 2, guidance=3.0, label=label, history=history)
     assert (fast.latents - ref.latents).abs().max() <= 1e-4
     unguided, _ = run("cached", dit, s, 20, 2, guidance=1.0, label=label)
     assert (unguided.latents - fast.latents).abs().max() > 1e-3  # guidance changes the result
@@ -140,3 +169,9 @@ def test_bad_sampler_arguments():
         make_sampler("cached", dit, DiffusionSchedule(), ADScheduler(window=32))
     with pytest.raises(ValueError, match="class-conditional"):
         run("cached", dit, 0, 4, 0, guidance=2.0, label=torch.tensor([0, 0]))
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="history guidance must be a number >= 0"):
+            run("cached", dit, 0, 4, 0, history=bad)
+    with pytest.raises(ValueError, match="not x0-prev"):
+        make_sampler("cached", dit, DiffusionSchedule(), ADScheduler(STEPS, 0, 16), prediction="x0-prev",
+                     history_guidance=2.0)

@@ -257,6 +257,28 @@ def test_package_gives_the_checkpoint_the_engine_loads(vae_run, dit_run, tmp_pat
         assert ck.dit(z, torch.tensor([[0, 500]])).shape == z.shape
 
 
+def test_package_records_the_history_guidance_to_sample_with(vae_run, dit_run, tmp_path, capsys):
+    from engine.checkpoint import load_checkpoint
+    from engine.pipeline import load_pipeline
+
+    out = tmp_path / "guided.safetensors"
+    assert cli.main(["package", "--diffusion", str(dit_run.run_dir), "-o", str(out), "--history-guidance", "2"]) == 0
+    assert load_checkpoint(out).meta["sampling"] == {"history_guidance": 2.0}
+    assert load_pipeline(out, device="cpu").history_guidance == 2.0
+    again = tmp_path / "again.safetensors"  # packaging a packaged checkpoint keeps it
+    assert cli.main(["package", "--diffusion", str(out), "--vae", str(out), "-o", str(again)]) == 0
+    assert load_checkpoint(again).meta["sampling"] == {"history_guidance": 2.0}
+    plain = tmp_path / "plain.safetensors"
+    assert cli.main(["package", "--diffusion", str(dit_run.run_dir), "-o", str(plain)]) == 0
+    assert "sampling" not in load_checkpoint(plain).meta
+    bad = tmp_path / "bad.safetensors"
+    assert cli.main(["package", "--diffusion", str(dit_run.run_dir), "-o", str(bad), "--history-guidance", "-1"]) == 2
+    assert "history_guidance must be a number >= 0" in capsys.readouterr().err and not bad.exists()
+
+
+    plain = tmp_path / "plain.safetensors"
+    assert cli.main(["package", "--diffusion", str(dit_run.run_dir), "-o", str(plain)]) == 0
+    assert "sampling" not in load_checkpoint(plain).meta
 def test_load_run_reads_one_chosen_checkpoint(tmp_path):
     from trainer.state import checkpoints_dir
 

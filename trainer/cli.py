@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the diffusion run, or a packaged checkpoint (its DiT; --vae then a decoder fine-tune of its VAE)")
     p.add_argument("-o", "--output", required=True, help="output .safetensors")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="weight dtype to ship")
+    p.add_argument("--history-guidance", type=float, default=None, metavar="W",
+                   help="the history guidance the engine samples this model with by default (1 = off)")
     p.set_defaults(func=cmd_package)
     p = sub.add_parser("prepare", help="shrink videos to training size once (PNG frame folders)")
     p.add_argument("sources", nargs="+", help="video files or frame folders, or synthetic:bouncing")
@@ -89,7 +91,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_package(args: argparse.Namespace) -> int:
     from trainer.package import package
 
-    path = package(args.diffusion, args.output, vae=args.vae, dtype=args.dtype)
+    path = package(args.diffusion, args.output, vae=args.vae, dtype=args.dtype,
+                   history_guidance=args.history_guidance)
     print(f"ardiff-train: wrote {path}", file=sys.stderr)
     return 0
 

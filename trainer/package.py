@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from engine.checkpoint import read_checkpoint_header, save_checkpoint
+from engine.checkpoint import read_checkpoint_header, sampling_defaults, save_checkpoint
 from engine.errors import CheckpointError
 from engine.models.dit import DiT
 from trainer.train import load_diffusion_source, load_vae_source
@@ -20,11 +20,14 @@ DTYPES = {"fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": tor
           "fp16": torch.float16, "float16": torch.float16}
 
 
-def package(diffusion_run: str, output: str, vae: str | None = None, dtype: str = "fp32") -> Path:
+def package(diffusion_run: str, output: str, vae: str | None = None, dtype: str = "fp32",
+            history_guidance: float | None = None) -> Path:
     """One checkpoint from a diffusion run (or a packaged checkpoint) and the VAE its DiT was trained with.
 
     The VAE may be another one than the DiT saw if its encoder and latent scale are the same (a decoder-only
-    fine-tune, `train_encoder = false`): the DiT's latents are then unchanged.
+    fine-tune, `train_encoder = false`): the DiT's latents are then unchanged. `history_guidance`: the value
+    the engine samples this model with unless told otherwise (meta "sampling"; None: keep a packaged
+    checkpoint's, else off).
     """
     if dtype not in DTYPES:
         raise CheckpointError(f"--dtype must be one of fp32, bf16, fp16; got {dtype!r}")
@@ -66,6 +69,12 @@ def package(diffusion_run: str, output: str, vae: str | None = None, dtype: str 
                     "diffusion": str(Path(diffusion_run).resolve()), "diffusion_step": diff.step},
         "packaged_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    sampling = dict(diff.meta.get("sampling") or {})
+    if history_guidance is not None:
+        sampling["history_guidance"] = history_guidance
+    if sampling:
+        meta["sampling"] = sampling
+        sampling_defaults(meta)  # a bad value is refused here, before anything is written
     path = save_checkpoint(output, src.vae, dit, diff.model_config, meta=meta, dtype=DTYPES[dtype])
     read_checkpoint_header(path)  # what the engine reads first: fail here, not in the user's hands
     return path
