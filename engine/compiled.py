@@ -58,8 +58,8 @@ class CompiledDiT(StepDiT):
         built: set[tuple] = set()  # (autocast state, input shapes) of the graphs compiled so far
 
         def runner(*args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            # the thread count too: Inductor's CPU graphs are built for one, and a call after the caller changed
-            # it must take the guarded path below (a recompile), not the unguarded one (dynamo would raise)
+            # the thread count too: Inductor's CPU graphs are built for one, and a call after the caller
+            # changed it must take the guarded path below (a recompile), not the unguarded one (dynamo raises)
             key = (torch.is_autocast_enabled(args[0].device.type), torch.get_autocast_dtype(args[0].device.type),
                    torch.get_num_threads(), *((a.shape, a.dtype) for a in args))
             if key in built:  # the hot path: no config patching, no warning filters (~0.1 ms a call)

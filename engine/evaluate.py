@@ -501,6 +501,7 @@ def evaluate_continuation(pipe, clips: Sequence[Clip | np.ndarray], context: int
     model's like the pipeline does). Clip i is sampled with seed ``seed + i`` (the same noise for every s).
     ``i3d``: the FVD network, or None (then ``fvd_missing`` says why, in the report). ``progress(what, done,
     total, label)`` gets ("runs", ...) per clip and s, ("rows", ...) per network call, ("fvd", ...) per FVD.
+    ``history_guidance``: passed to ``continue_video`` (None: the model's own); the report records the value.
     """
     from engine.metrics import copy_last_frame_baseline
     from engine.metrics.i3d import MIN_FRAMES

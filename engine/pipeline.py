@@ -132,7 +132,7 @@ class Pipeline:
 
     @property
     def history_guidance(self) -> float:
-        """The history guidance this model samples with unless told otherwise (its checkpoint's recommendation)."""
+        """The history guidance this model samples with unless told otherwise (its checkpoint's own)."""
         return sampling_defaults(self.checkpoint.meta)["history_guidance"]
 
     def describe(self) -> str:
@@ -227,8 +227,8 @@ class Pipeline:
             label = torch.tensor([class_label], device=self.device)
         sampler = make_sampler(sampler_name, self.dit, self.schedule, scheduler,
                                prediction=self.config.diffusion.prediction, guidance_scale=guidance_scale,
-                               clip_x0=clip_x0, history_guidance=(self.history_guidance if history_guidance is None
-                                                                  else history_guidance))
+                               clip_x0=clip_x0,
+                               history_guidance=self.history_guidance if history_guidance is None else history_guidance)
         L, D = self.config.vae.num_latent_tokens, self.config.vae.latent_dim
         noise = torch.randn(1, num_new, L, D, generator=torch.Generator().manual_seed(seed)).to(self.device)
         return self._stream(context_frames, context, noise, sampler, label, cancel)

@@ -22,8 +22,9 @@ def run(name, dit, s, N, C, guidance=1.0, label=None, window=16, seed=0, history
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(2, N, dit.num_tokens, dit.latent_dim, generator=g)
     context = torch.randn(2, C, dit.num_tokens, dit.latent_dim, generator=g)
-    if context_seed is not None:
-        context = torch.randn(2, C, dit.num_tokens, dit.latent_dim, generator=torch.Generator().manual_seed(context_seed))
+    if context_seed is not None:  # another context, the same noise
+        other = torch.Generator().manual_seed(context_seed)
+        context = torch.randn(2, C, dit.num_tokens, dit.latent_dim, generator=other)
     sampler = make_sampler(name, dit, DiffusionSchedule(), ADScheduler(STEPS, s, window, 1),
                            guidance_scale=guidance, history_guidance=history)
     with torch.no_grad():
@@ -68,7 +69,7 @@ def test_cached_equals_reference_with_history_guidance(s, N, C):
 @pytest.mark.parametrize("s", [0, 3, STEPS])
 def test_history_guidance_zero_ignores_every_clean_frame(sampler, s):
     """w = 0 keeps only the history-free call: the new frames then cannot depend on the context (nor on any
-    frame that turned clean), so another context gives the same frames, bit for bit up to float noise."""
+    frame that turned clean), so another context gives the same frames (to float rounding)."""
     dit, _ = tiny_dit()
     first, _ = run(sampler, dit, s, 20, 3, history=0.0)
     other, _ = run(sampler, dit, s, 20, 3, history=0.0, context_seed=7)
