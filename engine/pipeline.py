@@ -123,17 +123,14 @@ class Pipeline:
             self.exported = load_exported(self.export_dir, self.checkpoint, self.backend, self.device)
             self.dit, self.vae = self.exported.dit, self.exported.vae  # stand-ins with the same interface
         self.schedule = DiffusionSchedule(d.num_timesteps, d.beta_start, d.beta_end, d.schedule)
+        # what this model samples with unless a call says otherwise (its checkpoint's own; 1.0 = off)
+        self.history_guidance = sampling_defaults(self.checkpoint.meta)["history_guidance"]
         self.resolution = cfg.vae.image_size
         self.window = cfg.window
         if self.exported is not None and self.exported.manifest["max_frames"] < self.window:
             self.window = self.exported.manifest["max_frames"]
             self.notes.append(f"sampling window limited to {self.window} frames (the export's --max-frames; "
                               f"the model's window is {cfg.window})")
-
-    @property
-    def history_guidance(self) -> float:
-        """The history guidance this model samples with unless told otherwise (its checkpoint's own)."""
-        return sampling_defaults(self.checkpoint.meta)["history_guidance"]
 
     def describe(self) -> str:
         """One line saying what runs where, e.g. 'default model (64x64, window 16) on cpu, float32'."""

@@ -179,8 +179,7 @@ class ReferenceSampler(Sampler):
         self.stats.network_calls += 1
         self.stats.frame_forwards += b - a
         x0 = self._x0(out, a, row)
-        first = row.first
-        x0 = torch.cat([x0[:, :first - a], self._guide_history(x0[:, first - a:], row)], 1)
+        x0[:, row.first - a:] = self._guide_history(x0[:, row.first - a:], row)  # the frames in flight
         self._step(a, b, x0, row)
 
 
