@@ -1,4 +1,5 @@
-"""The parameter panel: s, new frames, steps, context, seed, class and guidance, each with a short hint.
+"""The parameter panel: s, new frames, steps, context, seed, history guidance, class and guidance, each with
+a short hint.
 
 Only widgets and their limits live here; the window reads `values()` when Generate is pressed.
 """
@@ -20,10 +21,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app_gui.settings import Settings
+from app_gui.settings import MODEL_HISTORY_GUIDANCE, Settings
 
 MAX_SEED = 2**31 - 1
 MODE_CONTINUE, MODE_GENERATE = 0, 1
+MAX_HISTORY_GUIDANCE = 10.0
+HISTORY_STEP = 0.5  # the spin box's lowest value is one step below 0: "model", the checkpoint's own value
 
 
 class ParameterPanel(QWidget):
@@ -88,6 +91,17 @@ class ParameterPanel(QWidget):
         seed_row.addWidget(self.dice)
         form.addRow("Seed", seed_row)
 
+        self.history_guidance = QDoubleSpinBox()
+        self.history_guidance.setRange(-HISTORY_STEP, MAX_HISTORY_GUIDANCE)
+        self.history_guidance.setSingleStep(HISTORY_STEP)
+        self.history_guidance.setDecimals(1)
+        self.history_guidance.setToolTip(
+            "Lean on the context: x0 = free + w (x0 − free), free = the frames in flight without what came "
+            "before. 1 = off, above 1 leans harder on the context, 0 ignores it; “model” = the model's own "
+            "value. Any value but 1 costs one more network call per row (about 0.6x the speed).")
+        self.set_model_history_guidance(None)
+        form.addRow("History guidance", self.history_guidance)
+
         self.class_label = QSpinBox()
         self.class_label.setRange(-1, 0)
         self.class_label.setSpecialValueText("none (unconditional)")
@@ -106,6 +120,7 @@ class ParameterPanel(QWidget):
         for w in (self.s_spin, self.new_frames, self.steps, self.context, self.seed, self.class_label):
             w.valueChanged.connect(self.changed)
         self.guidance.valueChanged.connect(self.changed)
+        self.history_guidance.valueChanged.connect(self.changed)
         self.mode.currentIndexChanged.connect(self._mode_changed)
         self._steps_changed(self.steps.value())
 
@@ -125,6 +140,11 @@ class ParameterPanel(QWidget):
             self.class_label.setValue(min(self._wanted_class, num_classes - 1))
         for w in (self.class_label, self.guidance, self.class_caption, self.guidance_caption):
             w.setVisible(num_classes > 0)
+
+    def set_model_history_guidance(self, value: float | None) -> None:
+        """Name the loaded model's own history guidance on the "model" choice (None: no model yet)."""
+        text = "model default" if value is None else f"model ({value:g})"
+        self.history_guidance.setSpecialValueText(text)
 
     def _steps_changed(self, steps: int) -> None:
         # s >= steps is already frame by frame; larger values change nothing.
@@ -148,6 +168,11 @@ class ParameterPanel(QWidget):
         v = self.class_label.value()
         return None if v < 0 or self.class_label.maximum() < 0 else v
 
+    def history_guidance_value(self) -> float | None:
+        """The history guidance to sample with; None = the model's own (the lowest, "model" entry)."""
+        v = self.history_guidance.value()
+        return None if v <= self.history_guidance.minimum() else v
+
     def load(self, st: Settings) -> None:
         self.steps.setValue(st.steps)
         self.s_spin.setValue(st.s)
@@ -155,6 +180,8 @@ class ParameterPanel(QWidget):
         self.context.setValue(st.context)
         self.seed.setValue(st.seed)
         self.guidance.setValue(st.guidance)
+        hg = st.history_guidance
+        self.history_guidance.setValue(self.history_guidance.minimum() if hg < 0 else hg)
         self._wanted_class = st.class_label
         self.class_label.setValue(st.class_label)
 
@@ -162,4 +189,6 @@ class ParameterPanel(QWidget):
         st.s, st.new_frames, st.steps = self.s_spin.value(), self.new_frames.value(), self.steps.value()
         st.context, st.seed = self.context.value(), self.seed.value()
         st.guidance = self.guidance.value()
+        hg = self.history_guidance_value()
+        st.history_guidance = MODEL_HISTORY_GUIDANCE if hg is None else hg
         st.class_label = self.class_label.value() if self.class_label.maximum() >= 0 else self._wanted_class

@@ -7,6 +7,7 @@ as they left it. Unknown or malformed values fall back to defaults: a damaged fi
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -19,6 +20,7 @@ APP_NAME = "ardiff"
 FILE_NAME = "gui.json"
 MAX_RECENT = 8
 DEVICES = ("auto", "cpu", "cuda")
+MODEL_HISTORY_GUIDANCE = -1.0  # stored history guidance for "the model's own" (the CLI's default, None)
 
 
 def config_path() -> Path:
@@ -36,6 +38,7 @@ class Settings:
     context: int = 8
     seed: int = 0
     guidance: float = 1.0
+    history_guidance: float = MODEL_HISTORY_GUIDANCE  # >= 0: x0 = free + w (x0 - free); 1 = off
     class_label: int = -1  # -1: unconditional
     checkpoint: str = ""  # "" = the embedded default model
     device: str = "auto"
@@ -62,7 +65,7 @@ class Settings:
                 continue
             default, value = getattr(settings, f.name), data[f.name]
             if isinstance(default, bool) or not isinstance(value, type(default)):
-                if isinstance(default, float) and isinstance(value, int):
+                if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
                     value = float(value)
                 else:
                     continue  # wrong type: keep the default rather than crash later
@@ -72,6 +75,8 @@ class Settings:
             settings.device = "auto"
         if settings.precision not in PRECISIONS:
             settings.precision = "auto"
+        if not math.isfinite(settings.history_guidance) or settings.history_guidance < 0:
+            settings.history_guidance = MODEL_HISTORY_GUIDANCE  # JSON allows NaN; the sampler does not
         return settings
 
     def save(self) -> None:

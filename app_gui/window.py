@@ -315,6 +315,7 @@ class MainWindow(QMainWindow):
         self.model_panel.show_model(pipe.describe())
         self.params.set_limits(pipe.window, pipe.schedule.T)
         self.params.set_num_classes(int(getattr(pipe.config.dit, "num_classes", 0) or 0))
+        self.params.set_model_history_guidance(pipe.history_guidance)
         self._update_status_model()
         self.statusBar().showMessage("Model ready", 4000)
         self._refresh_clip_note()
@@ -490,6 +491,10 @@ class MainWindow(QMainWindow):
             return
         text = (f"{rows} network calls for {p.new_frames.value()} new frames "
                 f"(s = {p.s_spin.value()}, {p.steps.value()} steps)")
+        history = p.history_guidance_value()
+        history = self.pipeline.history_guidance if history is None else history
+        if history != 1.0:
+            text += f", up to {rows} more for history guidance {history:g}"
         if self.clip is not None and self.pipeline is not None and not p.generate_mode:
             note = self.pipeline.fit_note(self.clip[:1])
             if note:
@@ -538,7 +543,8 @@ class MainWindow(QMainWindow):
             return False
         pipe, p = self.pipeline, self.params
         job = Job(context=context, num_new=p.new_frames.value(), s=p.s_spin.value(), steps=p.steps.value(),
-                  seed=p.seed.value(), class_label=p.class_value(), guidance_scale=p.guidance.value())
+                  seed=p.seed.value(), class_label=p.class_value(), guidance_scale=p.guidance.value(),
+                  history_guidance=p.history_guidance_value())
         from engine.video_io import fit_frames
 
         try:
@@ -762,7 +768,9 @@ class MainWindow(QMainWindow):
             "higher = one after another (each frame sees its predecessor clean).\n\n"
             "New frames — how many frames to add.\nSampling steps — denoising steps per frame.\n"
             "Context frames — frames from the end of your clip the model looks at.\n"
-            "Seed — the same seed and settings give the same result.\n\n"
+            "Seed — the same seed and settings give the same result.\n"
+            "History guidance — how hard the new frames lean on the context: 1 = off, higher = more, "
+            "0 = not at all; “model” uses the model's own value. Anything but 1 is slower.\n\n"
             "The heat map shows every frame's noise level in every sampling row: dark is clean, "
             "yellow is noise; the white line is where sampling is now."), QMessageBox.StandardButton.Ok, self)
         box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)

@@ -67,7 +67,8 @@ class Task(QObject):
 
 @dataclass(frozen=True)
 class Job:
-    """One sampling run as the user set it up. `context` None = generate from nothing."""
+    """One sampling run as the user set it up. `context` None = generate from nothing; `history_guidance`
+    None = the model's own."""
 
     context: np.ndarray | None
     num_new: int
@@ -76,6 +77,7 @@ class Job:
     seed: int
     class_label: int | None = None
     guidance_scale: float = 1.0
+    history_guidance: float | None = None
 
 
 class Generation(QObject):
@@ -112,7 +114,8 @@ class Generation(QObject):
     def _events(self):
         j, pipe = self.job, self.pipeline
         common = {"s": j.s, "steps": j.steps, "seed": j.seed, "cancel": self.cancel_event,
-                  "class_label": j.class_label, "guidance_scale": j.guidance_scale}
+                  "class_label": j.class_label, "guidance_scale": j.guidance_scale,
+                  "history_guidance": j.history_guidance}
         if j.context is None:
             return pipe.generate(num_frames=j.num_new, **common)
         return pipe.continue_video(j.context, num_new_frames=j.num_new, **common)

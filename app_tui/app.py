@@ -26,6 +26,7 @@ from app_tui.clip import Clip, context_frames, load_clip
 from app_tui.screens import HelpScreen, SaveScreen
 from app_tui.settings import (
     DEVICES,
+    HISTORY_GUIDANCE_HELP,
     INT_FIELDS,
     PRECISION_HELP,
     PRECISIONS,
@@ -135,6 +136,11 @@ class ArdiffApp(App[list[Path]]):
                         yield Label(label)
                         yield Input(str(getattr(self.initial, field)), id=f"set-{field}", type="integer",
                                     compact=True)
+                    yield Label("hist. guide")
+                    guidance = self.initial.history_guidance
+                    yield Input("" if guidance is None else str(guidance), placeholder="model default",
+                                id="set-history_guidance", type="number", valid_empty=True, compact=True,
+                                tooltip=f"history guidance: {HISTORY_GUIDANCE_HELP}")
                     yield Label("checkpoint")
                     yield Input(str(self.initial.checkpoint or ""), placeholder="embedded default",
                                 id="set-checkpoint", compact=True)
@@ -256,6 +262,7 @@ class ArdiffApp(App[list[Path]]):
     def read_settings(self) -> Settings:
         """The form as Settings (SettingsError names the field to fix)."""
         values = {field: self.main_screen.query_one(f"#set-{field}", Input).value for field in INT_FIELDS}
+        values["history_guidance"] = self.main_screen.query_one("#set-history_guidance", Input).value
         values["checkpoint"] = self.main_screen.query_one("#set-checkpoint", Input).value
         values["device"] = str(self.main_screen.query_one("#set-device", Select).value)
         values["precision"] = str(self.main_screen.query_one("#set-precision", Select).value)

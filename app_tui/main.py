@@ -8,7 +8,15 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from app_tui.settings import DEVICES, PRECISION_HELP, PRECISIONS, Settings
+from app_tui.settings import (
+    DEVICES,
+    HISTORY_GUIDANCE_HELP,
+    PRECISION_HELP,
+    PRECISIONS,
+    Settings,
+    SettingsError,
+    parse_history_guidance,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,12 +33,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", type=int, default=defaults.context,
                    help="frames taken from the end of the clip")
     p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--history-guidance", type=_history_guidance, default=defaults.history_guidance,
+                   metavar="W", help=HISTORY_GUIDANCE_HELP)
     p.add_argument("--no-images", action="store_true", help="text only: no graphics, no colour blocks")
     p.add_argument("--screenshot", metavar="PATH.svg", help="render the app to an SVG and exit (no terminal)")
     p.add_argument("--screenshot-after", type=int, metavar="N",
                    help="with --screenshot: generate, and take it when N new frames are made")
     p.add_argument("--size", default="120x36", help="with --screenshot: columns x rows (default 120x36)")
     return p
+
+
+def _history_guidance(text: str) -> float | None:
+    """--history-guidance: the form's own check, so a bad W stops here with the form's message."""
+    try:
+        return parse_history_guidance(text)
+    except SettingsError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -56,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     leave_a_core_for_the_ui()
     settings = Settings(s=args.s, frames=args.frames, steps=args.steps, context=args.context, seed=args.seed,
                         checkpoint=Path(args.checkpoint).expanduser() if args.checkpoint else None,
-                        device=args.device, precision=args.precision)
+                        device=args.device, precision=args.precision, history_guidance=args.history_guidance)
     mode = "text" if args.no_images else ("halfcell" if args.screenshot else "auto")
 
     from app_tui.app import ArdiffApp

@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.table import Table
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
 
@@ -26,9 +26,10 @@ KEYS = [
 
 
 class HelpScreen(ModalScreen[None]):
-    """The keys, as a table; any of esc, q, ? closes it."""
+    """The keys, as a table; any of esc, q, ? closes it. Scrolls (arrows, pgdn) on a short terminal."""
 
     BINDINGS = [Binding("escape,q,question_mark,f1", "app.pop_screen", "Close")]
+    AUTO_FOCUS = "#help-box"  # so the keys scroll it
 
     def compose(self) -> ComposeResult:
         table = Table.grid(padding=(0, 2))
@@ -36,13 +37,16 @@ class HelpScreen(ModalScreen[None]):
         table.add_column()  # descriptions wrap under themselves, not under the keys
         for key, what in KEYS:
             table.add_row(key, what)
-        with Vertical(id="help-box") as box:
+        with VerticalScroll(id="help-box") as box:
             box.border_title = "ardiff-tui keys"
             box.border_subtitle = "esc closes"
             yield Static(table, id="help-keys")
             yield Static("Settings: s = levels between neighbouring frames (0 synchronous, >= steps one by "
                          "one); "
-                         "context = frames taken from the end of the clip; device auto uses CUDA if present; "
+                         "context = frames taken from the end of the clip; "
+                         "hist. guide = history guidance W: 1 off, > 1 leans harder on the context, blank "
+                         "the model's own, any W != 1 one more DiT call per row; "
+                         "device auto uses CUDA if present; "
                          f"precision {PRECISION_HELP}.",
                          id="help-notes")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,10 @@ DEVICES = ("auto", "cpu", "cuda")
 # One wording for --help, the form's tooltip and the help screen.
 PRECISION_HELP = ("auto: bfloat16 where the CPU/GPU does it natively, else float32; "
                   "fp32: the same result on every machine; bf16: always bfloat16")
+# The CLI's --history-guidance wording (engine/cli.py), plus what blank means and what it costs.
+HISTORY_GUIDANCE_HELP = ("lean on the context: x0 = free + W (x0 - free), free = the frames in flight "
+                         "without what came before; 1 = off, 0 = ignore the context; any W other than 1 "
+                         "costs one more DiT call per row (blank: the model's own)")
 
 
 class SettingsError(ArdiffError):
@@ -34,6 +39,7 @@ class Settings:
     checkpoint: Path | None = None
     device: str = "auto"
     precision: str = "auto"  # "auto" | "fp32" | "bf16", as load_pipeline takes it
+    history_guidance: float | None = None  # None: the model's own (Pipeline.history_guidance); 1.0 is off
 
 
 # field -> (label shown in the form, smallest allowed value)
@@ -68,4 +74,20 @@ def parse_settings(values: dict[str, str]) -> Settings:
     if precision not in PRECISIONS:
         raise SettingsError("precision", f"precision must be {', '.join(PRECISIONS)}, got {precision!r}")
     parsed["precision"] = precision
+    parsed["history_guidance"] = parse_history_guidance(values.get("history_guidance", ""))
     return Settings(**parsed)  # type: ignore[arg-type]
+
+
+def parse_history_guidance(text: str) -> float | None:
+    """Blank -> None (the model's own); otherwise a finite number >= 0, as the sampler accepts."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        weight = float(text)
+    except ValueError:
+        weight = math.nan
+    if not (math.isfinite(weight) and weight >= 0):
+        raise SettingsError("history_guidance", f"history guidance must be a number >= 0 (1 = off), or blank "
+                                                f"for the model's own, got {text!r}")
+    return weight

@@ -28,7 +28,7 @@ MIN_CONTEXT = 1  # the pipeline's default: one clean frame stays in view once an
 class Started:
     """The model is loaded and the run is valid: what the UI needs before the first frame."""
 
-    description: str  # Pipeline.describe()
+    description: str  # Pipeline.describe(), plus the form's history guidance when it overrides the model's
     fit_note: str | None  # how the clip was resized, if it was
     context: np.ndarray  # fitted context frames, uint8 [C, R, R, 3] (C may be 0)
     num_new: int
@@ -80,7 +80,7 @@ def run_job(job: Job, cache: PipelineCache, emit: Callable[[object], None]) -> N
         if job.context is None:
             context = np.zeros((0, pipe.resolution, pipe.resolution, 3), np.uint8)
             events = pipe.generate(num_frames=s.frames, s=s.s, steps=s.steps, seed=s.seed, cancel=job.cancel,
-                                   min_context=MIN_CONTEXT)
+                                   min_context=MIN_CONTEXT, history_guidance=s.history_guidance)
             note = None
         else:
             if len(job.context) > pipe.window - 1:
@@ -88,13 +88,14 @@ def run_job(job: Job, cache: PipelineCache, emit: Callable[[object], None]) -> N
                             f"{pipe.window - 1} (window {pipe.window} minus one new frame)", field="context"))
                 return
             events = pipe.continue_video(job.context, num_new_frames=s.frames, s=s.s, steps=s.steps,
-                                         seed=s.seed, cancel=job.cancel, min_context=MIN_CONTEXT)
+                                         seed=s.seed, cancel=job.cancel, min_context=MIN_CONTEXT,
+                                         history_guidance=s.history_guidance)
             context, note = fit_frames(job.context, pipe.resolution), pipe.fit_note(job.context)
         # The same scheduler the pipeline builds, so the heat map is the run's own schedule.
         min_context = max(0, min(MIN_CONTEXT, len(context), pipe.window - 1))
         scheduler = ADScheduler(s.steps, s.s, pipe.window, min_context)
         schedule = scheduler.level_matrix(s.frames, len(context))
-        emit(Started(pipe.describe(), note, context, s.frames, schedule, s.steps))
+        emit(Started(_describe(pipe, s), note, context, s.frames, schedule, s.steps))
         for event in events:
             emit(event)
     except (WeightsUnavailableError, CheckpointError) as err:
@@ -107,11 +108,20 @@ def run_job(job: Job, cache: PipelineCache, emit: Callable[[object], None]) -> N
         emit(Failed(f"{type(err).__name__}: {one_line(err)}", details=_save_traceback()))
 
 
+def _describe(pipe: Pipeline, s: Settings) -> str:
+    """The run in one line: describe() names the model's own history guidance (when not 1), so a
+    different value from the form is added, else the log would claim a value the run does not use."""
+    if s.history_guidance is None or s.history_guidance == pipe.history_guidance:
+        return pipe.describe()
+    own = pipe.history_guidance
+    return f"{pipe.describe()}; history guidance {s.history_guidance:g} (the model's own: {own:g})"
+
+
 def _field_for(err: BaseException) -> str | None:
     text = str(err)
-    for needle, name in (("precision", "precision"), ("device", "device"), ("checkpoint", "checkpoint"),
-                         ("safetensors", "checkpoint"), ("steps", "steps"), ("context", "context"),
-                         ("num_new_frames", "frames")):
+    for needle, name in (("history guidance", "history_guidance"), ("precision", "precision"),
+                         ("device", "device"), ("checkpoint", "checkpoint"), ("safetensors", "checkpoint"),
+                         ("steps", "steps"), ("context", "context"), ("num_new_frames", "frames")):
         if needle in text:
             return name
     return None

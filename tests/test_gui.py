@@ -525,3 +525,113 @@ def test_precision_option_reaches_the_window(qapp, qtbot, tmp_path, tiny_checkpo
     w = made[-1]
     qtbot.waitUntil(lambda: not w.loading_model, timeout=WAIT)
     assert w.model_panel.precision() == "bf16" and w.pipeline.autocast_dtype == torch.bfloat16
+
+
+# --------------------------------------------------------------------------- history guidance
+
+
+def record_calls(monkeypatch, pipe, name: str) -> list[dict]:
+    """Wrap `pipe.<name>` so every call's keyword arguments are kept; the real method still samples."""
+    calls: list[dict] = []
+    real = getattr(pipe, name)
+
+    def recorded(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipe, name, recorded)
+    return calls
+
+
+def test_history_guidance_reaches_the_pipeline(qtbot, make_window, monkeypatch, tmp_path):
+    from engine.checkpoint import save_checkpoint
+    from engine.models import build_models, get_preset
+
+    w = make_window()
+    spin = w.params.history_guidance
+    # First run: the lowest entry, "model", which names the loaded model's own value.
+    assert spin.value() == spin.minimum() and w.params.history_guidance_value() is None
+    assert spin.specialValueText() == "model (1)" and spin.text() == "model (1)"
+    assert "x0 = free + w (x0 − free)" in spin.toolTip() and "more network call" in spin.toolTip()
+    assert spin.maximum() == 10.0 and spin.singleStep() == 0.5
+    open_clip(qtbot, w, DEMO)
+    set_params(w, s=1, new=2, steps=2, context=2)
+    calls = record_calls(monkeypatch, w.pipeline, "continue_video")
+    run(qtbot, w)
+    assert calls[-1]["history_guidance"] is None  # untouched: the pipeline picks the model's own
+    assert "history guidance" not in w.plan_label.text()  # the model's own is 1: no extra calls
+
+    spin.stepBy(1)  # one step up from "model" is 0 (ignore the context), not "model" again
+    assert spin.value() == 0.0 and w.params.history_guidance_value() == 0.0
+    run(qtbot, w)
+    assert calls[-1]["history_guidance"] == 0.0
+    spin.setValue(2.5)
+    assert "history guidance 2.5" in w.plan_label.text()
+    _, done = run(qtbot, w)
+    assert calls[-1]["history_guidance"] == 2.5 and len(done.video) == 4 and w.errors == []
+
+    generated = record_calls(monkeypatch, w.pipeline, "generate")
+    w.params.mode.setCurrentIndex(1)
+    run(qtbot, w)
+    assert generated[-1]["history_guidance"] == 2.5
+
+    # A checkpoint that recommends its own value: the "model" entry names it.
+    cfg = get_preset("tiny")
+    vae, dit = build_models(cfg)
+    ckpt = save_checkpoint(tmp_path / "guided.safetensors", vae, dit, cfg,
+                           meta={"sampling": {"history_guidance": 3.0}})
+    w2 = make_window(ckpt)
+    assert w2.pipeline.history_guidance == 3.0
+    w2.params.history_guidance.setValue(w2.params.history_guidance.minimum())
+    assert w2.params.history_guidance.text() == "model (3)"
+    assert "history guidance 3" in w2.plan_label.text()
+
+
+def test_history_guidance_the_model_refuses_is_a_one_line_error(qtbot, make_window, monkeypatch, capfd):
+    w = make_window()
+    open_clip(qtbot, w, DEMO)
+    set_params(w, s=1, new=2, steps=2, context=2)
+    run(qtbot, w)
+    result = w.result.copy()
+    monkeypatch.setattr(w.pipeline.config.diffusion, "prediction", "x0-prev")  # refuses any w != 1
+    w.params.history_guidance.setValue(2.0)
+    capfd.readouterr()
+    with qtbot.waitSignal(w.errorShown, timeout=WAIT) as blocker:
+        assert w.generate()
+    qtbot.waitUntil(lambda: not w.is_generating(), timeout=WAIT)
+    title, message = blocker.args
+    close_dialogs(w)
+    assert title == "Generation failed" and message.startswith("history guidance needs a DiT")
+    assert "\n" not in message and "Traceback" not in capfd.readouterr().err
+    assert np.array_equal(w.result, result) and w.run_panel.generate_button.isEnabled()
+
+
+def test_history_guidance_settings_round_trip_and_fallback(qtbot, make_window):
+    from app_gui.settings import MODEL_HISTORY_GUIDANCE
+
+    w = make_window()
+    w.params.history_guidance.setValue(2.5)
+    w.close()
+    assert Settings.load().history_guidance == 2.5
+    w2 = make_window(checkpoint=None)
+    assert w2.params.history_guidance_value() == 2.5
+    w2.params.history_guidance.setValue(w2.params.history_guidance.minimum())  # back to "model"
+    w2.close()
+    data = json.loads(config_path().read_text())
+    assert data["history_guidance"] == MODEL_HISTORY_GUIDANCE
+    assert Settings.load().history_guidance == MODEL_HISTORY_GUIDANCE
+    w3 = make_window(checkpoint=None)
+    assert w3.params.history_guidance_value() is None and w3.params.history_guidance.text() == "model (1)"
+
+    for stored, expected in ((0, 0.0), (3, 3.0), (1.5, 1.5), (-2.0, MODEL_HISTORY_GUIDANCE)):
+        data["history_guidance"] = stored
+        config_path().write_text(json.dumps(data))
+        assert Settings.load().history_guidance == expected, stored
+    for bad in ("2", None, True, [2.0], float("nan"), float("inf")):
+        data["history_guidance"] = bad
+        config_path().write_text(json.dumps(data))  # NaN and Infinity: Python's JSON writes and reads them
+        assert Settings.load().history_guidance == MODEL_HISTORY_GUIDANCE, bad
+    data["history_guidance"] = "strong"
+    config_path().write_text(json.dumps(data))
+    w4 = make_window(checkpoint=None)
+    assert w4.params.history_guidance_value() is None

@@ -23,6 +23,7 @@ from app_tui.render import ASCII_RAMP  # noqa: E402
 from app_tui.screens import HelpScreen, SaveScreen  # noqa: E402
 from app_tui.settings import PRECISIONS, Settings, SettingsError, parse_settings  # noqa: E402
 from app_tui.widgets.heatmap import SHADES, ScheduleHeatmap, cell_indices  # noqa: E402
+from app_tui.worker import Failed, Job, PipelineCache, Started, run_job  # noqa: E402
 from engine.pipeline import FrameReady  # noqa: E402
 from engine.schedulers.ad import ADScheduler  # noqa: E402
 from engine.video_io import read_video, write_video  # noqa: E402
@@ -185,8 +186,9 @@ async def test_80x24_layout_nothing_overlaps(tiny_checkpoint):
             assert screen.contains_region(region), name
         for (a, ra), (b, rb) in itertools.combinations(regions.items(), 2):
             assert not ra.overlaps(rb), f"{a} {ra} overlaps {b} {rb}"
-        for field in ["#set-s", "#set-frames", "#set-steps", "#set-context", "#set-seed", "#set-checkpoint",
-                      "#set-device", "#set-precision", "#generate", "#cancel", "#save"]:
+        for field in ["#set-s", "#set-frames", "#set-steps", "#set-context", "#set-seed",
+                      "#set-history_guidance", "#set-checkpoint", "#set-device", "#set-precision",
+                      "#generate", "#cancel", "#save"]:
             region = app.query_one(field).region
             assert region.area > 0 and regions["#form"].contains_region(region) or \
                 regions["#buttons"].contains_region(region), field
@@ -294,6 +296,12 @@ async def test_help_screen_lists_keys():
         text = app.export_screenshot()
         for key in ("esc", "ctrl+s", "F5"):
             assert key in text
+        notes = str(app.screen.query_one("#help-notes").render())
+        assert "hist. guide = history guidance W: 1 off" in notes
+        assert app.focused is app.screen.query_one("#help-box")  # at 80x24 the notes overflow: keys scroll
+        await pilot.press("end")
+        await pilot.pause()
+        assert app.screen.query_one("#help-box").scroll_y > 0 and "always" in app.export_screenshot()
         await pilot.press("escape")
         assert not isinstance(app.screen, HelpScreen)
         await pilot.press("q")  # nothing unsaved: q quits at once
@@ -337,6 +345,80 @@ async def test_precision_from_the_command_line_and_the_form(tiny_checkpoint, mon
         assert any("on cpu, bfloat16 autocast" in m for m in said)
 
 
+async def test_history_guidance_from_the_form_reaches_the_pipeline(tiny_checkpoint, monkeypatch):
+    calls: list[tuple[str, object]] = []  # (pipeline method, its history_guidance argument)
+
+    def spy_on(name: str):
+        original = getattr(pipeline_mod.Pipeline, name)
+
+        def spy(self, *args, **kwargs):
+            calls.append((name, kwargs.get("history_guidance", "not passed")))
+            return original(self, *args, **kwargs)
+
+        return spy
+
+    for name in ("continue_video", "generate"):
+        monkeypatch.setattr(pipeline_mod.Pipeline, name, spy_on(name))
+    app = make_app(tiny_checkpoint, DEMO)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await app.load_worker.wait()
+        field = app.query_one("#set-history_guidance", Input)
+        assert field.value == "" and field.placeholder == "model default"
+        assert "x0 = free + W (x0 - free)" in str(field.tooltip)  # the CLI's --history-guidance wording
+        await generate(pilot)
+        assert app.errors == [] and calls == [("continue_video", None)]  # blank: the model's own
+        plain = app.last_done.video
+        assert app.pipes._pipe.history_guidance == 1.0
+        assert not any("history guidance" in m for m in app.messages)  # describe() names it when not 1
+
+        await type_into(pilot, "#set-history_guidance", "3")
+        await pilot.press("escape")
+        await generate(pilot)
+        assert app.errors == [] and calls[-1] == ("continue_video", 3.0)
+        assert not np.array_equal(app.last_done.video, plain)  # the run used it: other frames, same seed
+        assert any(m.endswith("; history guidance 3 (the model's own: 1)") for m in app.messages)  # the log
+
+        # A model that predicts x0-prev refuses any w != 1: a message on the field, the frames kept.
+        monkeypatch.setattr(app.pipes._pipe.config.diffusion, "prediction", "x0-prev")
+        kept = list(app.frames)
+        await generate(pilot)
+        assert "history guidance needs a DiT that predicts x0 or eps, not x0-prev" in app.errors[-1]
+        assert app.focused is field and not app.running and len(app.frames) == len(kept)
+        assert "Traceback" not in app.export_screenshot()
+
+        await type_into(pilot, "#set-history_guidance", "-1")
+        await generate(pilot)
+        assert app.errors[-1].startswith("history guidance must be a number >= 0")
+        assert app.errors[-1].endswith("got '-1'")
+        assert app.focused is field and len(calls) == 3  # caught in the form: the pipeline was not called
+
+    calls.clear()
+    app = make_app(tiny_checkpoint, history_guidance=0.5)  # no clip: generate from nothing
+    async with app.run_test(size=(120, 36)) as pilot:
+        assert app.query_one("#set-history_guidance", Input).value == "0.5"
+        await generate(pilot)
+        assert app.errors == [] and calls == [("generate", 0.5)] and len(app.last_done.video) == 6
+
+
+def test_history_guidance_the_pipeline_refuses_is_a_failed_on_the_field(tiny_checkpoint):
+    """Settings can hold any float (the form checks, not the dataclass): the sampler's ValueError must come
+    back as one Failed naming the field, never a traceback file."""
+    cache = PipelineCache()
+    for weight in (-1.0, float("nan")):
+        for context in (None, np.zeros((4, 16, 16, 3), np.uint8)):
+            settings = Settings(checkpoint=tiny_checkpoint, device="cpu", history_guidance=weight, **FAST)
+            events: list[object] = []
+            run_job(Job(settings, context), cache, events.append)
+            (failed,) = events
+            assert isinstance(failed, Failed), failed
+            assert failed.message == f"history guidance must be a number >= 0, got {weight!r}"
+            assert failed.field == "history_guidance" and failed.details is None
+    events = []
+    settings = Settings(checkpoint=tiny_checkpoint, device="cpu", history_guidance=1.0, **FAST)
+    run_job(Job(settings, None), cache, events.append)
+    assert isinstance(events[0], Started) and "history guidance" not in events[0].description  # the model's
+
+
 def test_screenshot_cli_writes_svg(tmp_path):
     from app_tui.main import main
 
@@ -370,6 +452,35 @@ def test_settings_and_heatmap_helpers():
         build_parser().parse_args(["--precision", "fp16"])
     assert list(cell_indices(4, 10)) == [0, 0, 0, 1, 1, 2, 2, 2, 3, 3]  # every frame shown, width used
     assert list(cell_indices(10, 5)) == [0, 2, 4, 6, 8]
+
+
+def test_history_guidance_setting_parses(monkeypatch):
+    good = {"s": "5", "frames": "32", "steps": "50", "context": "8", "seed": "0"}
+    assert Settings().history_guidance is None
+    assert parse_settings(good).history_guidance is None  # absent: the model's own
+    for blank in ("", "  "):
+        assert parse_settings({**good, "history_guidance": blank}).history_guidance is None
+    for text, weight in (("3", 3.0), (" 1.5 ", 1.5), ("0", 0.0), ("1", 1.0), ("2e0", 2.0)):
+        parsed = parse_settings({**good, "history_guidance": text}).history_guidance
+        assert parsed == weight and isinstance(parsed, float), text
+    for bad in ("-1", "-0.5", "nan", "inf", "1e999", "abc", "1,5"):
+        with pytest.raises(SettingsError) as err:
+            parse_settings({**good, "history_guidance": bad})
+        assert err.value.field == "history_guidance", bad
+        assert str(err.value) == (f"history guidance must be a number >= 0 (1 = off), or blank for the "
+                                  f"model's own, got {bad!r}")
+    from app_tui.main import build_parser, main
+
+    parser = build_parser()
+    assert parser.parse_args([]).history_guidance is None
+    assert parser.parse_args(["--history-guidance", "2.5"]).history_guidance == 2.5
+    for bad in ("-1", "nan", "abc"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--history-guidance", bad])
+    assert "--history-guidance W" in parser.format_help()
+    made: list[ArdiffApp] = []
+    monkeypatch.setattr(ArdiffApp, "run", lambda app, *args, **kwargs: made.append(app) or [])
+    assert main(["--no-images", "--history-guidance", "2"]) == 0 and made[0].initial.history_guidance == 2.0
 
 
 def test_settings_and_parsers_do_not_load_torch():
