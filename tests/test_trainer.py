@@ -414,6 +414,28 @@ def test_init_dit_continues_a_dit_on_its_own_latents(vae_run, dit_run, tmp_path)
         cfg_for("vae-image", f"init_dit={packaged}")
 
 
+def test_init_dit_other_vae_warm_starts_on_another_vaes_latents(dit_run, tmp_path):
+    """init_dit_other_vae takes the weights of a DiT trained on another VAE's latents as a starting point only:
+    the recipe is this run's VAE's, and the package names the stage a warm start."""
+    from engine.checkpoint import load_checkpoint
+
+    packaged = tmp_path / "m.safetensors"
+    assert cli.main(["package", "--diffusion", str(dit_run.run_dir), "-o", str(packaged)]) == 0
+    source = load_checkpoint(packaged).dit.state_dict()
+    other = train(cfg_for("vae-image", "max_steps=1", "seed=9"), tmp_path / "other-vae")
+    warm = train(cfg_for("diffusion", f"vae={other.run_dir}", f"init_dit={packaged}", "init_dit_other_vae=true",
+                         "max_steps=1", "lr=1e-12", "warmup_steps=0"), tmp_path / "warm")
+    run = load_run(warm.run_dir)
+    assert all(torch.allclose(run.model[k], v, atol=1e-6) for k, v in source.items())
+    assert [r["stage"] for r in run.meta["recipe"]] == ["vae-image", "diffusion"]  # not the source's past
+    assert run.meta["recipe"][-1]["init_dit_other_vae"] is True
+    out = tmp_path / "warm.safetensors"
+    assert cli.main(["package", "--diffusion", str(warm.run_dir), "-o", str(out)]) == 0
+    assert load_checkpoint(out).meta["steps"] == {"vae-image": 1, "diffusion (warm start)": 1}
+    with pytest.raises(ConfigError, match="needs init_dit"):
+        cfg_for("diffusion", "init_dit_other_vae=true")
+
+
 def test_a_folder_with_bad_files_trains_and_reports_them(vae_run, tmp_path, capsys):
     from engine.video_io import write_video
     from trainer.data import DatasetWarning

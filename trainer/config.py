@@ -100,6 +100,8 @@ class TrainConfig:
     #   folded into the frozen (local-latent) VAE's layers (ARVAE.scale_latent_channels) and packaged with it
     init_dit: str = ""  # diffusion: start the DiT from the EMA weights of a packaged checkpoint or a diffusion run
     #   (training it further, with fresh optimizer state); its latents must be this run's VAE's
+    init_dit_other_vae: bool = False  # init_dit's DiT may have learned another VAE's latents: a warm start for a
+    #   DiT on a VAE trained further from that one (close latents); the recipe is then this run's VAE's
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -221,6 +223,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"config key 'lr' must be > 0, got {cfg.lr}")
     if cfg.init_dit and cfg.stage != "diffusion":
         raise ConfigError(f"config key 'init_dit' is for the diffusion stage, not {cfg.stage}")
+    if cfg.init_dit_other_vae and not cfg.init_dit:
+        raise ConfigError("config key 'init_dit_other_vae' needs init_dit (the DiT to start from)")
     if not 0.0 <= cfg.ema_decay < 1.0:
         raise ConfigError(f"config key 'ema_decay' must be in [0, 1), got {cfg.ema_decay}")
     if not 0.0 <= cfg.clean_prefix_p <= 1.0:

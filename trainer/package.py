@@ -95,6 +95,8 @@ def steps_by_stage(recipe: list[dict]) -> dict[str, int]:
 
 
 def _stage_name(record: dict) -> str:
+    if record.get("init_dit_other_vae"):
+        return record["stage"] + " (warm start)"
     if record.get("init_dit") or (record["stage"] == "vae-image" and record.get("vae")):
         return record["stage"] + " (continued)"
     return record["stage"] + (" (decoder only)" if record.get("train_encoder") is False else "")

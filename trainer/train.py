@@ -245,19 +245,22 @@ def load_diffusion_source(path: str) -> DiffusionSource:
                            run.train_config.ema_decay)
 
 
-def init_dit_from(dit: DiT, path: str, model_cfg: ModelConfig, vae_src: VAESource) -> list[dict]:
+def init_dit_from(dit: DiT, path: str, model_cfg: ModelConfig, vae_src: VAESource, other_vae: bool = False
+                  ) -> list[dict]:
     """Load the DiT at `path` (init_dit) into `dit`; return the recipe stages it went through.
 
-    Only a DiT trained on this run's latents may be continued: the same encoder and latent scale."""
+    Only a DiT trained on this run's latents may be continued (the same encoder and latent scale), unless
+    `other_vae` (init_dit_other_vae): a warm start."""
     src = load_diffusion_source(path)
     if src.model_config.to_dict() != model_cfg.to_dict():
         raise ConfigError(f"init_dit: the DiT at {path} (preset {src.model_config.name!r}) has another model "
                           f"config than this run's; set preset= and the model keys to its own")
     used = src.meta.get("vae_source") or {}
-    if (used.get("encoder_digest"), used.get("latent_scale")) != (vae_src.info["encoder_digest"],
-                                                                    vae_src.info["latent_scale"]):
+    if not other_vae and (used.get("encoder_digest"), used.get("latent_scale")) != (
+            vae_src.info["encoder_digest"], vae_src.info["latent_scale"]):
         raise ConfigError(f"init_dit: the DiT at {path} was trained on the latents of another VAE "
-                          f"({used.get('path')}) than this run's vae; give the VAE it was trained with")
+                          f"({used.get('path')}) than this run's vae; give the VAE it was trained with, or set "
+                          f"init_dit_other_vae = true for a warm start")
     dit.load_state_dict(src.ema)
     return list(src.meta.get("recipe", []))
 
@@ -560,9 +563,13 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
         model = DiT(model_cfg)
         if cfg.init_dit:
             # the stages before this one are the continued DiT's own (its VAE's, then its diffusion runs)
-            recipe = init_dit_from(model, cfg.init_dit, model_cfg, vae_src)
-            stages = ", ".join(f"{r['stage']} {r['steps']:,} steps" for r in recipe)
-            log.info(f"the DiT continues from {cfg.init_dit} ({stages})")
+            source_recipe = init_dit_from(model, cfg.init_dit, model_cfg, vae_src, cfg.init_dit_other_vae)
+            if cfg.init_dit_other_vae:  # a warm start: what it learned on other latents is not this model's past
+                log.info(f"the DiT starts from {cfg.init_dit} (trained on another VAE's latents)")
+            else:
+                recipe = source_recipe
+                stages = ", ".join(f"{r['stage']} {r['steps']:,} steps" for r in recipe)
+                log.info(f"the DiT continues from {cfg.init_dit} ({stages})")
         trainable = list(model.parameters())
         groups = [{"params": trainable, "lr_scale": 1.0}]
         schedule = DiffusionSchedule(model_cfg.diffusion.num_timesteps, model_cfg.diffusion.beta_start,
@@ -661,7 +668,7 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
                                 cfg.num_workers, autocast, lambda _: None)
         dataset = LatentDataset(latents)
 
-    if not (cfg.stage == "diffusion" and cfg.init_dit):
+    if not (cfg.stage == "diffusion" and cfg.init_dit and not cfg.init_dit_other_vae):
         # a packaged checkpoint's recipe ends with the diffusion stage of its own DiT: not this run's past
         recipe = [r for r in (vae_src.info.get("recipe", []) if vae_src is not None else [])
                   if r["stage"] != "diffusion"]
@@ -694,6 +701,8 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
                             prediction=cfg.prediction, attention=cfg.attention)
                 if cfg.init_dit:
                     this.update(init_dit=str(Path(cfg.init_dit).resolve()))
+                    if cfg.init_dit_other_vae:
+                        this.update(init_dit_other_vae=True)
             meta = {
                 "format": STATE_FORMAT, "version": STATE_VERSION, "stage": cfg.stage, "step": step_now,
                 "data_position": {"epoch": epoch, "batch": batch_in_epoch},
