@@ -562,11 +562,10 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
         frozen_vae = vae_src.vae.to(device).eval().requires_grad_(False)
         model = DiT(model_cfg)
         if cfg.init_dit:
-            # the stages before this one are the continued DiT's own (its VAE's, then its diffusion runs)
             source_recipe = init_dit_from(model, cfg.init_dit, model_cfg, vae_src, cfg.init_dit_other_vae)
             if cfg.init_dit_other_vae:  # a warm start: what it learned on other latents is not this model's past
                 log.info(f"the DiT starts from {cfg.init_dit} (trained on another VAE's latents)")
-            else:
+            else:  # the stages before this one are the continued DiT's own (its VAE's, then its diffusion runs)
                 recipe = source_recipe
                 stages = ", ".join(f"{r['stage']} {r['steps']:,} steps" for r in recipe)
                 log.info(f"the DiT continues from {cfg.init_dit} ({stages})")
