@@ -34,7 +34,7 @@ def load_model(checkpoint: str, device: str, export_dir: str | None = None,
     from engine.pipeline import load_pipeline
 
     if export_dir:
-        from engine.export import read_manifest
+        from engine.backends.export import read_manifest
 
         backend = read_manifest(export_dir)["backend"]
         # The graphs run at the precision they were exported with; the person's choice (kept for checkpoints)

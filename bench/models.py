@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from bench.common import header, median_time  # noqa: E402
-from engine.compiled import CompiledDiT  # noqa: E402
+from engine.backends.compiled import CompiledDiT  # noqa: E402
 from engine.diffusion import DiffusionSchedule  # noqa: E402
 from engine.models import build_models, get_preset  # noqa: E402
 from engine.models.dit import KVCache  # noqa: E402

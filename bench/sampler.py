@@ -28,14 +28,14 @@ import torch  # noqa: E402
 
 from bench.common import header  # noqa: E402
 from bench.export import get_export, make_checkpoint  # noqa: E402
-from engine import export as E  # noqa: E402
+from engine.backends import export as E  # noqa: E402
 from engine.checkpoint import Checkpoint, load_checkpoint  # noqa: E402
-from engine.compiled import CompiledDiT  # noqa: E402
+from engine.backends.compiled import CompiledDiT  # noqa: E402
 from engine.diffusion import DiffusionSchedule  # noqa: E402
 from engine.pipeline import FrameReady, Pipeline  # noqa: E402
 from engine.schedulers import ADScheduler  # noqa: E402
 from engine.sampling import make_sampler  # noqa: E402
-from engine.step_dit import StepDiT  # noqa: E402
+from engine.backends.step_dit import StepDiT  # noqa: E402
 
 
 def autocast(dtype: str):

@@ -353,7 +353,7 @@ def _parse_paths(text: str) -> str | list[str]:
 
 
 def cmd_eval_fvd(args: argparse.Namespace) -> int:
-    from engine.evaluate import fvd_between_files, load_fvd_network, video_paths
+    from engine.evaluation.continuation import fvd_between_files, load_fvd_network, video_paths
     from engine.metrics.i3d import MIN_FRAMES
 
     real, fake = _parse_paths(args.real), _parse_paths(args.fake)
@@ -379,7 +379,7 @@ def cmd_eval_fvd(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_continue(args: argparse.Namespace) -> int:
-    from engine.evaluate import evaluate_continuation, load_clips, load_fvd_network, parse_s_values, write_reports
+    from engine.evaluation.continuation import evaluate_continuation, load_clips, load_fvd_network, parse_s_values, write_reports
     from engine.pipeline import load_pipeline
 
     _check_positive("--frames", args.frames)
@@ -416,9 +416,9 @@ def cmd_eval_continue(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_vae(args: argparse.Namespace) -> int:
-    from engine.evaluate import load_clips
+    from engine.evaluation.continuation import load_clips
     from engine.pipeline import load_pipeline
-    from engine.reconstruction import evaluate_reconstruction, write_reconstruction_report
+    from engine.evaluation.reconstruction import evaluate_reconstruction, write_reconstruction_report
 
     _check_positive("--frames", args.frames)
     if Path(args.output).exists() and not Path(args.output).is_dir():

@@ -112,13 +112,13 @@ class Pipeline:
         self.vae, self.dit = self.checkpoint.vae.to(self.device).eval(), self.checkpoint.dit.to(self.device).eval()
         self.exported = None
         if self.backend == "compile":
-            from engine.compiled import CompiledDiT
+            from engine.backends.compiled import CompiledDiT
 
             self.dit = CompiledDiT(self.dit)
             with self._autocast():
                 self.dit.warm_up()  # compile before the first event; a machine that cannot compile fails here
         elif self.backend != "eager":
-            from engine.export import load_exported
+            from engine.backends.export import load_exported
 
             self.exported = load_exported(self.export_dir, self.checkpoint, self.backend, self.device)
             self.dit, self.vae = self.exported.dit, self.exported.vae  # stand-ins with the same interface
@@ -211,7 +211,7 @@ class Pipeline:
         if steps > self.schedule.T:
             raise ValueError(f"steps must be <= {self.schedule.T}, got {steps}")
         if self.exported is not None and sampler_name != "cached":
-            from engine.export import ExportError
+            from engine.backends.export import ExportError
 
             raise ExportError(f"the {self.backend} graphs run the cached sampler only; sampler={sampler_name!r} "
                               f"needs backend='eager'")
@@ -278,7 +278,7 @@ def load_pipeline(checkpoint: str | Path | Checkpoint | None = None, device: str
             raise ValueError(f"export_dir is for the exported backends (aoti, onnx, tensorrt), not {backend!r}")
         dev, dtype = resolve_device(device, precision)
     else:
-        from engine.export import check_backend_args
+        from engine.backends.export import check_backend_args
 
         manifest = check_backend_args(backend, export_dir, device)
         if precision not in ("auto", manifest["dtype"]):

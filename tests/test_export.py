@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine import export as E
+from engine.backends import export as E
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.diffusion import DiffusionSchedule
-from engine.export_cli import main as export_main
+from engine.backends.export_cli import main as export_main
 from engine.models.dit import KVCache
 from engine.pipeline import Pipeline, load_pipeline
 from engine.sampling import make_sampler

@@ -409,7 +409,7 @@ def test_screenshot_mid_generation(qapp, tmp_path, tiny_checkpoint, capsys):
 
 def test_sampling_with_an_export_dir(qtbot, make_window, tiny_checkpoint, tmp_path, monkeypatch):
     """Model > Open export dir: the pipeline runs the exported graphs (ONNX: the quickest export here)."""
-    from engine.export import export
+    from engine.backends.export import export
 
     out = tmp_path / "onnx"
     export(tiny_checkpoint, out, "onnx", device="cpu", dtype="fp32", log=lambda _: None)

@@ -48,7 +48,7 @@ from engine.atomic import atomic_path
 from engine.checkpoint import Checkpoint, load_checkpoint
 from engine.errors import ArdiffError
 from engine.pipeline import parse_device
-from engine.step_dit import StepDiT
+from engine.backends.step_dit import StepDiT
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "ardiff-export"

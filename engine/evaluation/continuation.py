@@ -474,7 +474,7 @@ def score_frames(real: np.ndarray, fake: np.ndarray) -> tuple[np.ndarray, np.nda
 
 def _autoencoder_row(pipe, fitted: list[np.ndarray], context: int) -> tuple[RunResult, list[np.ndarray]]:
     """The AR-VAE reference: every fitted clip (context + truth) encoded and decoded, scored on the truth."""
-    from engine.reconstruction import reconstruct
+    from engine.evaluation.reconstruction import reconstruct
 
     psnrs, ssims, videos = [], [], []
     for clip in fitted:

@@ -25,7 +25,7 @@ from torch._inductor import config as inductor_config
 
 from engine.errors import ArdiffError, one_line
 from engine.models.dit import ConditioningTable, KVCache
-from engine.step_dit import StepDiT
+from engine.backends.step_dit import StepDiT
 
 # Weights become constants (folded, pre-packed for the CPU GEMM kernels), GEMMs are autotuned among ATen,
 # Inductor's C++ micro-kernels and (on CUDA) Triton, and the graph's wrapper is C++ (no Python between its ~50

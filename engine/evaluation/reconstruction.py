@@ -61,7 +61,7 @@ def reconstruct(pipe, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def evaluate_reconstruction(pipe, clips: Sequence, progress: Callable[[int, int, str], None] | None = None
                             ) -> ReconstructionResult:
     """Reconstruct every clip (``Clip`` objects or uint8 arrays of equal length) and score each frame."""
-    from engine.evaluate import Clip, score_frames
+    from engine.evaluation.continuation import Clip, score_frames
 
     clips = [c if isinstance(c, Clip) else Clip(f"clip{i}", np.asarray(c)) for i, c in enumerate(clips)]
     if not clips:
