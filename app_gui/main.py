@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from engine.precision import PRECISIONS
+from engine.run import PRECISIONS
 
 SCREENSHOT_SIZE = (1280, 800)
 

@@ -18,7 +18,7 @@ from PySide6.QtWidgets import (
 )
 
 from app_gui.settings import DEVICES
-from engine.precision import PRECISIONS
+from engine.run import PRECISIONS
 
 DEVICE_LABELS = {"auto": "Auto", "cpu": "CPU", "cuda": "CUDA"}
 PRECISION_LABELS = {"auto": "Auto", "fp32": "float32", "bf16": "bfloat16"}

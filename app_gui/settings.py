@@ -14,7 +14,7 @@ from pathlib import Path
 
 import platformdirs
 
-from engine.precision import PRECISIONS
+from engine.run import PRECISIONS
 
 APP_NAME = "ardiff"
 FILE_NAME = "gui.json"

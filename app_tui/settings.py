@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import ArdiffError
-from engine.precision import PRECISIONS
+from engine.run import PRECISIONS
 
 DEVICES = ("auto", "cpu", "cuda")
 # One wording for --help, the form's tooltip and the help screen.

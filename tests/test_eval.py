@@ -202,7 +202,7 @@ def test_eval_continue_no_fvd_and_inf_psnr_in_json(tmp_path, capsys, tiny_checkp
     ("empty", "holds no videos"),
     ("missing", "no such file or folder"),
     ("s", "--s takes comma-separated integers"),
-    ("context", "--context 16 is longer than the model allows"),
+    ("context", "--context: context must be 1..15 frames"),
     ("output", "is a file; eval writes a folder"),
 ])
 def test_eval_continue_errors(tmp_path, capsys, tiny_checkpoint, clip_dir, case, message):

@@ -21,7 +21,7 @@ from app_gui.heatmap import schedule_levels
 from app_gui.settings import Settings, config_path
 import app_gui.window as window_mod  # noqa: E402
 from app_gui.window import MainWindow
-import engine.pipeline as pipeline_mod
+import engine.device as device_mod
 from engine.pipeline import Done, FrameReady, Progress
 from engine.video_io import list_frame_files, read_video, write_video
 
@@ -108,7 +108,7 @@ def choose(qtbot, combo, value: str, signal) -> list:
 def native_bf16(monkeypatch, native: bool) -> None:
     """Pretend this CPU has (or lacks) native bfloat16, so "auto" would pick the other precision than the
     one a test chooses: the choice, not the machine, must decide."""
-    monkeypatch.setattr(pipeline_mod, "cpu_supports_bf16", lambda: native)
+    monkeypatch.setattr(device_mod, "cpu_supports_bf16", lambda: native)
 
 
 # --------------------------------------------------------------------------- the main path

@@ -17,6 +17,7 @@ from rich.segment import Segment  # noqa: E402
 from textual import events  # noqa: E402
 from textual.widgets import Footer, Header, Input  # noqa: E402
 
+import engine.device as device_mod  # noqa: E402
 import engine.pipeline as pipeline_mod  # noqa: E402
 from app_tui.app import ArdiffApp  # noqa: E402
 from app_tui.render import ASCII_RAMP  # noqa: E402
@@ -326,7 +327,7 @@ async def test_precision_from_the_command_line_and_the_form(tiny_checkpoint, mon
     assert main([*args, "--precision", "fp32", str(DEMO)]) == 0
     (app,) = made
     # Pretend the CPU has native bfloat16, so "auto" would not be float32: the choice must decide.
-    monkeypatch.setattr(pipeline_mod, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(device_mod, "cpu_supports_bf16", lambda: True)
     async with app.run_test(size=(120, 36)) as pilot:
         await app.load_worker.wait()
         assert app.query_one("#set-precision").value == "fp32" and app.read_settings().precision == "fp32"
@@ -335,7 +336,7 @@ async def test_precision_from_the_command_line_and_the_form(tiny_checkpoint, mon
         assert app.pipes._pipe.autocast_dtype is None
         assert any("on cpu, float32," in m for m in app.messages)  # describe(), in the log
 
-        monkeypatch.setattr(pipeline_mod, "cpu_supports_bf16", lambda: False)  # now "auto" is float32
+        monkeypatch.setattr(device_mod, "cpu_supports_bf16", lambda: False)  # now "auto" is float32
         app.query_one("#set-precision").value = "bf16"
         seen = len(app.messages)
         await generate(pilot)  # a new precision loads the model again

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from engine.errors import ArdiffError
+from engine.run import RunRequest
 
 __all__ = [
     "FVD_DEFINITION",
@@ -508,13 +509,10 @@ def evaluate_continuation(pipe, clips: Sequence[Clip | np.ndarray], context: int
     from engine.pipeline import Done, Progress
     from engine.video_io import fit_frames
 
-    if not isinstance(context, (int, np.integer)) or not isinstance(frames, (int, np.integer)):
-        raise ArdiffError("context and frames must be integers")
-    if context < 1 or frames < 1:
-        raise ArdiffError(f"context and frames must be at least 1, got {context} and {frames}")
-    if context > pipe.window - 1:
-        raise ArdiffError(f"--context {context} is longer than the model allows: at most {pipe.window - 1} "
-                          f"(window {pipe.window} minus one new frame)")
+    # the run every clip and s shares, checked against the model before anything is read or sampled
+    base = RunRequest(new_frames=frames, context=context, steps=steps, seed=seed, sampler=sampler,
+                      min_context=min_context, history_guidance=history_guidance)
+    pipe.check(base)
     s_values = parse_s_values(s_values)
     clips = [c if isinstance(c, Clip) else Clip(f"clip{i}", np.asarray(c)) for i, c in enumerate(clips)]
     if not clips:
@@ -568,7 +566,7 @@ def evaluate_continuation(pipe, clips: Sequence[Clip | np.ndarray], context: int
         return row
 
     if warmup:  # one tiny untimed run so lazy initialisation does not land on the first timed clip
-        for _ in pipe.continue_video(contexts[0], num_new_frames=1, s=0, steps=1, seed=seed, sampler=sampler):
+        for _ in pipe.continue_video(contexts[0], num_new_frames=1, s=0, steps=1, seed=seed, sampler=base.sampler):
             pass
 
     runs: list[RunResult] = []
@@ -583,8 +581,8 @@ def evaluate_continuation(pipe, clips: Sequence[Clip | np.ndarray], context: int
             start = time.perf_counter()
             done = None
             for event in pipe.continue_video(ctx, num_new_frames=frames, s=s, steps=steps, seed=seed + i,
-                                             history_guidance=history_guidance,
-                                             sampler=sampler, min_context=min_context):
+                                             history_guidance=base.history_guidance,
+                                             sampler=base.sampler, min_context=base.min_context):
                 if isinstance(event, Progress):
                     report("rows", event.row, event.total_rows, label)
                 elif isinstance(event, Done):
