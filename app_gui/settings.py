@@ -14,12 +14,11 @@ from pathlib import Path
 
 import platformdirs
 
-from engine.run import PRECISIONS
+from engine.run import DEVICES, PRECISIONS, RunRequest
 
 APP_NAME = "ardiff"
 FILE_NAME = "gui.json"
 MAX_RECENT = 8
-DEVICES = ("auto", "cpu", "cuda")
 MODEL_HISTORY_GUIDANCE = -1.0  # stored history guidance for "the model's own" (the CLI's default, None)
 
 
@@ -32,17 +31,17 @@ def config_path() -> Path:
 class Settings:
     """Everything the window restores on start. Field defaults are the first-run values."""
 
-    s: int = 5
-    new_frames: int = 16
-    steps: int = 50
-    context: int = 8
-    seed: int = 0
-    guidance: float = 1.0
+    s: int = RunRequest.s
+    new_frames: int = RunRequest.new_frames
+    steps: int = RunRequest.steps
+    context: int = RunRequest.context
+    seed: int = RunRequest.seed
+    guidance: float = RunRequest.guidance_scale
     history_guidance: float = MODEL_HISTORY_GUIDANCE  # >= 0: x0 = free + w (x0 - free); 1 = off
     class_label: int = -1  # -1: unconditional
     checkpoint: str = ""  # "" = the embedded default model
-    device: str = "auto"
-    precision: str = "auto"  # "auto" | "fp32" | "bf16", as load_pipeline takes it
+    device: str = RunRequest.device
+    precision: str = RunRequest.precision  # "auto" | "fp32" | "bf16", as load_pipeline takes it
     recent: list[str] = field(default_factory=list)
     last_dir: str = ""
     save_dir: str = ""

@@ -352,7 +352,7 @@ def _parse_paths(text: str) -> str | list[str]:
 
 
 def cmd_eval_fvd(args: argparse.Namespace) -> int:
-    from engine.evaluation.continuation import fvd_between_files, load_fvd_network, video_paths
+    from engine.evaluation.fvd_runs import fvd_between_files, load_fvd_network, video_paths
     from engine.metrics.i3d import MIN_FRAMES
 
     real, fake = _parse_paths(args.real), _parse_paths(args.fake)
@@ -378,13 +378,10 @@ def cmd_eval_fvd(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_continue(args: argparse.Namespace) -> int:
-    from engine.evaluation.continuation import (
-        evaluate_continuation,
-        load_clips,
-        load_fvd_network,
-        parse_s_values,
-        write_reports,
-    )
+    from engine.evaluation.clips import load_clips
+    from engine.evaluation.continuation import evaluate_continuation, parse_s_values
+    from engine.evaluation.fvd_runs import load_fvd_network
+    from engine.evaluation.reports import write_reports
     from engine.pipeline import load_pipeline
 
     request = RunRequest(new_frames=args.frames, context=args.context, steps=args.steps, seed=args.seed,
@@ -419,9 +416,9 @@ def cmd_eval_continue(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_vae(args: argparse.Namespace) -> int:
-    from engine.evaluation.continuation import load_clips
-    from engine.pipeline import load_pipeline
+    from engine.evaluation.clips import load_clips
     from engine.evaluation.reconstruction import evaluate_reconstruction, write_reconstruction_report
+    from engine.pipeline import load_pipeline
 
     if args.frames < 1:
         raise ArdiffError(f"--frames must be at least 1, got {args.frames}")

@@ -23,6 +23,7 @@ from engine.checkpoint import Checkpoint, load_checkpoint, sampling_defaults
 from engine.device import cpu_supports_bf16, describe_precision, parse_device, resolve_device  # noqa: F401
 from engine.diffusion import DiffusionSchedule
 from engine.errors import RunError
+from engine.frames import frames_to_tensor, tensor_to_frames
 from engine.run import Plan, RunRequest, check_precision, plan_rows, scheduler_for
 from engine.sampling import SamplerStats, make_sampler
 from engine.video_io import describe_fit, fit_frames
@@ -89,7 +90,7 @@ class Pipeline:
             from engine.backends.compiled import CompiledDiT
 
             self.dit = CompiledDiT(self.dit)
-            with self._autocast():
+            with self.autocast():
                 self.dit.warm_up()  # compile before the first event; a machine that cannot compile fails here
         elif self.backend != "eager":
             from engine.backends.export import load_exported
@@ -117,7 +118,8 @@ class Pipeline:
         return (f"{self.config.name} model {source} ({self.resolution}x{self.resolution}, window {self.window}"
                 f"{guidance}) on {self.device}, {precision}, backend {self.backend}{backend}")
 
-    def _autocast(self):
+    def autocast(self):
+        """The autocast context this pipeline's models run under (a no-op for float32)."""
         if self.autocast_dtype is None:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
@@ -131,8 +133,8 @@ class Pipeline:
     def encode_frames(self, frames: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
         """uint8 [N, H, W, 3] at any size -> (fitted uint8 frames, latents [1, N, L, D])."""
         frames = fit_frames(np.asarray(frames), self.resolution)
-        x = torch.from_numpy(frames).to(self.device).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)[None]
-        with self._autocast():
+        x = frames_to_tensor(frames).to(self.device)[None]
+        with self.autocast():
             latents = self.vae.encode(x)
         return frames, latents.float()
 
@@ -228,11 +230,11 @@ class Pipeline:
         noise = torch.randn(1, num_new, L, D, generator=generator).to(self.device)
         video = list(plan.context)
         decoder = self.vae.start_decode()
-        with self._autocast():
+        with self.autocast():
             for i in range(num_context):  # the decoder's temporal memory starts from the real clip
                 self.vae.decode_next(context[:, i], decoder)
         for step in sampler.sample(context, noise, label, cancel):
-            with self._autocast():
+            with self.autocast():
                 images = [self._decode(step.latents[:, i], decoder) for i in range(len(step.clean_frames))]
             for index, image in zip(step.clean_frames, images):
                 video.append(image)
@@ -244,13 +246,7 @@ class Pipeline:
         yield Done(out, num_context, sampler.stats, time.perf_counter() - start, cancelled)
 
     def _decode(self, latent: torch.Tensor, state) -> np.ndarray:
-        return to_uint8_frames(self.vae.decode_next(latent, state)[0])
-
-
-def to_uint8_frames(x: torch.Tensor) -> np.ndarray:
-    """Decoder output [..., 3, H, W] in [-1, 1] -> uint8 [..., H, W, 3] (rounded, clipped)."""
-    out = x.float().add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
-    return out.movedim(-3, -1).cpu().numpy()
+        return tensor_to_frames(self.vae.decode_next(latent, state)[0])
 
 
 def load_pipeline(checkpoint: str | Path | Checkpoint | None = None, device: str = "auto", backend: str = "eager",

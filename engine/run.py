@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 DEVICES = ("auto", "cpu", "cuda")  # and "cuda:N"
 DEVICE_LABELS = {"auto": "Auto", "cpu": "CPU", "cuda": "CUDA"}
 PRECISIONS = ("auto", "fp32", "bf16")
-PRECISION_LABELS = {"auto": "auto", "fp32": "float32", "bf16": "bfloat16"}
+PRECISION_LABELS = {"auto": "Auto", "fp32": "float32", "bf16": "bfloat16"}
 # One wording for --help, the forms' tooltips and the help screens.
 PRECISION_HELP = ("auto: bfloat16 where the CPU/GPU does it natively, else float32; "
                   "fp32: the same result on every machine; bf16: always bfloat16")
@@ -30,6 +30,17 @@ BACKENDS = ("eager", "compile", "aoti", "onnx", "tensorrt")
 EXPORTED_BACKENDS = ("aoti", "onnx", "tensorrt")  # graphs ardiff-export wrote; they run the cached sampler only
 SAMPLERS = ("cached", "reference")
 DEFAULT_FPS = 8.0  # the rate of a video made from nothing (a continued clip keeps its own)
+
+
+def clock(seconds: float) -> str:
+    """A run's duration for people, as every surface shows it: '4.2 s' under ten seconds, else 'm:ss', and
+    'hhmm' past an hour (e.g. '1h05')."""
+    if seconds < 10:
+        return f"{max(0.0, seconds):.1f} s"
+    seconds = round(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds // 60 % 60:02d}"
+    return f"{seconds // 60}:{seconds % 60:02d}"
 
 
 def check_precision(precision: str) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from engine.checkpoint import ASSETS_DIR, DEFAULT_CHECKPOINT_NAME, load_checkpoint
-from engine.evaluation.continuation import score_frames
+from engine.metrics.image import score_frames
 from engine.video_io import fit_frames, read_video
 
 MODEL = ASSETS_DIR / DEFAULT_CHECKPOINT_NAME

@@ -11,17 +11,16 @@ from PIL import Image
 
 from engine.cli import main
 from engine.errors import ArdiffError
+from engine.evaluation.clips import Clip
 from engine.evaluation.continuation import (
     AUTOENCODER_NAME,
     BASELINE_NAME,
-    Clip,
     evaluate_continuation,
-    fvd_between_files,
     horizons_for,
     parse_s_values,
-    video_features,
-    write_reports,
 )
+from engine.evaluation.fvd_runs import fvd_between_files, video_features
+from engine.evaluation.reports import write_reports
 from engine.video_io import fit_frames, write_video
 from trainer.synthetic import bouncing_clip
 
@@ -333,7 +332,7 @@ def test_reports_from_python(tmp_path, tiny_pipe):
 
 
 def test_load_clips_per_video_takes_consecutive_non_overlapping_clips(tmp_path):
-    from engine.evaluation.continuation import load_clips
+    from engine.evaluation.clips import load_clips
 
     frames = np.stack([np.full((16, 16, 3), i * 9, np.uint8) for i in range(25)])  # frame i has value 9 i
     write_video(tmp_path / "a", frames)
