@@ -1,7 +1,8 @@
 """The parameter panel: s, new frames, steps, context, seed, history guidance, class and guidance, each with
 a short hint.
 
-Only widgets and their limits live here; the window reads `values()` when Generate is pressed.
+Only widgets and their limits live here; the window reads them when Generate is pressed (`history_guidance_value`,
+`class_value`) and keeps them between runs with `load` / `store`.
 """
 
 from __future__ import annotations

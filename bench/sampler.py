@@ -61,7 +61,7 @@ def time_sampler(name, dit, cfg, N, s, steps, dtype, repeats=1):
         sampler = make_sampler(name, dit, DiffusionSchedule(), ADScheduler(steps, s, cfg.window, 1))
         start = time.perf_counter()
         with torch.no_grad(), autocast(dtype):
-            for _ in sampler.sample(noise[:, :0], noise):
+            for _ in sampler.denoise(noise[:, :0], noise):
                 pass
         times.append(time.perf_counter() - start)
     return float(np.median(times)), sampler

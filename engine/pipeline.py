@@ -233,7 +233,7 @@ class Pipeline:
         with self.autocast():
             for i in range(num_context):  # the decoder's temporal memory starts from the real clip
                 self.vae.decode_next(context[:, i], decoder)
-        for step in sampler.sample(context, noise, label, cancel):
+        for step in sampler.denoise(context, noise, label, cancel):
             with self.autocast():
                 images = [self._decode(step.latents[:, i], decoder) for i in range(len(step.clean_frames))]
             for index, image in zip(step.clean_frames, images):
