@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
 )
 
 from app_gui.settings import MODEL_HISTORY_GUIDANCE, Settings
+from engine.run import MINIMUMS
 
 MAX_SEED = 2**31 - 1
 MODE_CONTINUE, MODE_GENERATE = 0, 1
@@ -65,23 +66,23 @@ class ParameterPanel(QWidget):
         form.addRow("", self.s_hint)
 
         self.new_frames = QSpinBox()
-        self.new_frames.setRange(1, 512)
+        self.new_frames.setRange(MINIMUMS["new_frames"], 512)
         self.new_frames.setToolTip("How many frames to add")
         form.addRow("New frames", self.new_frames)
 
         self.steps = QSpinBox()
-        self.steps.setRange(1, 1000)
+        self.steps.setRange(MINIMUMS["steps"], 1000)
         self.steps.setToolTip("Denoising steps per frame: more is slower and usually cleaner")
         self.steps.valueChanged.connect(self._steps_changed)
         form.addRow("Sampling steps", self.steps)
 
         self.context = QSpinBox()
-        self.context.setRange(1, 15)
+        self.context.setRange(MINIMUMS["context"], 15)  # the maximum follows the model: set_limits
         self.context.setToolTip("How many frames from the end of the clip the model looks at")
         form.addRow("Context frames", self.context)
 
         self.seed = QSpinBox()
-        self.seed.setRange(0, MAX_SEED)
+        self.seed.setRange(MINIMUMS["seed"], MAX_SEED)
         self.seed.setToolTip("Same seed + same settings = same result")
         self.dice = QToolButton()
         self.dice.setText("Random")  # words, not a dice emoji: emoji fonts are often missing
@@ -129,7 +130,7 @@ class ParameterPanel(QWidget):
 
     def set_limits(self, window: int, max_steps: int) -> None:
         """Clamp context to window - 1 (one new frame must fit) and steps to the model's timesteps."""
-        self.context.setMaximum(max(1, window - 1))
+        self.context.setMaximum(max(MINIMUMS["context"], window - 1))
         self.context.setToolTip(f"How many frames from the end of the clip the model looks at "
                                 f"(1..{window - 1}: the model sees {window} frames at a time)")
         self.steps.setMaximum(max(1, max_steps))
@@ -149,8 +150,8 @@ class ParameterPanel(QWidget):
 
     def _steps_changed(self, steps: int) -> None:
         # s >= steps is already frame by frame; larger values change nothing.
-        self.s_slider.setRange(0, steps)
-        self.s_spin.setRange(0, steps)
+        self.s_slider.setRange(MINIMUMS["s"], steps)
+        self.s_spin.setRange(MINIMUMS["s"], steps)
 
     def _mode_changed(self, mode: int) -> None:
         self.context.setEnabled(mode == MODE_CONTINUE)

@@ -350,24 +350,24 @@ class ArdiffApp(App[list[Path]]):
             self._on_failed(event)
 
     def _on_started(self, event: Started) -> None:
+        plan = self.plan = event.plan
         self.say(event.description)
-        if event.fit_note:
-            self.say(f"input {event.fit_note} for the model")
-        self.plan = event.plan
-        self.num_context, self.num_new = len(event.context), event.num_new
-        self.frames = list(event.context)
+        if plan.fit_note:
+            self.say(f"input {plan.fit_note} for the model")
+        self.num_context, self.num_new = plan.num_context, plan.num_new
+        self.frames = list(plan.context)
         self.last_done = None
         self._pending, self._pending_reset, self._newest, self._progress = [], False, None, None
         self.sub_title = f"{self.clip.summary() if self.clip else 'from nothing'} | {event.description}"
         self.main_screen.query_one("#filmstrip", Filmstrip).set_frames(self.frames, self.num_context)
         self.main_screen.query_one("#heatmap", ScheduleHeatmap).set_schedule(
-            event.schedule, event.steps, self.num_context)
+            plan.levels, plan.steps, self.num_context)
         if self.num_context:
             self.main_screen.query_one("#context-preview", FramePreview).show(
                 self.frames[-1], f"frame {self.num_context - 1}, as the model sees it")
         self.main_screen.query_one("#newest-preview", FramePreview).show(None)
         self.main_screen.query_one("#progress", ProgressBar).update(
-            total=event.schedule.shape[0] - 1, progress=0)
+            total=plan.total_rows, progress=0)
         self._stats(f"0/{self.num_new} frames")
 
     def _on_frame(self, event: FrameReady) -> None:

@@ -26,29 +26,7 @@ class Started:
     """The model is loaded and the run is planned: what the UI needs before the first frame."""
 
     description: str  # Pipeline.describe(), plus the form's history guidance when it overrides the model's
-    plan: Plan  # the engine's plan: fitted context, the rows' levels, the work per row
-
-    @property
-    def fit_note(self) -> str | None:
-        return self.plan.fit_note
-
-    @property
-    def context(self) -> np.ndarray:
-        """Fitted context frames, uint8 [C, R, R, 3] (C may be 0)."""
-        return self.plan.context
-
-    @property
-    def num_new(self) -> int:
-        return self.plan.num_new
-
-    @property
-    def schedule(self) -> np.ndarray:
-        """[rows + 1, C + new] DDIM levels, the whole run known in advance."""
-        return self.plan.levels
-
-    @property
-    def steps(self) -> int:
-        return self.plan.steps
+    plan: Plan  # the engine's plan: fitted context, the rows' levels (the whole run known in advance), work
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Forward time of the `default` models on this machine: the DiT over a full 16-frame window vs one active
 frame with a 15-frame K/V cache (the sampler's common case), eager and through `backend="compile"`
-(engine.compiled), and the VAE's incremental decode of one frame; float32 vs bfloat16 autocast. Random
+(engine.backends.compiled), and the VAE's incremental decode of one frame; float32 vs bfloat16 autocast. Random
 weights (timing does not depend on them)."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Reference vs cached sampler: wall time and frame-forwards for the `default` preset (random weights).
 
 The cached sampler runs eagerly and, with --backends, with its one-frame DiT calls compiled by torch.compile
-(`compile`, engine.compiled) or on the graphs `ardiff-export` writes (`aoti`, `onnx`): the reference stays
+(`compile`, engine.backends.compiled) or on the graphs `ardiff-export` writes (`aoti`, `onnx`): the reference stays
 eager, the oracle. Backend `null` stands in a DiT that costs nothing (it hands back its input and zero
 keys/values): its time is the sampler's own work, the floor under every other backend (its latents are
 not compared). Exports are made once into --workdir (shared with bench/export.py) and reused; the compile

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 
 from engine.errors import ArdiffError, RunError, one_line
-from engine.run import BACKENDS, DEVICES, PRECISIONS, SAMPLERS, RunRequest
+from engine.run import BACKENDS, DEVICES, PRECISION_HELP, PRECISIONS, SAMPLERS, RunRequest
 
 EXIT_USAGE = 2
 # RunRequest field -> the flag that sets it, so a bad value is named the way the person typed it
@@ -89,10 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_precision(p: argparse.ArgumentParser) -> None:
-    # checked by load_pipeline, so a wrong value is the one-line error every other bad input gets
-    p.add_argument("--precision", default=RunRequest.precision,
-                   help=f"{' | '.join(PRECISIONS)}; auto: bf16 autocast on CUDA and on CPUs with native bf16 "
-                        "(AMX/AVX512-BF16), else fp32")
+    # checked by RunRequest / load_pipeline, so a wrong value is the one-line error every other bad input gets
+    p.add_argument("--precision", default=RunRequest.precision, help=f"{' | '.join(PRECISIONS)}; {PRECISION_HELP}")
 
 
 def _add_history_guidance(p: argparse.ArgumentParser) -> None:

@@ -77,7 +77,7 @@ class Pipeline:
     device: torch.device
     autocast_dtype: torch.dtype | None = None
     notes: list[str] = field(default_factory=list)
-    backend: str = "eager"  # "eager" | "compile" (engine.compiled) | "aoti" | "onnx" | "tensorrt" (engine.export)
+    backend: str = "eager"  # "eager" | "compile" | "aoti" | "onnx" | "tensorrt" (engine.backends)
     export_dir: str | Path | None = None
 
     def __post_init__(self) -> None:
@@ -249,18 +249,24 @@ class Pipeline:
         return tensor_to_frames(self.vae.decode_next(latent, state)[0])
 
 
-def load_pipeline(checkpoint: str | Path | Checkpoint | None = None, device: str = "auto", backend: str = "eager",
-                  export_dir: str | Path | None = None, precision: str = "auto") -> Pipeline:
+def load_pipeline(checkpoint: str | Path | Checkpoint | None = None, device: str = "auto",
+                  backend: str | None = "eager", export_dir: str | Path | None = None,
+                  precision: str = "auto") -> Pipeline:
     """A pipeline for a checkpoint file (None: the embedded default in assets/) on "auto" | "cpu" | "cuda".
 
     `precision` "auto" | "fp32" | "bf16" (see `engine.device.resolve_device`); the exported backends run at the
     precision they were exported with.
 
     `backend` "compile" compiles the cached sampler's one-frame DiT call with torch.compile (seconds, at load;
-    engine.compiled); "aoti" | "onnx" | "tensorrt" sample with the graphs `ardiff-export` wrote to `export_dir`
-    (made from this same checkpoint), on the device they were exported for.
+    engine.backends.compiled); "aoti" | "onnx" | "tensorrt" sample with the graphs `ardiff-export` wrote to
+    `export_dir` (made from this same checkpoint), on the device they were exported for; None: the backend the
+    export in `export_dir` was made for.
     """
     check_precision(precision)
+    if backend is None:  # the backend the export in `export_dir` was made for; eager without one
+        from engine.backends.export import read_manifest
+
+        backend = read_manifest(export_dir)["backend"] if export_dir is not None else "eager"
     if backend in ("eager", "compile"):
         if export_dir is not None:
             raise ValueError(f"export_dir is for the exported backends (aoti, onnx, tensorrt), not {backend!r}")

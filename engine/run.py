@@ -9,7 +9,7 @@ model; a run yields that plan first, so what a surface draws is what the sampler
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -59,6 +59,7 @@ def check_device_name(device: str) -> None:
 # field -> (words for people, smallest allowed value)
 _INTS = {"new_frames": ("new frames", 1), "s": ("s", 0), "steps": ("steps", 1), "seed": ("seed", 0),
          "context": ("context", 1), "min_context": ("min context", 0)}
+MINIMUMS = {name: low for name, (_, low) in _INTS.items()}  # the smallest each whole-number setting takes
 
 
 @dataclass(frozen=True)
@@ -114,10 +115,6 @@ class RunRequest:
             raise RunError("sampler", f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         if self.clip_x0 is not None and not (_is_number(self.clip_x0) and self.clip_x0 > 0):
             raise RunError("clip_x0", f"clip_x0 must be a number > 0, got {self.clip_x0!r}")
-
-    @classmethod
-    def field_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
 
 
 def _is_number(value: object) -> bool:
@@ -175,12 +172,6 @@ class Plan:
         if rows_done <= 0 or done <= 0:
             return None
         return elapsed * float(self.frame_evaluations[rows_done:].sum()) / done
-
-    def summary(self) -> str:
-        """One line: rows, frames, work; what `ardiff schedule` and the apps print."""
-        return (f"{self.total_rows} rows = {self.total_rows} network calls for {self.num_new} new frames after "
-                f"{self.num_context} context (s={self.request.s}, n={self.steps}, window {self.window}; "
-                f"{int(self.frame_evaluations.sum())} frame evaluations)")
 
 
 def plan_rows(request: RunRequest, window: int, num_context: int, *, cached: bool | None = None,

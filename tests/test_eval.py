@@ -1,4 +1,4 @@
-"""`ardiff eval` and engine.evaluate: alignment of the comparison, reports, FVD plumbing (stand-in I3D)."""
+"""`ardiff eval` and engine.evaluation: alignment of the comparison, reports, FVD plumbing (stand-in I3D)."""
 
 import json
 import math

@@ -135,7 +135,7 @@ def test_the_plan_every_surface_draws_is_the_rows_the_pipeline_runs(pipe, capsys
             job.cancel.set()
 
     run_job(job, Cache(), emit)
-    assert len(started) == 1 and np.array_equal(started[0].schedule, plan.levels)
+    assert len(started) == 1 and np.array_equal(started[0].plan.levels, plan.levels)
 
     # `ardiff schedule` and the GUI's preview (before a model is loaded) plan the same rows
     assert np.array_equal(_cli_schedule_levels(capsys, request, ctx), plan.levels)
