@@ -1,9 +1,9 @@
 """The AD schedule as a live heat map: frames across, rows (network calls) down, noise level as colour.
 
-The whole schedule is known before sampling starts (`ADScheduler.level_matrix`), so it is drawn at once,
-dimmed; rows already run are drawn at full strength and a line marks the current row, so a person sees
-which frames are clean, which are in flight and which are still noise. Colours come from
-`engine.visualize.colormap`, so the GUI, TUI and CLI pictures agree.
+The whole schedule is known before sampling starts (the engine plans it: `engine.run.plan_rows`), so it is
+drawn at once, dimmed; rows already run are drawn at full strength and a line marks the current row, so a
+person sees which frames are clean, which are in flight and which are still noise. Colours come from
+`engine.visualize`, so the GUI, TUI and CLI pictures agree.
 """
 
 from __future__ import annotations
