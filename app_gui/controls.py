@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app_gui.settings import MODEL_HISTORY_GUIDANCE, Settings
+from app_gui.settings import Settings
 from engine.run import MINIMUMS
 
 MAX_SEED = 2**31 - 1
@@ -183,7 +183,7 @@ class ParameterPanel(QWidget):
         self.seed.setValue(st.seed)
         self.guidance.setValue(st.guidance)
         hg = st.history_guidance
-        self.history_guidance.setValue(self.history_guidance.minimum() if hg < 0 else hg)
+        self.history_guidance.setValue(self.history_guidance.minimum() if hg is None else hg)
         self._wanted_class = st.class_label
         self.class_label.setValue(st.class_label)
 
@@ -191,6 +191,5 @@ class ParameterPanel(QWidget):
         st.s, st.new_frames, st.steps = self.s_spin.value(), self.new_frames.value(), self.steps.value()
         st.context, st.seed = self.context.value(), self.seed.value()
         st.guidance = self.guidance.value()
-        hg = self.history_guidance_value()
-        st.history_guidance = MODEL_HISTORY_GUIDANCE if hg is None else hg
+        st.history_guidance = self.history_guidance_value()
         st.class_label = self.class_label.value() if self.class_label.maximum() >= 0 else self._wanted_class

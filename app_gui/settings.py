@@ -19,7 +19,7 @@ from engine.run import DEVICES, PRECISIONS, RunRequest
 APP_NAME = "ardiff"
 FILE_NAME = "gui.json"
 MAX_RECENT = 8
-MODEL_HISTORY_GUIDANCE = -1.0  # stored history guidance for "the model's own" (the CLI's default, None)
+MODEL_HISTORY_GUIDANCE = None  # "the model's own" history guidance, as engine.run.RunRequest says it
 
 
 def config_path() -> Path:
@@ -37,7 +37,7 @@ class Settings:
     context: int = RunRequest.context
     seed: int = RunRequest.seed
     guidance: float = RunRequest.guidance_scale
-    history_guidance: float = MODEL_HISTORY_GUIDANCE  # >= 0: x0 = free + w (x0 - free); 1 = off
+    history_guidance: float | None = MODEL_HISTORY_GUIDANCE  # >= 0: x0 = free + w (x0 - free); 1 = off
     class_label: int = -1  # -1: unconditional
     checkpoint: str = ""  # "" = the embedded default model
     device: str = RunRequest.device
@@ -60,7 +60,7 @@ class Settings:
         if not isinstance(data, dict):
             return settings
         for f in fields(cls):
-            if f.name == "path" or f.name not in data:
+            if f.name in ("path", "history_guidance") or f.name not in data:
                 continue
             default, value = getattr(settings, f.name), data[f.name]
             if isinstance(default, bool) or not isinstance(value, type(default)):
@@ -74,8 +74,9 @@ class Settings:
             settings.device = "auto"
         if settings.precision not in PRECISIONS:
             settings.precision = "auto"
-        if not math.isfinite(settings.history_guidance) or settings.history_guidance < 0:
-            settings.history_guidance = MODEL_HISTORY_GUIDANCE  # JSON allows NaN; the sampler does not
+        hg = data.get("history_guidance")  # a number >= 0, else the model's own (old files stored -1 for it)
+        if isinstance(hg, (int, float)) and not isinstance(hg, bool) and math.isfinite(hg) and hg >= 0:
+            settings.history_guidance = float(hg)  # JSON allows NaN; the sampler does not
         return settings
 
     def save(self) -> None:
