@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import engine.device as device_mod
-from engine.pipeline import Done, FrameReady, Progress, load_pipeline, resolve_device
+from engine.device import resolve_device
+from engine.pipeline import Done, FrameReady, Progress, load_pipeline
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ def load_fvd_network(weights: str | os.PathLike | None = None, device: str = "cp
     from engine import metrics
     from engine.errors import WeightsUnavailableError
 
-    from engine.pipeline import resolve_device
+    from engine.device import resolve_device
 
     dev = resolve_device(str(device))[0]  # a clear ValueError for anything but auto / cpu / cuda[:i]
     try:
