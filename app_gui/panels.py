@@ -163,11 +163,12 @@ class RunPanel(QGroupBox):
         self.label.setText(f"Starting: {rows} rows to run…")
 
     def show_progress(self, row: int, total_rows: int, frames_done: int, num_new: int,
-                      elapsed: float) -> None:
-        """One Progress event in words: rows, frames, speed and time left (rows are the unit of work)."""
+                      elapsed: float, seconds_left: float | None = None) -> None:
+        """One Progress event in words: rows, frames, speed and time left (`seconds_left` from the run's plan,
+        which weighs rows by their work; without it, rows count alike)."""
         self.progress.setValue(min(frames_done, num_new))
         rate = frames_done / elapsed if elapsed > 0 else 0.0
-        eta = elapsed / row * (total_rows - row) if row else 0.0
+        eta = seconds_left if seconds_left is not None else elapsed / row * (total_rows - row) if row else 0.0
         self.label.setText(f"Row {row}/{total_rows} · {frames_done}/{num_new} frames · "
                            f"{rate:.1f} frames/s · ETA {clock(eta)}")
 

@@ -83,8 +83,8 @@ class Job:
     def request(self) -> RunRequest:
         """The engine's run request for this job (its checks raise a one-line RunError)."""
         context = RunRequest.context if self.context is None else max(1, len(self.context))
-        return RunRequest(new_frames=self.num_new, s=self.s, steps=self.steps, seed=self.seed, context=context,
-                          class_label=self.class_label, guidance_scale=self.guidance_scale,
+        return RunRequest(new_frames=self.num_new, s=self.s, steps=self.steps, seed=self.seed,
+                          context=context, class_label=self.class_label, guidance_scale=self.guidance_scale,
                           history_guidance=self.history_guidance)
 
 

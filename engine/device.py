@@ -38,7 +38,7 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
 
 
 def resolve_device(device: str = "auto", precision: str = "auto") -> tuple[torch.device, torch.dtype | None]:
-    """("auto" | "cpu" | "cuda[:i]", "auto" | "fp32" | "bf16") -> (device, autocast dtype or None for float32).
+    """("auto" | "cpu" | "cuda[:i]", "auto" | "fp32" | "bf16") -> (device, autocast dtype; None: float32).
 
     "fp32" makes results the same on every CPU, whatever its matrix units.
     """

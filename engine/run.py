@@ -27,7 +27,6 @@ PRECISION_LABELS = {"auto": "Auto", "fp32": "float32", "bf16": "bfloat16"}
 PRECISION_HELP = ("auto: bfloat16 where the CPU/GPU does it natively, else float32; "
                   "fp32: the same result on every machine; bf16: always bfloat16")
 BACKENDS = ("eager", "compile", "aoti", "onnx", "tensorrt")
-EXPORTED_BACKENDS = ("aoti", "onnx", "tensorrt")  # graphs ardiff-export wrote; they run the cached sampler only
 SAMPLERS = ("cached", "reference")
 DEFAULT_FPS = 8.0  # the rate of a video made from nothing (a continued clip keeps its own)
 
@@ -50,9 +49,10 @@ def check_precision(precision: str) -> None:
 
 
 def check_device_name(device: str) -> None:
-    """RunError unless `device` is auto, cpu, cuda or cuda:N (whether it exists is the pipeline's question)."""
-    ok = isinstance(device, str) and (device in DEVICES or (device.startswith("cuda:") and device[5:].isdigit()))
-    if not ok:
+    """RunError unless `device` is auto, cpu, cuda or cuda:N (whether it exists is the pipeline's
+    question)."""
+    numbered = isinstance(device, str) and device.startswith("cuda:") and device[5:].isdigit()
+    if not (numbered or device in DEVICES):
         raise RunError("device", f"device must be auto, cpu or cuda, got {device!r}")
 
 
@@ -100,15 +100,18 @@ class RunRequest:
         if hg is not None and not (_is_number(hg) and hg >= 0):
             raise RunError("history_guidance", f"history guidance must be a number >= 0, got {hg!r}")
         if not _is_number(self.guidance_scale):
-            raise RunError("guidance_scale", f"guidance scale must be a finite number, got {self.guidance_scale!r}")
+            raise RunError("guidance_scale",
+                           f"guidance scale must be a finite number, got {self.guidance_scale!r}")
         label = self.class_label
-        if label is not None and (not isinstance(label, (int, np.integer)) or isinstance(label, bool) or label < 0):
+        whole = isinstance(label, (int, np.integer)) and not isinstance(label, bool)
+        if label is not None and not (whole and label >= 0):
             raise RunError("class_label", f"class label must be a whole number >= 0, got {label!r}")
         if not (_is_number(self.fps) and self.fps > 0):
             raise RunError("fps", f"fps must be a number > 0, got {self.fps!r}")
         check_device_name(self.device)
         if self.precision not in PRECISIONS:
-            raise RunError("precision", f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+            raise RunError("precision",
+                           f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.backend not in BACKENDS:
             raise RunError("backend", f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.sampler not in SAMPLERS:

@@ -565,7 +565,7 @@ def make_dataset(
     ``num_items`` sizes synthetic datasets; other ``kwargs`` go to the dataset class.
     """
     if spec.startswith("synthetic:"):
-        from trainer.synthetic import SYNTHETIC_DATASETS  # lazy: synthetic imports this module
+        from trainer.synthetic import SYNTHETIC_DATASETS  # only synthetic specs need the generators
 
         name = spec.removeprefix("synthetic:")
         if name not in SYNTHETIC_DATASETS:
