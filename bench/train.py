@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.models.arvae import ARVAE  # noqa: E402
 from engine.models.dit import DiT  # noqa: E402
-from engine.pipeline import cpu_supports_bf16  # noqa: E402
+from engine.device import cpu_supports_bf16  # noqa: E402
 from trainer.config import load_config, stage_num_frames  # noqa: E402
 from trainer.train import _model_config, train  # noqa: E402
 

@@ -20,3 +20,11 @@ def one_line(err: BaseException) -> str:
 
 class WeightsUnavailableError(ArdiffError):
     """Pretrained weights (the default model, I3D for FVD) that are not on this machine."""
+
+
+class RunError(ArdiffError):
+    """A run setting that cannot work (engine.run.RunRequest); `field` names the setting to fix."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field

@@ -21,7 +21,7 @@ from app_gui.heatmap import schedule_levels
 from app_gui.settings import Settings, config_path
 import app_gui.window as window_mod  # noqa: E402
 from app_gui.window import MainWindow
-import engine.pipeline as pipeline_mod
+import engine.device as device_mod
 from engine.pipeline import Done, FrameReady, Progress
 from engine.video_io import list_frame_files, read_video, write_video
 
@@ -108,7 +108,7 @@ def choose(qtbot, combo, value: str, signal) -> list:
 def native_bf16(monkeypatch, native: bool) -> None:
     """Pretend this CPU has (or lacks) native bfloat16, so "auto" would pick the other precision than the
     one a test chooses: the choice, not the machine, must decide."""
-    monkeypatch.setattr(pipeline_mod, "cpu_supports_bf16", lambda: native)
+    monkeypatch.setattr(device_mod, "cpu_supports_bf16", lambda: native)
 
 
 # --------------------------------------------------------------------------- the main path
@@ -409,7 +409,7 @@ def test_screenshot_mid_generation(qapp, tmp_path, tiny_checkpoint, capsys):
 
 def test_sampling_with_an_export_dir(qtbot, make_window, tiny_checkpoint, tmp_path, monkeypatch):
     """Model > Open export dir: the pipeline runs the exported graphs (ONNX: the quickest export here)."""
-    from engine.export import export
+    from engine.backends.export import export
 
     out = tmp_path / "onnx"
     export(tiny_checkpoint, out, "onnx", device="cpu", dtype="fp32", log=lambda _: None)

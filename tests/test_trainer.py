@@ -634,7 +634,7 @@ def test_latent_cache_trains_like_encoding_on_the_fly(vae_run, tmp_path):
 
 
 def test_precision_auto_follows_the_hardware_and_bf16_runs(vae_run, tmp_path, capsys):
-    from engine.pipeline import cpu_supports_bf16
+    from engine.device import cpu_supports_bf16
 
     train(load_config("vae-image", "tiny", ["progress=false", "max_steps=2", "disc_start=1"]), tmp_path / "auto")
     err = capsys.readouterr().err

@@ -57,7 +57,7 @@ PREDICTIONS = ("x0", "eps", "x0-prev")
 class DiffusionConfig:
     num_timesteps: int = 1000
     beta_start: float = 1e-4
-    beta_end: float = 0.02  # DESIGN.md: Table 6's 0.002 never reaches noise; the released code uses 0.02
+    beta_end: float = 0.02  # the paper's Table 6 says 0.002, which never reaches noise; the released code uses 0.02
     schedule: str = "linear"
     prediction: str = "x0"  # one of PREDICTIONS
 

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     device = args.device or ("cuda" if backend == "tensorrt" else "cpu")
     log = (lambda _: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     try:
-        from engine.export import export
+        from engine.backends.export import export
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.export / onnx exporter chatter; errors still raise
