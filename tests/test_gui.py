@@ -19,6 +19,7 @@ except ImportError:  # the gui extra is not installed
 
 from app_gui.heatmap import schedule_levels
 from app_gui.settings import Settings, config_path
+import app_gui.model_control as model_mod  # noqa: E402
 import app_gui.window as window_mod  # noqa: E402
 from app_gui.window import MainWindow
 import engine.pipeline as pipeline_mod
@@ -464,12 +465,12 @@ def test_precision_choice_reloads_the_model_and_is_kept(qtbot, make_window, monk
         raise ValueError("cannot load at this precision")
 
     pipeline = w.pipeline
-    monkeypatch.setattr(window_mod, "load_model", broken)
+    monkeypatch.setattr(model_mod, "load_model", broken)
     title, message = choose(qtbot, combo, "fp32", w.errorShown)
     close_dialogs(w)
     assert "model" in title and "cannot load at this precision" in message
     assert w.pipeline is pipeline and panel.precision() == "bf16" and w.settings.precision == "bf16"
-    monkeypatch.setattr(window_mod, "load_model", load_model)
+    monkeypatch.setattr(model_mod, "load_model", load_model)
 
     w.close()
     assert Settings.load().precision == "bf16"
