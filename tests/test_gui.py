@@ -416,7 +416,7 @@ def test_sampling_with_an_export_dir(qtbot, make_window, tiny_checkpoint, tmp_pa
     export(tiny_checkpoint, out, "onnx", device="cpu", dtype="fp32", log=lambda _: None)
     w = make_window()
     choose(qtbot, w.model_panel.precision_combo, "bf16", w.modelLoaded)  # not what the graphs were made in
-    monkeypatch.setattr(window_mod.QFileDialog, "getExistingDirectory", lambda *a, **k: str(out))
+    monkeypatch.setattr(model_mod.QFileDialog, "getExistingDirectory", lambda *a, **k: str(out))
     with qtbot.waitSignal(w.modelLoaded, timeout=WAIT) as blocker:
         w.act_open_export.trigger()
     assert "backend onnx" in blocker.args[0]
@@ -428,7 +428,7 @@ def test_sampling_with_an_export_dir(qtbot, make_window, tiny_checkpoint, tmp_pa
     assert len(done.video) == 5 and w.pipeline.exported.dit.runner.calls > 0
     other = tmp_path / "not-an-export"
     other.mkdir()
-    monkeypatch.setattr(window_mod.QFileDialog, "getExistingDirectory", lambda *a, **k: str(other))
+    monkeypatch.setattr(model_mod.QFileDialog, "getExistingDirectory", lambda *a, **k: str(other))
     with qtbot.waitSignal(w.errorShown, timeout=WAIT) as blocker:
         w.act_open_export.trigger()
     assert "not an ardiff export" in blocker.args[1]

@@ -47,8 +47,8 @@ class RunContext:
 
 def make_stage(ctx: RunContext) -> Stage:
     """The stage `ctx.cfg.stage`, built: its VAE source loaded and checked, its networks made."""
-    return {"vae-image": VAEImageStage, "vae-temporal": VAETemporalStage,
-            "diffusion": DiffusionStage}[ctx.cfg.stage](ctx)
+    stages = {cls.name: cls for cls in (VAEImageStage, VAETemporalStage, DiffusionStage)}
+    return stages[ctx.cfg.stage](ctx)
 
 
 class Stage:
@@ -56,7 +56,7 @@ class Stage:
     in DDP under torchrun), its trainable parameters and AdamW groups (with an "lr_scale"), an optional
     discriminator, the VAE it starts from or encodes with, and the recipe stages before it."""
 
-    name = ""
+    name = ""  # the stage's name in configs, the CLI and checkpoints
     model: torch.nn.Module
     trainable: list[torch.nn.Parameter]
     param_groups: list[dict]
