@@ -83,9 +83,13 @@ class Stage:
 
     def wrap(self) -> None:
         """Wrap the trained networks in DDP under torchrun (after a resume has loaded them)."""
+        self.net = self._ddp(self.model)
+
+    def _ddp(self, module: torch.nn.Module) -> torch.nn.Module:
         proc = self.ctx.proc
-        ids = [proc.device.index] if proc.device.type == "cuda" else None
-        self.net = DDP(self.model, device_ids=ids) if proc.ddp else self.model
+        if not proc.ddp:
+            return module
+        return DDP(module, device_ids=[proc.device.index] if proc.device.type == "cuda" else None)
 
     # ---- one optimizer step
     def begin_step(self, step: int) -> None:
@@ -167,9 +171,7 @@ class VAEStage(Stage):
     def wrap(self) -> None:
         super().wrap()
         if self.disc is not None:
-            proc = self.ctx.proc
-            ids = [proc.device.index] if proc.device.type == "cuda" else None
-            self.disc_net = DDP(self.disc, device_ids=ids) if proc.ddp else self.disc
+            self.disc_net = self._ddp(self.disc)
 
     def begin_step(self, step: int) -> None:
         self.gan_on = self.disc is not None and step >= self.cfg.disc_start
@@ -353,16 +355,13 @@ class DiffusionStage(Stage):
                "num_items": cfg.num_items, "frame_stride": cfg.frame_stride}
         if provenance.latent_channel_scale is not None:
             key["latent_channel_scale"] = provenance.latent_channel_scale
-        path = run_dir / "latents.safetensors"
-        latents = None
-        if proc.is_main:  # rank 0 encodes (or reads) first; the others then read its file
-            latents = cached_latents(path, key, vae, dataset, cfg.batch_size, proc.device, cfg.num_workers,
-                                     proc.autocast, log.info)
+        args = (run_dir / "latents.safetensors", key, vae, dataset, cfg.batch_size, proc.device, cfg.num_workers,
+                proc.autocast)
+        latents = cached_latents(*args, log.info) if proc.is_main else None
         if proc.ddp:
-            dist.barrier()
+            dist.barrier()  # rank 0 has encoded (or read) them; the others read its file
             if not proc.is_main:
-                latents = cached_latents(path, key, vae, dataset, cfg.batch_size, proc.device, cfg.num_workers,
-                                         proc.autocast, lambda _: None)
+                latents = cached_latents(*args, lambda _: None)
         return LatentDataset(latents)
 
     def micro_step(self, x: torch.Tensor) -> float:
