@@ -1,5 +1,5 @@
 """The process a run lives in: its place among torchrun's processes, its device and precision (resolved by
-the engine's `engine.pipeline.resolve_device`, the one rule every surface uses), the seeds, and the
+the engine's `engine.device.resolve_device`, the one rule every surface uses), the seeds, and the
 Ctrl-C / SIGTERM handlers that ask the loop to stop at the end of a step.
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from engine.pipeline import cpu_supports_bf16, resolve_device
+from engine.device import cpu_supports_bf16, resolve_device
 from trainer.config import ConfigError
 
 
