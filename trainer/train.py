@@ -55,6 +55,7 @@ from engine.schedulers import make_training_scheduler
 from trainer.config import RESUME_MUTABLE, ConfigError, TrainConfig, config_from_dict, stage_num_frames
 from trainer.ema import EMA
 from trainer.losses import adaptive_gan_weight, diffusion_loss
+from trainer.lock import RunDirLock, claim_run_dir
 from trainer.state import (
     STATE_FORMAT,
     STATE_VERSION,
@@ -475,6 +476,15 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
     returning True requests a stop (as Ctrl-C does: the state is saved and train returns)."""
     run_dir = Path(run_dir)
     rank, world, device = init_distributed(cfg.device)
+    claim = claim_run_dir(run_dir, rank, world, device)  # one run dir, one trainer (trainer/lock.py)
+    try:
+        return _train(cfg, run_dir, resume, on_step, rank, world, device, claim)
+    finally:
+        claim.release()
+
+
+def _train(cfg: TrainConfig, run_dir: Path, resume: bool, on_step: Callable[[int, dict], bool | None] | None,
+           rank: int, world: int, device: torch.device, claim: RunDirLock) -> TrainResult:
     is_main = rank == 0
     ddp = world > 1
 
@@ -732,6 +742,7 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
             raise failure
         return path or (latest_checkpoint(run_dir) if is_main else None)
 
+    claim.keep()  # the run is under way: its dir stays from here on
     if is_main:
         with atomic_path(run_dir / "config.json") as tmp:
             tmp.write_text(json.dumps({"train_config": cfg.to_dict(), "model_config": model_cfg.to_dict(),
