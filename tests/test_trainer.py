@@ -699,3 +699,158 @@ def test_latent_norm_channel_gives_every_latent_channel_unit_std(tmp_path):
     vae_run = train(cfg_for("vae-image", "max_steps=1"), tmp_path / "vae")
     with pytest.raises(ConfigError, match="local latents"):
         train(cfg_for("diffusion", f"vae={vae_run.run_dir}", "latent_norm=channel", "max_steps=1"), tmp_path / "d")
+
+
+# --------------------------------------------------------------------------- hostile input: one line, nothing lost
+
+
+def _small_run(run: Path) -> Path:
+    train(cfg_for("vae-image", "max_steps=2", "num_items=8", "batch_size=2"), run)
+    return run
+
+
+def test_resume_from_a_truncated_state_is_one_line_and_touches_nothing(tmp_path, capsys):
+    run = _small_run(tmp_path / "r")
+    state = latest_checkpoint(run) / "state.safetensors"
+    before = sorted((p.relative_to(run), p.stat().st_size) for p in run.rglob("*") if p.is_file())
+    for size in (1000, 0):  # a cut inside the tensors, then inside the header
+        with open(state, "r+b") as f:
+            f.truncate(size)
+        listing = sorted((p.relative_to(run), p.stat().st_size) for p in run.rglob("*") if p.is_file())
+        code, err = run_cli(["vae-image", "--run-dir", str(run), "--resume", "--set", "max_steps=4"], capsys)
+        assert_one_line_error(code, err, "cannot read training checkpoint", "step-00000002", "truncated")
+        assert sorted((p.relative_to(run), p.stat().st_size) for p in run.rglob("*") if p.is_file()) == listing
+    assert [name for name, _ in listing] == [name for name, _ in before]
+
+
+def test_package_to_an_existing_folder_or_onto_its_input_is_refused(vae_run, dit_run, tmp_path, capsys):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    code, err = run_cli(["package", "--diffusion", str(dit_run.run_dir), "-o", str(folder)], capsys)
+    assert_one_line_error(code, err, "is a folder", "model.safetensors")
+    assert [p.name for p in folder.iterdir()] == ["keep.txt"] and (folder / "keep.txt").read_text() == "mine"
+    packed = tmp_path / "m.safetensors"
+    assert cli.main(["package", "--diffusion", str(dit_run.run_dir), "-o", str(packed)]) == 0
+    data = packed.read_bytes()
+    code, err = run_cli(["package", "--diffusion", str(tmp_path / "." / "m.safetensors"), "-o", str(packed),
+                         "--dtype", "bf16"], capsys)
+    assert_one_line_error(code, err, "is the input")
+    assert packed.read_bytes() == data
+
+
+def test_an_os_error_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("a file, not a folder")
+    code, err = run_cli(["vae-image", "--config", "tiny", "--set", "progress=false", "--run-dir",
+                         str(tmp_path / "file" / "run")], capsys)
+    assert_one_line_error(code, err, "file")
+    assert (tmp_path / "file").read_text() == "a file, not a folder"
+
+
+def test_a_rejected_config_leaves_no_run_dir_behind_and_an_existing_one_untouched(tmp_path, capsys):
+    for run in (tmp_path / "new", tmp_path / "a" / "b" / "c"):
+        code, err = run_cli(["vae-image", "--config", "tiny", "--set", f"data={tmp_path / 'nope'}", "--set",
+                             "progress=false", "--run-dir", str(run)], capsys)
+        assert_one_line_error(code, err, "does not exist")
+        code, err = run_cli(["vae-image", "--config", "tiny", "--set", "batch_size=1000", "--set", "num_items=8",
+                             "--set", "progress=false", "--run-dir", str(run)], capsys)
+        assert_one_line_error(code, err, "fewer than one global batch")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    mine = tmp_path / "mine"  # a folder the user made: it stays, with what it holds, and no lock is left
+    mine.mkdir()
+    (mine / "notes.txt").write_text("plans")
+    code, err = run_cli(["vae-image", "--config", "tiny", "--set", f"data={tmp_path / 'nope'}", "--set",
+                         "progress=false", "--run-dir", str(mine)], capsys)
+    assert code == 2 and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
+def test_dataset_warnings_are_one_line_each(tmp_path, capsys):
+    root = tmp_path / "videos"
+    root.mkdir()
+    (root / "loop.mp4").symlink_to("loop.mp4")
+    (root / "notes.txt").write_text("not a video")
+    code, err = run_cli(["vae-image", "--config", "tiny", "--set", f"data={root}", "--set", "progress=false",
+                         "--set", f"data_cache={tmp_path / 'cache'}", "--run-dir", str(tmp_path / "r")], capsys)
+    assert_one_line_error(code, err, "no usable")
+    lines = err.splitlines()
+    warned = [line for line in lines if "skipping" in line]
+    assert len(warned) == 2 and all(line.startswith("ardiff-train: warning: skipping") for line in warned), err
+    assert not any("warnings.warn" in line or "DatasetWarning" in line for line in lines), err
+
+
+# --------------------------------------------------------------------------- one run dir, one trainer
+
+
+def test_a_second_trainer_on_a_run_dir_is_refused_naming_the_owner(tmp_path, capsys):
+    import os
+
+    from trainer.lock import RunDirLock, RunDirLockedError
+
+    run = tmp_path / "r"
+    with RunDirLock(run) as held:
+        owner = json.loads(held.path.read_text())
+        assert owner["pid"] == os.getpid() and owner["host"]
+        with pytest.raises(RunDirLockedError, match=f"pid {os.getpid()}"):
+            RunDirLock(run).acquire()
+        code, err = run_cli(["vae-image", "--config", "tiny", "--set", "progress=false", "--set", "max_steps=1",
+                             "--run-dir", str(run)], capsys)
+        assert_one_line_error(code, err, f"pid {os.getpid()}", "one trainer")
+        assert sorted(p.name for p in run.iterdir()) == ["trainer.lock"]  # nothing written by the refused one
+    assert not run.exists()  # the claim made the folder and nothing ran in it: it goes with the lock
+
+
+def test_the_lock_is_released_on_return_and_on_exceptions(tmp_path):
+    run = tmp_path / "r"
+    result = train(cfg_for("vae-image", "max_steps=1", "num_items=8", "batch_size=2"), run)
+    assert result.step == 1 and not (run / "trainer.lock").exists()
+
+    for error in (RuntimeError, KeyboardInterrupt):
+        def fail(step, record, error=error):
+            raise error("stop")
+
+        with pytest.raises(error):
+            train(cfg_for("vae-image", "max_steps=3", "num_items=8", "batch_size=2"), tmp_path / "r2", on_step=fail)
+        assert (tmp_path / "r2").is_dir() and not (tmp_path / "r2" / "trainer.lock").exists()
+
+
+def test_a_stale_lock_is_taken_over_with_one_warning(tmp_path, capsys):
+    import socket
+
+    from trainer.lock import LOCK_NAME
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid names no live process now
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / LOCK_NAME).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "since": "then"}))
+    code, err = run_cli(["vae-image", "--config", "tiny", "--set", "progress=false", "--set", "max_steps=1",
+                         "--set", "num_items=8", "--set", "batch_size=2", "--run-dir", str(run)], capsys)
+    assert code == 0, err
+    warned = [line for line in err.splitlines() if "stale lock" in line]
+    assert len(warned) == 1 and warned[0].startswith("ardiff-train: warning:") and f"pid {dead.pid}" in warned[0]
+    assert load_run(run).step == 1 and not (run / LOCK_NAME).exists()
+
+
+def test_without_flock_the_owners_pid_decides(tmp_path, monkeypatch):
+    import os
+    import socket
+
+    from trainer import lock as lock_mod
+
+    monkeypatch.setattr(lock_mod, "fcntl", None)  # no POSIX locks (or a file system without them)
+    run = tmp_path / "r"
+    run.mkdir()
+    alive = {"pid": os.getppid(), "host": socket.gethostname(), "start": lock_mod._start_time(os.getppid())}
+    (run / lock_mod.LOCK_NAME).write_text(json.dumps(alive))
+    with pytest.raises(lock_mod.RunDirLockedError, match=f"pid {os.getppid()}"):
+        lock_mod.RunDirLock(run).acquire()
+    elsewhere = {**alive, "host": socket.gethostname() + "-other"}  # another machine: cannot be checked, held
+    (run / lock_mod.LOCK_NAME).write_text(json.dumps(elsewhere))
+    with pytest.raises(lock_mod.RunDirLockedError, match="-other"):
+        lock_mod.RunDirLock(run).acquire()
+    reused = {**alive, "start": "1"}  # the pid lives, but it is another process than the one that locked
+    (run / lock_mod.LOCK_NAME).write_text(json.dumps(reused))
+    with pytest.warns(lock_mod.StaleLockWarning, match=f"pid {os.getppid()}"):
+        with lock_mod.RunDirLock(run) as held:
+            assert json.loads(held.path.read_text())["pid"] == os.getpid()
+    assert sorted(p.name for p in run.iterdir()) == []
