@@ -107,3 +107,35 @@ def _records(run):
     import json
 
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _refused_worker(rank: int, world: int, port: int, root: str) -> None:
+    from trainer.lock import RunDirLockedError
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    cfg = load_config("vae-image", "tiny", COMMON + ["batch_size=2"])
+    try:
+        train(cfg, os.path.join(root, "run"))
+    except RunDirLockedError as err:
+        with open(os.path.join(root, f"refused-{rank}"), "w") as f:
+            f.write(str(err))
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@pytest.mark.timeout(120)
+def test_a_locked_run_dir_refuses_every_rank_and_none_waits(tmp_path, monkeypatch):
+    """Rank 0 alone takes the lock; when it is refused every rank learns it (no rank hangs in a collective)."""
+    from trainer.lock import RunDirLock
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with RunDirLock(tmp_path / "run"):  # another trainer (this process) holds the run dir
+        mp.spawn(_refused_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+        assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["trainer.lock"]
+    assert f"pid {os.getpid()}" in (tmp_path / "refused-0").read_text()
+    assert "rank 0 could not lock" in (tmp_path / "refused-1").read_text()

@@ -614,10 +614,17 @@ def test_sigterm_finishes_the_step_saves_and_exits_130(tmp_path):
     deadline = time.time() + 60
     while time.time() < deadline and (not metrics.is_file() or len(metrics.read_text().splitlines()) < 3):
         time.sleep(0.1)
+    # a second trainer on the same run dir is refused, naming the running one, and changes nothing
+    second = subprocess.run([sys.executable, "-m", "trainer.cli", "vae-image", "--config", "tiny", "--set",
+                             "progress=false", "--run-dir", str(run)], capture_output=True, text=True, env=env,
+                            timeout=60)
+    assert second.returncode == 2 and f"pid {proc.pid}" in second.stderr, second.stderr
+    assert second.stderr.strip().count("\n") == 0
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "stopped by SIGTERM" in err and "Traceback" not in err
+    assert not (run / "trainer.lock").exists()  # released on the way out
     step = load_run(run).step
     assert step >= 3 and len(metrics.read_text().splitlines()) == step
     assert cli.main(["vae-image", "--run-dir", str(run), "--resume", "--set", f"max_steps={step + 2}",
