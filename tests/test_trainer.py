@@ -640,15 +640,37 @@ def test_latent_cache_trains_like_encoding_on_the_fly(vae_run, tmp_path):
     assert losses(cached) == pytest.approx(losses(plain), abs=1e-5)
 
 
-def test_precision_auto_follows_the_hardware_and_bf16_runs(vae_run, tmp_path, capsys):
-    from engine.pipeline import cpu_supports_bf16
+@pytest.mark.parametrize("native", [False, True])
+def test_precision_choice_on_both_kinds_of_cpu(native, monkeypatch):
+    """The choice read from the CPU's capabilities, on a CPU with and one without native bf16 (whatever this
+    machine has): auto follows it, an explicit choice wins, and bf16 on a CPU without it says it is emulated."""
+    from engine import pipeline as pipeline_mod
 
-    train(load_config("vae-image", "tiny", ["progress=false", "max_steps=2", "disc_start=1"]), tmp_path / "auto")
+    monkeypatch.setattr(pipeline_mod, "cpu_supports_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    use, why = train_mod.resolve_precision("auto", cpu)
+    assert use == native
+    assert why == ("bf16 autocast (auto: this CPU has AMX/AVX512-BF16)" if native else
+                   "fp32 (auto: this CPU has no AMX/AVX512-BF16; bf16 would be emulated and ~4x slower)")
+    assert train_mod.resolve_precision("fp32", cpu) == (False, "fp32 (asked for)")
+    use, why = train_mod.resolve_precision("bf16", cpu)
+    assert use and ("emulated" in why) == (not native)
+    assert train_mod.resolve_precision("auto", torch.device("cuda")) == (True, "bf16 autocast (auto: CUDA)")
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_precision_auto_is_what_the_run_logs(native, tmp_path, capsys, monkeypatch):
+    from engine import pipeline as pipeline_mod
+
+    monkeypatch.setattr(pipeline_mod, "cpu_supports_bf16", lambda: native)
+    train(load_config("vae-image", "tiny", ["progress=false", "max_steps=1", "num_items=8", "batch_size=2"]),
+          tmp_path / "auto")
     err = capsys.readouterr().err
-    if cpu_supports_bf16():
-        assert "bf16 autocast (auto: this CPU has AMX/AVX512-BF16)" in err
-    else:
-        assert "fp32 (auto: this CPU has no AMX/AVX512-BF16" in err
+    assert ("bf16 autocast (auto: this CPU has AMX/AVX512-BF16)" in err) == native
+    assert ("fp32 (auto: this CPU has no AMX/AVX512-BF16" in err) == (not native)
+
+
+def test_bf16_runs_every_stage(vae_run, tmp_path, capsys):
     for stage, extra in (("vae-image", ["disc_start=1"]), ("diffusion", [f"vae={vae_run.run_dir}"])):
         result = train(load_config(stage, "tiny", ["progress=false", "max_steps=2", "precision=bf16", *extra]),
                        tmp_path / f"bf16-{stage}")
