@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import torch
 
+from engine.models.presets import get_preset
+from tests.tolerance import assert_reorder_close, dit_stages, relative_reorder_tolerance, vae_stages
 from trainer import cli
 from trainer import state as state_mod
 from trainer import train as train_mod
@@ -354,6 +356,8 @@ def test_vae_image_continues_a_trained_vae(vae_run, dit_run, tmp_path):
                       tmp_path / name)
         model = load_run(still.run_dir).model
         reference = load_run(vae_run.run_dir).ema if name == "from-run" else load_checkpoint(packaged).vae.state_dict()
+        # lr 1e-12: AdamW moves each weight by about lr, 1e6 times less than atol; nothing is reduced, so no CPU
+        # dependence
         assert all(torch.allclose(model[k], v.float(), atol=1e-6) for k, v in reference.items()
                    if k != "latent_scale")
         recipe = load_run(still.run_dir).meta["recipe"]
@@ -392,7 +396,7 @@ def test_init_dit_continues_a_dit_on_its_own_latents(vae_run, dit_run, tmp_path)
     still = train(cfg_for("diffusion", f"vae={packaged}", f"init_dit={packaged}", "max_steps=1", "lr=1e-12",
                           "warmup_steps=0"), tmp_path / "still")
     model = load_run(still.run_dir).model
-    assert all(torch.allclose(model[k], v, atol=1e-6) for k, v in source.items())
+    assert all(torch.allclose(model[k], v, atol=1e-6) for k, v in source.items())  # lr 1e-12: as above
     fresh = train(cfg_for("diffusion", f"vae={packaged}", "max_steps=1", "lr=1e-12", "warmup_steps=0"),
                   tmp_path / "fresh")
     assert not torch.allclose(load_run(fresh.run_dir).model["x_embed.weight"], source["x_embed.weight"])
@@ -426,7 +430,7 @@ def test_init_dit_other_vae_warm_starts_on_another_vaes_latents(dit_run, tmp_pat
     warm = train(cfg_for("diffusion", f"vae={other.run_dir}", f"init_dit={packaged}", "init_dit_other_vae=true",
                          "max_steps=1", "lr=1e-12", "warmup_steps=0"), tmp_path / "warm")
     run = load_run(warm.run_dir)
-    assert all(torch.allclose(run.model[k], v, atol=1e-6) for k, v in source.items())
+    assert all(torch.allclose(run.model[k], v, atol=1e-6) for k, v in source.items())  # lr 1e-12: as above
     assert [r["stage"] for r in run.meta["recipe"]] == ["vae-image", "diffusion"]  # not the source's past
     assert run.meta["recipe"][-1]["init_dit_other_vae"] is True
     out = tmp_path / "warm.safetensors"
@@ -637,7 +641,11 @@ def test_latent_cache_trains_like_encoding_on_the_fly(vae_run, tmp_path):
     plain = train(cfg_for("diffusion", *sets), tmp_path / "plain")
     cached = train(cfg_for("diffusion", *sets, "latent_cache=true"), tmp_path / "cached")
     assert (tmp_path / "cached" / "latents.safetensors").is_file()
-    assert losses(cached) == pytest.approx(losses(plain), abs=1e-5)
+    # the cache encodes other batches than the loop: the latents, and so the losses, differ by float32 reordering
+    # through the VAE's encoder and the DiT (tests/tolerance.py)
+    (vae_s, vae_k), (dit_s, dit_k) = vae_stages(get_preset("tiny").vae), dit_stages(get_preset("tiny"))
+    rel = relative_reorder_tolerance(vae_s + dit_s, max(vae_k, dit_k))
+    assert losses(cached) == pytest.approx(losses(plain), rel=rel)
 
 
 @pytest.mark.parametrize("native", [False, True])
@@ -724,7 +732,7 @@ def test_latent_norm_channel_gives_every_latent_channel_unit_std(tmp_path):
     z = vae.encode(x).reshape(-1, vae.cfg.latent_dim)
     assert z.std(0).numpy() == pytest.approx(1.0, rel=0.05)
     assert max(factors) / min(factors) > 10 and float(vae.latent_scale) == 1.0
-    assert (vae.decode(vae.encode(x)) - before).abs().max() <= 1e-4
+    assert_reorder_close(vae.decode(vae.encode(x)), before, *vae_stages(vae.cfg))  # folded layers: reordering
     vae_run = train(cfg_for("vae-image", "max_steps=1"), tmp_path / "vae")
     with pytest.raises(ConfigError, match="local latents"):
         train(cfg_for("diffusion", f"vae={vae_run.run_dir}", "latent_norm=channel", "max_steps=1"), tmp_path / "d")

@@ -25,10 +25,15 @@ U32 = 2.0 ** -24  # float32 unit roundoff
 MARGIN = 4.0
 
 
+def relative_reorder_tolerance(stages: int, reduction: int) -> float:
+    """The same, relative to the output's largest magnitude: MARGIN * stages * sqrt(reduction) * u."""
+    return MARGIN * stages * math.sqrt(reduction) * U32
+
+
 def reorder_tolerance(reference: torch.Tensor, stages: int, reduction: int) -> float:
     """Largest absolute difference expected between two float32 kernel orders computing `reference`:
     MARGIN * stages * sqrt(reduction) * u * max|reference|."""
-    return MARGIN * stages * math.sqrt(reduction) * U32 * float(reference.detach().abs().max())
+    return relative_reorder_tolerance(stages, reduction) * float(reference.detach().abs().max())
 
 
 def dit_stages(cfg) -> tuple[int, int]:
