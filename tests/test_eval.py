@@ -269,7 +269,7 @@ def test_streamed_features_equal_engine_fvd(tmp_path):
     _video_set(tmp_path / "f", [4, 5, 6])
     ours = fvd_between_files(tmp_path / "r", tmp_path / "f", stub, 16, with_128=False)
     assert set(ours) == {"FVD_16", "KVD_16"}
-    assert ours["FVD_16"] == pytest.approx(fvd(real, fake, stub), rel=1e-6)
+    assert ours["FVD_16"] == pytest.approx(fvd(real, fake, stub), rel=1e-6)  # the same features; float64 from there
     feats, seen = video_features(iter(real[0]), stub, [(0, 10), (4, 12), (8, 16)])
     assert seen == 16 and set(feats) == {(0, 10), (4, 12)}  # (8, 16) needs 24 frames
 

@@ -35,7 +35,7 @@ def test_fopp_exact_distribution_by_enumeration(F, T):
             valid = [c for c in comps if c[f] == tf]
             probs = np.array([sched.composition_probability(list(c), f) for c in valid])
             # P(f, t_f) = 1 / (F T) and uniform over the compositions consistent with (f, t_f).
-            np.testing.assert_allclose(probs.sum(), 1 / (F * T), rtol=1e-9)
+            np.testing.assert_allclose(probs.sum(), 1 / (F * T), rtol=1e-9)  # float64 sums: ~1e-15 apart
             np.testing.assert_allclose(probs, probs.mean(), rtol=1e-9)
             total += probs.sum()
     assert math.isclose(total, 1.0, rel_tol=1e-9)
