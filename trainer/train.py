@@ -11,6 +11,7 @@ Run directory:
     checkpoints/step-00000100/        state.safetensors (weights, EMA, optimiser tensors, RNG tensors)
                                       state.json (step, data position, RNG, optimiser index, configs)
     checkpoints/latest.json           pointer to the newest complete checkpoint (written last, atomically)
+    trainer.lock                      while a trainer runs: its pid and host (one run dir, one trainer)
 
 Nothing is pickled: tensors go to safetensors, everything else to JSON. A checkpoint directory is written
 under a temporary name and renamed; the pointer is replaced only after that, so a crash or a failing write
