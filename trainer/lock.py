@@ -111,16 +111,24 @@ class RunDirLock:
         if not self.enabled:
             return
         missing = [p for p in (self.run_dir, *self.run_dir.parents) if not p.exists()]
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.created = missing
         try:
+            for folder in reversed(missing):  # outermost first; only what this call itself made counts as ours
+                try:
+                    folder.mkdir()
+                except FileExistsError:  # made meanwhile by someone else (another trainer, maybe): not ours
+                    continue
+                self.created.insert(0, folder)
+            self.run_dir.mkdir(parents=True, exist_ok=True)  # a dangling symlink or a file here: its OSError
             for _ in range(100):  # retried only while another trainer releases at the same instant
                 if self._try_once():
                     return
+        except RunDirLockedError:
+            self.created = []  # another trainer is in there now: never remove anything
+            raise
         except BaseException:
             self._forget_dir()
             raise
-        self._forget_dir()
+        self.created = []
         raise RunDirLockedError(f"{self.run_dir} is locked by {_describe(_read_owner(self.path))} (its lock "
                                 f"file {self.path} keeps changing)")
 
@@ -182,8 +190,9 @@ class RunDirLock:
     def _forget_dir(self) -> None:
         """Remove the run dir (and the empty parents) this claim created, unless the run got going."""
         if self.created and not self.kept:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
-            for parent in self.created[1:]:
+            if self.created[0] == self.run_dir:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            for parent in self.created:
                 with contextlib.suppress(OSError):
                     parent.rmdir()  # only while empty: never what another process put there meanwhile
         self.created = []
