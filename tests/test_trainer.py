@@ -837,17 +837,22 @@ def test_a_second_trainer_on_a_run_dir_is_refused_naming_the_owner(tmp_path, cap
 
 
 def test_the_lock_is_released_on_return_and_on_exceptions(tmp_path):
+    import os
+
     run = tmp_path / "r"
     result = train(cfg_for("vae-image", "max_steps=1", "num_items=8", "batch_size=2"), run)
     assert result.step == 1 and not (run / "trainer.lock").exists()
 
+    held = []
     for error in (RuntimeError, KeyboardInterrupt):
         def fail(step, record, error=error):
+            held.append(json.loads((tmp_path / "r2" / "trainer.lock").read_text())["pid"])  # held while it runs
             raise error("stop")
 
         with pytest.raises(error):
             train(cfg_for("vae-image", "max_steps=3", "num_items=8", "batch_size=2"), tmp_path / "r2", on_step=fail)
         assert (tmp_path / "r2").is_dir() and not (tmp_path / "r2" / "trainer.lock").exists()
+    assert held == [os.getpid()] * 2
 
 
 def test_a_stale_lock_is_taken_over_with_one_warning(tmp_path, capsys):
@@ -891,3 +896,12 @@ def test_without_flock_the_owners_pid_decides(tmp_path, monkeypatch):
         with lock_mod.RunDirLock(run) as held:
             assert json.loads(held.path.read_text())["pid"] == os.getpid()
     assert sorted(p.name for p in run.iterdir()) == []
+
+
+def test_out_of_memory_is_one_line(tmp_path, capsys, monkeypatch):
+    def too_big(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(train_mod, "train", too_big)
+    code, err = run_cli(["vae-image", "--config", "tiny", "--run-dir", str(tmp_path / "r")], capsys)
+    assert_one_line_error(code, err, "out of memory", "batch_size")
