@@ -49,7 +49,7 @@ def test_q_sample_statistics_match_closed_form():
     z = sched.q_sample(z0, t, torch.randn(z0.shape, generator=g, dtype=torch.float64))
     abar = sched.alphas_cumprod[[1, 400, 1000]]
     mean, var = z[..., 0].mean(0), z[..., 0].var(0)
-    torch.testing.assert_close(mean, 0.7 * abar.sqrt(), atol=4 * (1 / n) ** 0.5, rtol=0)
+    torch.testing.assert_close(mean, 0.7 * abar.sqrt(), atol=4 * (1 / n) ** 0.5, rtol=0)  # 4 standard errors
     torch.testing.assert_close(var, 1 - abar, atol=0.01, rtol=0.01)  # seeded draws: sampling error ~ 1/sqrt(n)
 
 
