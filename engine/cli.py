@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("continue", help="continue a clip with new frames")
-    p.add_argument("input", help="video file (mp4, avi, mov, mkv, webm, gif, ...) or a folder of frames")
+    p.add_argument("input", help="video file (mp4, avi, mov, mkv, webm, gif, ...), an image (png, jpg, webp, bmp, "
+                                 "tiff: a one-frame context) or a folder of frames")
     p.add_argument("-o", "--output", required=True, help="output .mp4, .gif or folder of PNGs")
     p.add_argument("--context", type=int, default=8, help="context frames taken from the end of the clip")
     _add_sampling_args(p, frames=32, s=5)
@@ -51,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("info", help="describe a checkpoint or a preset")
-    p.add_argument("checkpoint", nargs="?", help="checkpoint file (default: the embedded model)")
+    p.add_argument("checkpoint", nargs="?", help="checkpoint file, hf:OWNER/REPO[/FILE][@REV] or https://URL "
+                                                 "(default: the embedded model)")
     p.add_argument("--preset", help="describe a preset instead (tiny, default, paper); built without memory")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(func=cmd_info)
@@ -98,7 +100,8 @@ def _add_sampling_args(p: argparse.ArgumentParser, frames: int, s: int) -> None:
     p.add_argument("--min-context", type=int, default=1, help="clean frames kept in view once any exists")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale on x0")
     _add_history_guidance(p)
-    p.add_argument("--checkpoint", default=None, help="model checkpoint (default: the embedded model)")
+    p.add_argument("--checkpoint", default=None, help="model checkpoint: a file, hf:OWNER/REPO[/FILE][@REV] or "
+                                                      "https://URL[#sha256=HEX] (default: the embedded model)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     _add_precision(p)
     p.add_argument("--sampler", default="cached", choices=["cached", "reference"])
@@ -235,7 +238,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.preset:
         cfg, meta, source = get_preset(args.preset), {}, f"preset {args.preset}"
     else:
-        path = Path(args.checkpoint) if args.checkpoint else default_checkpoint_path()
+        path = args.checkpoint or default_checkpoint_path()  # text: a reference must not become a Path
         if not args.checkpoint and not path.is_file():
             raise ArdiffError(f"the embedded default model is not at {path}; give a checkpoint or --preset NAME")
         cfg, meta = read_checkpoint_header(path)
