@@ -57,7 +57,7 @@ def test_generate_to_png_folder_and_gif(tmp_path, capsys, tiny_checkpoint):
         (["continue", "{demo}", "-o", "{out}", "--context", "20"], "--context 20 is longer"),
         (["continue", "{demo}", "-o", "{out}", "--checkpoint", "{pickle}"], "never unpickles"),
         (["continue", "{demo}", "-o", "{out}", "--checkpoint", "{text}"], "not a safetensors"),
-        (["continue", "{empty_dir}", "-o", "{out}"], "no PNG/JPG frames"),
+        (["continue", "{empty_dir}", "-o", "{out}"], "folder has no image frames"),
         (["continue", "{demo}", "-o", "{out}", "--device", "tpu"], "device must be"),
         (["continue", "{demo}", "-o", "{out}", "--precision", "fp16"], "precision must be one of"),
     ],
