@@ -38,8 +38,10 @@ from app_gui.panels import DEVICE_LABELS, PRECISION_LABELS, ModelPanel, RunPanel
 from app_gui.player import FramePlayer, to_qimage
 from app_gui.settings import Settings
 from app_gui.worker import Generation, Job, Task
+from engine.hub import is_reference
+from engine.video_io import CLIP_EXTENSIONS
 
-CLIP_FILTER = "Videos (*.mp4 *.m4v *.mov *.avi *.mkv *.webm *.mpg *.mpeg *.gif);;All files (*)"
+CLIP_FILTER = f"Videos and images ({' '.join('*' + e for e in sorted(CLIP_EXTENSIONS))});;All files (*)"
 CHECKPOINT_FILTER = "ardiff checkpoints (*.safetensors);;All files (*)"
 SAVE_FILTERS = {"MP4 video (*.mp4)": ".mp4", "GIF animation (*.gif)": ".gif", "PNG frames (folder)": ""}
 GENERATE_FPS = 8.0  # a video made from nothing has no rate of its own; the CLI's default
@@ -291,14 +293,17 @@ class MainWindow(QMainWindow):
             self.show_error("Busy", "Wait for the current run to finish (or cancel it) "
                                     "before changing the model.")
             return False
-        checkpoint = str(Path(checkpoint).resolve()) if checkpoint else ""
+        if checkpoint and not is_reference(checkpoint):  # hf:/https:// references stay as typed
+            checkpoint = str(Path(checkpoint).resolve())
+        checkpoint = str(checkpoint or "")
         if device == "cuda":
             problem = cuda_problem()
             if problem:
                 self._model_failed(problem, device, quiet)
                 return False
         self.loading_model = True
-        self.model_panel.show_loading(Path(checkpoint).name if checkpoint else "the default model")
+        self.model_panel.show_loading((checkpoint if is_reference(checkpoint) else Path(checkpoint).name)
+                                      if checkpoint else "the default model")
         self.statusBar().showMessage("Loading model…")
         self._update_actions()
         task = Task(load_model, checkpoint, device, export_dir, precision, name="ardiff-load-model")
@@ -356,14 +361,14 @@ class MainWindow(QMainWindow):
 
     def choose_checkpoint(self) -> None:
         ckpt = self.settings.checkpoint
-        start = str(Path(ckpt).parent) if ckpt else self.settings.last_dir
+        start = str(Path(ckpt).parent) if ckpt and not is_reference(ckpt) else self.settings.last_dir
         path, _ = QFileDialog.getOpenFileName(self, "Open a checkpoint", start, CHECKPOINT_FILTER)
         if path:
             self.load_model(path, self.current_device())
 
     def choose_export_dir(self) -> None:
         ckpt = self.settings.checkpoint
-        start = str(Path(ckpt).parent) if ckpt else self.settings.last_dir
+        start = str(Path(ckpt).parent) if ckpt and not is_reference(ckpt) else self.settings.last_dir
         path = QFileDialog.getExistingDirectory(self, "Open an ardiff-export folder", start)
         if path:
             self.load_model(ckpt, self.current_device(), export_dir=path)

@@ -17,6 +17,7 @@ from app_tui.settings import (
     SettingsError,
     parse_history_guidance,
 )
+from engine.hub import checkpoint_arg
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     leave_a_core_for_the_ui()
     settings = Settings(s=args.s, frames=args.frames, steps=args.steps, context=args.context, seed=args.seed,
-                        checkpoint=Path(args.checkpoint).expanduser() if args.checkpoint else None,
+                        checkpoint=checkpoint_arg(args.checkpoint) if args.checkpoint else None,
                         device=args.device, precision=args.precision, history_guidance=args.history_guidance)
     mode = "text" if args.no_images else ("halfcell" if args.screenshot else "auto")
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import ArdiffError
+from engine.hub import checkpoint_arg
 from engine.precision import PRECISIONS
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -36,7 +37,7 @@ class Settings:
     steps: int = 50
     context: int = 8
     seed: int = 0
-    checkpoint: Path | None = None
+    checkpoint: Path | str | None = None  # a path, or an hf:/https:// reference (engine.hub)
     device: str = "auto"
     precision: str = "auto"  # "auto" | "fp32" | "bf16", as load_pipeline takes it
     history_guidance: float | None = None  # None: the model's own (Pipeline.history_guidance); 1.0 is off
@@ -65,7 +66,7 @@ def parse_settings(values: dict[str, str]) -> Settings:
             raise SettingsError(field, f"{label} must be at least {low}, got {number}")
         parsed[field] = number
     checkpoint = values.get("checkpoint", "").strip()
-    parsed["checkpoint"] = Path(checkpoint).expanduser() if checkpoint else None
+    parsed["checkpoint"] = checkpoint_arg(checkpoint) if checkpoint else None  # a path, or hf:/https:// as typed
     device = values.get("device", "auto").strip() or "auto"
     if device not in DEVICES and not device.startswith("cuda:"):
         raise SettingsError("device", f"device must be auto, cpu or cuda, got {device!r}")

@@ -246,3 +246,40 @@ def test_hf_reference_through_hf_endpoint_then_offline_from_the_cache(server, tm
     done = _ardiff({"HF_HOME": hf_home, "HF_ENDPOINT": base}, "info", "hf:someone/ardiff-tiny/nope.safetensors")
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "hf:someone/ardiff-tiny/nope.safetensors" in done.stderr
+
+
+# --------------------------------------------------------------------------- ardiff-train
+
+
+def _packaged(path: Path, init_dit: str) -> Path:
+    """A tiny packaged checkpoint whose recipe says its DiT started from `init_dit`."""
+    from engine.checkpoint import save_checkpoint
+    from engine.models import build_models, get_preset
+
+    cfg = get_preset("tiny")
+    vae, dit = build_models(cfg)
+    recipe = [{"stage": "diffusion", "steps": 3, "preset": "tiny", "data": "synthetic:bouncing",
+               "init_dit": init_dit}]
+    return save_checkpoint(path, vae, dit, cfg, meta={"recipe": recipe, "steps": {"diffusion": 3}})
+
+
+def test_trainer_takes_references_and_package_writes_a_hub_model_card(server, cache, tmp_path) -> None:
+    from huggingface_hub import ModelCard
+
+    from trainer import cli
+
+    served, base = server
+    served.files["/p.safetensors"] = _packaged(tmp_path / "p.safetensors", "hf:someone/base-model").read_bytes()
+    out = tmp_path / "release" / "model.safetensors"
+    assert cli.main(["package", "--diffusion", f"{base}/p.safetensors", "--vae", f"{base}/p.safetensors",
+                     "-o", str(out), "--dataset", "someone/clips"]) == 0
+    assert load_checkpoint(out).config.name == "tiny"
+    data = ModelCard((out.parent / "README.md").read_text()).data  # parsed as the Hub parses it
+    assert data.license == "apache-2.0" and data.library_name == "ardiff" and "video-continuation" in data.tags
+    assert data.datasets == ["someone/clips"] and data.base_model == ["someone/base-model"]
+    assert data.metrics == ["fvd", "psnr", "ssim"]
+    # A README.md of the user's is never overwritten: the card goes beside it under the checkpoint's name.
+    (out.parent / "README.md").write_text("my notes\n")
+    assert cli.main(["package", "--diffusion", str(out), "--vae", str(out), "-o", str(out)]) == 0
+    assert (out.parent / "README.md").read_text() == "my notes\n"
+    assert "library_name: ardiff" in (out.parent / "model.README.md").read_text()

@@ -47,6 +47,7 @@ from torch.utils.data.distributed import DistributedSampler
 from engine.atomic import atomic_path
 from engine.diffusion import DiffusionSchedule
 from engine.errors import ArdiffError, CheckpointError
+from engine.hub import is_reference, resolve_checkpoint
 from engine.models.arvae import ARVAE
 from engine.models.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss
 from engine.models.dit import DiT
@@ -179,8 +180,9 @@ class VAESource:
 
 
 def load_vae_source(path: str) -> VAESource:
-    """A trained VAE (EMA weights) from a vae-image/vae-temporal run dir or an ardiff checkpoint file."""
-    p = Path(path)
+    """A trained VAE (EMA weights) from a vae-image/vae-temporal run dir or an ardiff checkpoint (a file, or an
+    hf:/https:// reference that engine.hub fetches)."""
+    p = resolve_checkpoint(path)
     if not p.exists():
         raise ConfigError(f"vae: {path} does not exist (give a vae-image/vae-temporal run dir or a checkpoint)")
     if p.is_dir():
@@ -223,8 +225,9 @@ class DiffusionSource:
 
 
 def load_diffusion_source(path: str) -> DiffusionSource:
-    """A diffusion run dir or a packaged ardiff checkpoint (whose DiT was trained on its own VAE's latents)."""
-    p = Path(path)
+    """A diffusion run dir or a packaged ardiff checkpoint, local or an hf:/https:// reference (whose DiT was
+    trained on its own VAE's latents)."""
+    p = resolve_checkpoint(path)
     if not p.exists():
         raise CheckpointError(f"{path} does not exist (give a diffusion run dir or an ardiff checkpoint)")
     if p.is_file():
@@ -699,7 +702,8 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
                 this.update(scheduler=cfg.scheduler, clean_prefix_p=cfg.clean_prefix_p,
                             prediction=cfg.prediction, attention=cfg.attention)
                 if cfg.init_dit:
-                    this.update(init_dit=str(Path(cfg.init_dit).resolve()))
+                    ref = cfg.init_dit  # a reference (hf:, https://) is kept as written, a path made absolute
+                    this.update(init_dit=ref if is_reference(ref) else str(Path(ref).resolve()))
                     if cfg.init_dit_other_vae:
                         this.update(init_dit_other_vae=True)
             meta = {
