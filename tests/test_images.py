@@ -95,8 +95,10 @@ def test_cli_continues_a_still_image(tmp_path: Path, capsys, tiny_checkpoint) ->
     Image.fromarray(pattern(32, 48)).save(tmp_path / "photo.webp", lossless=True)
     out = tmp_path / "out.mp4"
     code = main(["continue", str(tmp_path / "photo.webp"), "-o", str(out), "--frames", "3", "--steps", "2",
-                 "--context", "1", "--checkpoint", str(tiny_checkpoint), "--device", "cpu", "--quiet"])
-    assert code == 0, capsys.readouterr().err
+                 "--checkpoint", str(tiny_checkpoint), "--device", "cpu"])  # --context left at its default, 8
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "1 context + 3 new" in err and "centre-cropped 48x32" in err
     assert read_video(out).shape[0] == 4  # the image, then 3 new frames
 
 
