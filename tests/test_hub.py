@@ -283,3 +283,39 @@ def test_trainer_takes_references_and_package_writes_a_hub_model_card(server, ca
     assert cli.main(["package", "--diffusion", str(out), "--vae", str(out), "-o", str(out)]) == 0
     assert (out.parent / "README.md").read_text() == "my notes\n"
     assert "library_name: ardiff" in (out.parent / "model.README.md").read_text()
+
+
+# --------------------------------------------------------------------------- the apps
+
+
+def test_tui_settings_keep_a_reference_as_typed(tmp_path) -> None:
+    pytest.importorskip("textual")
+    from app_tui.settings import parse_settings
+
+    def checkpoint(text: str):
+        form = {"s": "5", "frames": "8", "steps": "10", "context": "4", "seed": "0", "checkpoint": text}
+        return parse_settings(form).checkpoint
+
+    assert checkpoint(" https://h.example/m.safetensors ") == "https://h.example/m.safetensors"
+    assert checkpoint("hf:o/r@v2") == "hf:o/r@v2"
+    assert checkpoint("~/m.safetensors") == Path.home() / "m.safetensors"
+
+
+def test_gui_loads_a_checkpoint_by_url(server, cache, tiny_checkpoint, qtbot, monkeypatch) -> None:
+    pytest.importorskip("PySide6")
+    from PySide6.QtWidgets import QInputDialog
+
+    from app_gui.settings import Settings
+    from app_gui.window import MainWindow
+
+    served, base = server
+    served.files["/gui.safetensors"] = tiny_checkpoint.read_bytes()
+    url = f"{base}/gui.safetensors"
+    w = MainWindow(Settings.load(), checkpoint=None, device="cpu", persist=False)
+    qtbot.addWidget(w)
+    qtbot.waitUntil(lambda: not w.loading_model, timeout=60_000)
+    monkeypatch.setattr(QInputDialog, "getText", lambda *a, **k: (f" {url} ", True))
+    w.act_open_ref.trigger()
+    qtbot.waitUntil(lambda: not w.loading_model, timeout=60_000)
+    assert w.model_error is None and w.pipeline is not None and w.pipeline.config.name == "tiny"
+    assert w.settings.checkpoint == url  # kept as typed, not made into a local path
