@@ -12,7 +12,8 @@ as a safetensors checkpoint exactly as it does a local one. Every failure is a o
   `<user cache>/ardiff/checkpoints/` with a progress bar on stderr (when stderr is a terminal). An interrupted
   download stays in a `.part` file and the next attempt resumes it with an HTTP Range request. A
   `#sha256=HEX` fragment (pip's convention) is checked before the file is moved into the cache. Each network
-  wait gives up after ARDIFF_DOWNLOAD_TIMEOUT seconds (default 30).
+  wait gives up after ARDIFF_DOWNLOAD_TIMEOUT seconds (default 30). HF_HUB_OFFLINE=1 (the Hub's offline
+  switch) holds for URLs too: a cached file is used, anything else fails at once instead of reaching out.
 """
 
 from __future__ import annotations
@@ -157,6 +158,9 @@ def _fetch_url(ref: str, timeout: float) -> Path:
     final = folder / name
     if final.is_file():  # only ever moved here complete (and verified, when a sha256 was given)
         return final
+    if _offline():
+        raise CheckpointDownloadError(f"{ref}: not in the download cache ({url_cache_dir()}) and offline mode is on "
+                                      f"(HF_HUB_OFFLINE); fetch it once online, or give a local path")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -263,6 +267,12 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _offline() -> bool:
+    """huggingface_hub's rule for HF_HUB_OFFLINE (and the older TRANSFORMERS_OFFLINE), read at each call."""
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
 def _env_timeout() -> float:

@@ -204,6 +204,21 @@ def test_404_and_html_page_and_hang_are_one_line_errors(server, cache, capsys) -
     one_line_failure(code, err, "timed out")
 
 
+def test_offline_mode_uses_the_cache_and_never_the_network(server, cache, tiny_checkpoint, capsys,
+                                                            monkeypatch) -> None:
+    served, base = server
+    served.files["/o.safetensors"] = tiny_checkpoint.read_bytes()
+    resolve_checkpoint(f"{base}/o.safetensors")  # cached while online
+    asked = len(served.requests)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, out, err = run_cli(capsys, "info", f"{base}/o.safetensors")
+    assert code == 0 and "16x16, window 16" in out, err
+    served.files["/new.safetensors"] = tiny_checkpoint.read_bytes()
+    code, _, err = run_cli(capsys, "info", f"{base}/new.safetensors")
+    one_line_failure(code, err, "offline mode is on")
+    assert len(served.requests) == asked  # offline: the server was never asked
+
+
 def test_a_fetched_pickle_is_refused_and_never_unpickled(server, cache, capsys) -> None:
     import pickle
 
