@@ -25,6 +25,8 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,21 +167,42 @@ def _fetch_url(ref: str, timeout: float) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise CheckpointDownloadError(f"{ref}: cannot create the cache folder {folder} ({err.strerror})") from None
-    part = folder / (name + ".part")
-    _download(url, part, timeout, ref)
-    if sha is not None:
-        got = _sha256(part)
-        if got != sha:
-            part.unlink(missing_ok=True)  # a resumed download cannot fix wrong bytes: start again next time
-            raise CheckpointDownloadError(f"{ref}: sha256 mismatch: the file has {got}, the URL says {sha}; "
-                                          f"nothing was kept")
-    try:
-        _check_safetensors(part, ref)
-    except CheckpointDownloadError:
-        part.unlink(missing_ok=True)  # an error page or a pickle is never cached
-        raise
-    os.replace(part, final)
+    # One download at a time per file (torchrun starts every rank at once): the others wait, then find it.
+    with _locked(folder / (name + ".lock")):
+        if final.is_file():
+            return final
+        part = folder / (name + ".part")
+        _download(url, part, timeout, ref)
+        if sha is not None:
+            got = _sha256(part)
+            if got != sha:
+                part.unlink(missing_ok=True)  # a resumed download cannot fix wrong bytes: start again next time
+                raise CheckpointDownloadError(f"{ref}: sha256 mismatch: the file has {got}, the URL says {sha}; "
+                                              f"nothing was kept")
+        try:
+            _check_safetensors(part, ref)
+        except CheckpointDownloadError:
+            part.unlink(missing_ok=True)  # an error page or a pickle is never cached
+            raise
+        os.replace(part, final)
     return final
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (POSIX flock; released by the OS if the process dies). Where there is no
+    fcntl (Windows) downloads are not serialised."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _download(url: str, part: Path, timeout: float, ref: str) -> None:

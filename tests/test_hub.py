@@ -30,6 +30,7 @@ class Served:
     files: dict[str, bytes] = field(default_factory=dict)
     cut_first: set[str] = field(default_factory=set)  # paths whose first GET stops halfway
     hang: set[str] = field(default_factory=set)  # paths that never answer (until the test ends)
+    slow: set[str] = field(default_factory=set)  # paths whose body comes after half a second
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, path, Range)
     release: threading.Event = field(default_factory=threading.Event)
 
@@ -70,6 +71,8 @@ def _handler(served: Served):
                 self._head(body)
             if not send_body:
                 return
+            if path in served.slow:
+                served.release.wait(0.5)
             if path in served.cut_first:
                 served.cut_first.discard(path)
                 self.wfile.write(body[start:len(body) // 2])  # Content-Length promised more: a short read
@@ -188,7 +191,7 @@ def test_wrong_sha256_keeps_nothing(server, cache, tiny_checkpoint, capsys) -> N
     served.files["/m.safetensors"] = tiny_checkpoint.read_bytes()
     code, _, err = run_cli(capsys, "info", f"{base}/m.safetensors#sha256={'0' * 64}")
     one_line_failure(code, err, "sha256 mismatch")
-    assert not [p for p in cache.rglob("*") if p.is_file()]
+    assert not [p for p in cache.rglob("*") if p.is_file() and p.suffix != ".lock"]
 
 
 def test_404_and_html_page_and_hang_are_one_line_errors(server, cache, capsys) -> None:
@@ -198,7 +201,7 @@ def test_404_and_html_page_and_hang_are_one_line_errors(server, cache, capsys) -
     served.files["/page.safetensors"] = b"<html>sign in first</html>"
     code, _, err = run_cli(capsys, "info", f"{base}/page.safetensors")
     one_line_failure(code, err, "not a safetensors checkpoint")
-    assert not [p for p in cache.rglob("*") if p.is_file()]  # an error page is never cached
+    assert not [p for p in cache.rglob("*") if p.is_file() and p.suffix != ".lock"]  # an error page is never cached
     served.hang.add("/slow.safetensors")
     code, _, err = run_cli(capsys, "info", f"{base}/slow.safetensors")
     one_line_failure(code, err, "timed out")
@@ -217,6 +220,22 @@ def test_offline_mode_uses_the_cache_and_never_the_network(server, cache, tiny_c
     code, _, err = run_cli(capsys, "info", f"{base}/new.safetensors")
     one_line_failure(code, err, "offline mode is on")
     assert len(served.requests) == asked  # offline: the server was never asked
+
+
+def test_concurrent_fetches_download_once(server, cache, tiny_checkpoint) -> None:
+    # torchrun starts every rank at once, each resolving the same vae=/init_dit= URL.
+    served, base = server
+    served.files["/c.safetensors"] = tiny_checkpoint.read_bytes()
+    served.slow.add("/c.safetensors")
+    paths: list[Path] = []
+    threads = [threading.Thread(target=lambda: paths.append(resolve_checkpoint(f"{base}/c.safetensors")))
+               for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(paths) == 3 and len(set(paths)) == 1 and paths[0].read_bytes() == tiny_checkpoint.read_bytes()
+    assert [r[0] for r in served.requests].count("GET") == 1
 
 
 def test_a_fetched_pickle_is_refused_and_never_unpickled(server, cache, capsys) -> None:
