@@ -103,9 +103,11 @@ def test_training_step_on_cuda() -> None:
     loss.backward()
     # The same weights and batch on two devices: float32 sums in other orders, relative 1e-4.
     assert abs(loss.item() - loss_cpu.item()) <= 1e-4 * abs(loss_cpu.item())
-    worst = max(float((p.grad.cpu() - q.grad).abs().max() / (q.grad.abs().max() + 1e-12))
-                for p, q in zip(dit.parameters(), dit_cpu.parameters()) if q.grad is not None)
-    assert worst <= 1e-3
+    # Gradients against the largest one: some (attention key biases) are exactly zero in exact arithmetic, so
+    # only float noise, which no per-tensor relative bound can hold.
+    pairs = [(p.grad.cpu(), q.grad) for p, q in zip(dit.parameters(), dit_cpu.parameters()) if q.grad is not None]
+    scale = max(float(q.abs().max()) for _, q in pairs)
+    assert max(float((p - q).abs().max()) for p, q in pairs) <= 1e-3 * scale
     # A few AdamW steps in bf16 autocast on one batch: the loss goes down (the step really trains).
     opt = torch.optim.AdamW(dit.parameters(), lr=1e-3)
     losses = []
