@@ -307,7 +307,10 @@ def test_trainer_takes_references_and_package_writes_a_hub_model_card(server, ca
     out = tmp_path / "release" / "model.safetensors"
     assert cli.main(["package", "--diffusion", f"{base}/p.safetensors", "--vae", f"{base}/p.safetensors",
                      "-o", str(out), "--dataset", "someone/clips"]) == 0
-    assert load_checkpoint(out).config.name == "tiny"
+    packaged = load_checkpoint(out)
+    assert packaged.config.name == "tiny"
+    # Provenance names the references, not this machine's cache.
+    assert packaged.meta["sources"]["diffusion"] == packaged.meta["sources"]["vae"] == f"{base}/p.safetensors"
     data = ModelCard((out.parent / "README.md").read_text()).data  # parsed as the Hub parses it
     assert data.license == "apache-2.0" and data.library_name == "ardiff" and "video-continuation" in data.tags
     assert data.datasets == ["someone/clips"] and data.base_model == ["someone/base-model"]

@@ -92,9 +92,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_package(args: argparse.Namespace) -> int:
-    from trainer.package import package
-
     from trainer.model_card import card_path
+    from trainer.package import package
 
     path = package(args.diffusion, args.output, vae=args.vae, dtype=args.dtype,
                    history_guidance=args.history_guidance, license=args.license, datasets=args.dataset)

@@ -13,6 +13,7 @@ import torch
 
 from engine.checkpoint import read_checkpoint_header, sampling_defaults, save_checkpoint
 from engine.errors import CheckpointError
+from engine.hub import is_reference
 from engine.models.dit import DiT
 from trainer.model_card import write_model_card
 from trainer.train import load_diffusion_source, load_vae_source
@@ -69,7 +70,8 @@ def package(diffusion_run: str, output: str, vae: str | None = None, dtype: str 
         "weights": "ema",
         "ema_decay": diff.ema_decay,
         "sources": {"vae": src.info["path"], "vae_step": src.info["step"],
-                    "diffusion": str(Path(diffusion_run).resolve()), "diffusion_step": diff.step},
+                    "diffusion": diffusion_run if is_reference(diffusion_run) else str(Path(diffusion_run).resolve()),
+                    "diffusion_step": diff.step},
         "packaged_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     sampling = dict(diff.meta.get("sampling") or {})

@@ -200,7 +200,10 @@ def load_vae_source(path: str) -> VAESource:
         return VAESource(vae, run.model_config, info)
     from engine.checkpoint import load_checkpoint
 
-    return checkpoint_vae_source(load_checkpoint(p))
+    src = checkpoint_vae_source(load_checkpoint(p))
+    if is_reference(path):
+        src.info["path"] = path  # the reference travels; the cache path is this machine's
+    return src
 
 
 def checkpoint_vae_source(ck) -> VAESource:
@@ -236,6 +239,8 @@ def load_diffusion_source(path: str) -> DiffusionSource:
         ck = load_checkpoint(p)
         vae_info = checkpoint_vae_source(ck).info
         used = {k: vae_info[k] for k in ("path", "step", "digest", "encoder_digest")}
+        if is_reference(path):
+            used["path"] = path  # its VAE is in the same checkpoint: the reference travels, the cache path not
         used["latent_scale"] = float(ck.meta.get("latent_scale", vae_info["latent_scale"]))  # already folded in
         meta = {**ck.meta, "vae_source": used}
         return DiffusionSource(ck.config, {k: v.float() for k, v in ck.dit.state_dict().items()}, meta,
