@@ -122,3 +122,18 @@ def test_gui_open_dialog_offers_every_clip_type() -> None:
 
     offered = CLIP_FILTER.split(";;")[0]
     assert all(f"*{ext}" in offered for ext in CLIP_EXTENSIONS)
+
+
+def test_gui_opens_a_dropped_image_as_a_one_frame_clip(tmp_path: Path, qtbot) -> None:
+    pytest.importorskip("PySide6")
+    from app_gui.settings import Settings
+    from app_gui.window import MainWindow
+
+    rgba = np.zeros((12, 20, 4), dtype=np.uint8)
+    rgba[..., :3], rgba[..., 3] = (10, 200, 30), 255
+    Image.fromarray(rgba).save(tmp_path / "still.tiff")
+    w = MainWindow(Settings.load(), device="cpu", load_on_start=False, persist=False)
+    qtbot.addWidget(w)
+    with qtbot.waitSignal(w.clipLoaded, timeout=60_000):
+        w.open_path(str(tmp_path / "still.tiff"))  # what a drop does with a local file
+    assert w.clip.shape == (1, 12, 20, 3) and w.clip[0, 0, 0].tolist() == [10, 200, 30]
