@@ -19,6 +19,7 @@ as a safetensors checkpoint exactly as it does a local one. Every failure is a o
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import sys
@@ -104,12 +105,17 @@ def _fetch_hf(hub: HubRef, timeout: float) -> Path:
         from huggingface_hub import hf_hub_download
     except ImportError as err:  # a declared dependency; only a broken install lacks it
         raise CheckpointDownloadError(f"{hub}: huggingface_hub is not installed ({err})") from None
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # its retry warnings would make a failure more than one line
     try:
         # Its cache, HF_HUB_OFFLINE and HF_ENDPOINT apply; its own progress bar shows on stderr.
         return Path(hf_hub_download(hub.repo_id, hub.filename, revision=hub.revision, etag_timeout=timeout,
                                     library_name="ardiff"))
     except Exception as err:  # noqa: BLE001 - whatever the Hub client raises is a failed fetch, said in one line
         raise CheckpointDownloadError(f"{hub}: cannot fetch from the Hugging Face Hub: {_hf_reason(err)}") from None
+    finally:
+        logger.setLevel(level)
 
 
 def _hf_reason(err: BaseException) -> str:
