@@ -95,3 +95,14 @@ def test_peak_table_picks_the_right_gpu() -> None:
     assert gc._peak_tflops("NVIDIA H100 PCIe") == 756.0
     assert gc._peak_tflops("NVIDIA A800-SXM4-80GB") == 312.0
     assert gc._peak_tflops("Some Future GPU") is None
+
+
+def test_cuda_tests_run_without_pytest_installed(tmp_path: Path, monkeypatch) -> None:
+    gc = _load()
+    real = gc.importlib.util.find_spec
+    monkeypatch.setattr(gc.importlib.util, "find_spec", lambda name, *a: None if name == "pytest" else real(name, *a))
+    ctx = gc.Ctx(dry=True, device="cpu", tmp=tmp_path, env=dict(os.environ), timeout=120)
+    result, _ = gc.run_step("tests", "Tests", gc.step_tests, ctx)  # forked: its pytest stand-in stays there
+    assert result.status == "ok", (result.summary, result.details)
+    assert "pytest not installed" in result.summary
+    assert sum("skipped (no CUDA device)" in line for line in result.details) == 3
