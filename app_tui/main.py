@@ -23,7 +23,7 @@ from engine.hub import checkpoint_arg
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ardiff-tui",
                                 description="Continue videos with AR-Diffusion, in a terminal.")
-    p.add_argument("clip", nargs="?", help="video file or frame folder to open")
+    p.add_argument("clip", nargs="?", help="video file, image (a one-frame clip) or frame folder to open")
     p.add_argument("--checkpoint", help="model checkpoint: a file, hf:OWNER/REPO[/FILE][@REV] or https://URL "
                                         "(default: the embedded model)")
     p.add_argument("--device", default="auto", help=f"{' | '.join(DEVICES)}")
