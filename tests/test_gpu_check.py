@@ -106,3 +106,14 @@ def test_cuda_tests_run_without_pytest_installed(tmp_path: Path, monkeypatch) ->
     assert result.status == "ok", (result.summary, result.details)
     assert "pytest not installed" in result.summary
     assert sum("skipped (no CUDA device)" in line for line in result.details) == 3
+
+
+def test_bash_runs_it_with_a_python_that_has_torch(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(SCRIPT), "--help"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and "--dry-run" in done.stdout, done.stderr
+    env = {**os.environ, "PYTHON": "", "PATH": str(tmp_path)}  # no python anywhere
+    done = subprocess.run(["/bin/sh", str(SCRIPT)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 1 and "set PYTHON=" in done.stderr
