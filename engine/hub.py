@@ -19,6 +19,7 @@ as a safetensors checkpoint exactly as it does a local one. Every failure is a o
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import re
@@ -220,8 +221,10 @@ def _download(url: str, part: Path, timeout: float, ref: str) -> None:
     try:
         response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 - scheme checked in _split_url
     except urllib.error.HTTPError as err:
-        if err.code == 416 and have:  # the partial file is not a prefix the server knows: start again
-            part.unlink(missing_ok=True)
+        if err.code == 416 and have:
+            if err.headers.get("Content-Range", "") == f"bytes */{have}":
+                return None  # the partial file is already whole (a run that stopped before the rename)
+            part.unlink(missing_ok=True)  # not a prefix the server knows: start again
             return _download(url, part, timeout, ref)
         raise CheckpointDownloadError(f"{ref}: the server answered HTTP {err.code} {err.reason}") from None
     except (urllib.error.URLError, OSError) as err:
@@ -229,6 +232,10 @@ def _download(url: str, part: Path, timeout: float, ref: str) -> None:
         raise CheckpointDownloadError(f"{ref}: cannot connect ({_first_line(reason)})") from None
     with response:
         resumed = response.status == 206
+        if resumed and not response.headers.get("Content-Range", "").startswith(f"bytes {have}-"):
+            response.close()  # another range than asked for: appending it would corrupt the file
+            part.unlink(missing_ok=True)
+            return _download(url, part, timeout, ref)
         if have and not resumed:
             have = 0  # the server ignored Range: the whole file is coming, overwrite the partial one
         length = response.headers.get("Content-Length")
@@ -238,7 +245,7 @@ def _download(url: str, part: Path, timeout: float, ref: str) -> None:
                 while chunk := response.read(_CHUNK):
                     out.write(chunk)
                     advance(len(chunk))
-            except (OSError, ValueError) as err:  # a timeout, a reset or a short read (IncompleteRead)
+            except (OSError, ValueError, http.client.HTTPException) as err:  # a timeout, a reset, a short read
                 out.flush()
                 raise CheckpointDownloadError(
                     f"{ref}: download stopped at {out.tell()} of {total or '?'} bytes ({_first_line(err) or 'timed out'}); "
