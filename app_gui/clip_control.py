@@ -18,8 +18,9 @@ from PySide6.QtWidgets import QFileDialog
 from app_gui.controls import MODE_CONTINUE
 from app_gui.loaders import read_clip
 from app_gui.worker import Task
+from engine.video_io import CLIP_EXTENSIONS
 
-CLIP_FILTER = "Videos (*.mp4 *.m4v *.mov *.avi *.mkv *.webm *.mpg *.mpeg *.gif);;All files (*)"
+CLIP_FILTER = f"Videos and images ({' '.join('*' + e for e in sorted(CLIP_EXTENSIONS))});;All files (*)"
 
 
 class ClipControl:

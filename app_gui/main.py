@@ -26,8 +26,9 @@ SCREENSHOT_SIZE = (1280, 800)
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line; --device and --precision, when given, override the saved settings."""
     p = argparse.ArgumentParser(prog="ardiff-gui", description="Continue a video with AR-Diffusion.")
-    p.add_argument("clip", nargs="?", help="a video file or frame folder to open")
-    p.add_argument("--checkpoint", help="model checkpoint (.safetensors); default: the embedded model")
+    p.add_argument("clip", nargs="?", help="a video file, an image (a one-frame clip) or a frame folder to open")
+    p.add_argument("--checkpoint", help="model checkpoint: a .safetensors file, hf:OWNER/REPO[/FILE][@REV] or "
+                                        "https://URL; default: the embedded model")
     p.add_argument("--device", choices=DEVICES, help="where the model runs")
     p.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
     p.add_argument("--screenshot", metavar="PATH", help="render the window to a PNG and exit")

@@ -12,11 +12,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from PySide6.QtWidgets import QFileDialog
+from PySide6.QtWidgets import QFileDialog, QInputDialog
 
 from app_gui.loaders import cuda_problem, load_model
 from app_gui.panels import DEVICE_LABELS, PRECISION_LABELS
 from app_gui.worker import Task
+from engine.hub import is_reference
 
 CHECKPOINT_FILTER = "ardiff checkpoints (*.safetensors);;All files (*)"
 
@@ -41,14 +42,17 @@ class ModelControl:
             self.show_error("Busy", "Wait for the current run to finish (or cancel it) "
                                     "before changing the model.")
             return False
-        checkpoint = str(Path(checkpoint).resolve()) if checkpoint else ""
+        if checkpoint and not is_reference(checkpoint):  # hf:/https:// references stay as typed
+            checkpoint = str(Path(checkpoint).resolve())
+        checkpoint = str(checkpoint or "")
         if device == "cuda":
             problem = cuda_problem()
             if problem:
                 self._model_failed(problem, device, quiet)
                 return False
         self.loading_model = True
-        self.model_panel.show_loading(Path(checkpoint).name if checkpoint else "the default model")
+        self.model_panel.show_loading((checkpoint if is_reference(checkpoint) else Path(checkpoint).name)
+                                      if checkpoint else "the default model")
         self.statusBar().showMessage("Loading model…")
         self._update_actions()
         task = Task(load_model, checkpoint, device, export_dir, precision, name="ardiff-load-model")
@@ -106,14 +110,23 @@ class ModelControl:
 
     def choose_checkpoint(self) -> None:
         ckpt = self.settings.checkpoint
-        start = str(Path(ckpt).parent) if ckpt else self.settings.last_dir
+        start = str(Path(ckpt).parent) if ckpt and not is_reference(ckpt) else self.settings.last_dir
         path, _ = QFileDialog.getOpenFileName(self, "Open a checkpoint", start, CHECKPOINT_FILTER)
         if path:
             self.load_model(path, self.current_device())
 
+    def choose_checkpoint_reference(self) -> None:
+        """Load a checkpoint by reference (engine.hub): fetched once into a cache, in the background."""
+        ckpt = self.settings.checkpoint
+        text, ok = QInputDialog.getText(self, "Checkpoint from the Hub or a URL",
+                                        "hf:OWNER/REPO[/FILE][@REVISION] or https://…[#sha256=…]",
+                                        text=ckpt if is_reference(ckpt) else "")
+        if ok and text.strip():
+            self.load_model(text.strip(), self.current_device())
+
     def choose_export_dir(self) -> None:
         ckpt = self.settings.checkpoint
-        start = str(Path(ckpt).parent) if ckpt else self.settings.last_dir
+        start = str(Path(ckpt).parent) if ckpt and not is_reference(ckpt) else self.settings.last_dir
         path = QFileDialog.getExistingDirectory(self, "Open an ardiff-export folder", start)
         if path:
             self.load_model(ckpt, self.current_device(), export_dir=path)

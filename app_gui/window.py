@@ -217,11 +217,12 @@ class MainWindow(ModelControl, ClipControl, RunControl, TakesControl, QMainWindo
         self.act_default_model = self._action("Embedded &default model", lambda: self.load_model(
             "", self.current_device()))
         self.act_open_ckpt = self._action("Open &checkpoint…", self.choose_checkpoint)
+        self.act_open_ref = self._action("Checkpoint from the &Hub or a URL…", self.choose_checkpoint_reference)
         self.act_open_export = QAction("Open &export dir…", self)
         self.act_open_export.triggered.connect(self.choose_export_dir)
         self.act_open_export.setToolTip(EXPORT_TOOLTIP)
         self.act_open_export.setStatusTip(EXPORT_TOOLTIP)
-        for a in (self.act_default_model, self.act_open_ckpt, self.act_open_export):
+        for a in (self.act_default_model, self.act_open_ckpt, self.act_open_ref, self.act_open_export):
             model_menu.addAction(a)
 
         run_menu = bar.addMenu("&Run")
@@ -270,7 +271,8 @@ class MainWindow(ModelControl, ClipControl, RunControl, TakesControl, QMainWindo
         self.act_save.setEnabled(not busy and has_result)
         self.params.setEnabled(not busy and not self.loading_model)
         self.model_panel.set_busy(busy or self.loading_model)
-        for a in (self.act_open, self.act_open_ckpt, self.act_default_model, self.act_open_export):
+        for a in (self.act_open, self.act_open_ckpt, self.act_open_ref, self.act_default_model,
+                  self.act_open_export):
             a.setEnabled(not busy)
         self.recent_menu.setEnabled(not busy and bool(self.settings.recent))
         self._update_status_model()

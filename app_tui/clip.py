@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import VideoError
-from engine.video_io import VIDEO_EXTENSIONS, VideoInfo, probe_video, read_tail
+from engine.video_io import CLIP_EXTENSIONS, VideoInfo, probe_video, read_tail
 
 # The model sees at most window - 1 context frames (15 for every preset); keep a margin, not the whole clip,
 # so an HD film does not fill memory.
@@ -32,11 +32,12 @@ class Clip:
 
 
 def load_clip(path: str | Path) -> Clip:
-    """Probe and decode a video file or frame folder; VideoError (one line) for anything unreadable."""
+    """Probe and decode a video file, an image (a one-frame clip) or a frame folder; VideoError (one line) for
+    anything unreadable."""
     path = Path(path).expanduser()
-    if path.is_file() and path.suffix.lower() not in VIDEO_EXTENSIONS:
-        raise VideoError(f"{path}: not a video ({path.suffix or 'no extension'}); "
-                         f"pick one of {', '.join(sorted(VIDEO_EXTENSIONS))} or a folder of frames")
+    if path.is_file() and path.suffix.lower() not in CLIP_EXTENSIONS:
+        raise VideoError(f"{path}: not a video or image ({path.suffix or 'no extension'}); "
+                         f"pick one of {', '.join(sorted(CLIP_EXTENSIONS))} or a folder of frames")
     info = probe_video(path)
     tail = read_tail(path, MAX_TAIL, info.num_frames)
     # the container's count where it has one (a tail read from far into the clip does not count it)

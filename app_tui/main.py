@@ -17,13 +17,15 @@ from app_tui.settings import (
     SettingsError,
     parse_history_guidance,
 )
+from engine.hub import checkpoint_arg
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ardiff-tui",
                                 description="Continue videos with AR-Diffusion, in a terminal.")
-    p.add_argument("clip", nargs="?", help="video file or frame folder to open")
-    p.add_argument("--checkpoint", help="model checkpoint (default: the embedded model)")
+    p.add_argument("clip", nargs="?", help="video file, image (a one-frame clip) or frame folder to open")
+    p.add_argument("--checkpoint", help="model checkpoint: a file, hf:OWNER/REPO[/FILE][@REV] or https://URL "
+                                        "(default: the embedded model)")
     defaults = Settings()
     p.add_argument("--device", default=defaults.device, help=f"{' | '.join(DEVICES)}")
     p.add_argument("--precision", default=defaults.precision, choices=PRECISIONS, help=PRECISION_HELP)
@@ -73,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     leave_a_core_for_the_ui()
     settings = Settings(s=args.s, frames=args.frames, steps=args.steps, context=args.context, seed=args.seed,
-                        checkpoint=Path(args.checkpoint).expanduser() if args.checkpoint else None,
+                        checkpoint=checkpoint_arg(args.checkpoint) if args.checkpoint else None,
                         device=args.device, precision=args.precision, history_guidance=args.history_guidance)
     mode = "text" if args.no_images else ("halfcell" if args.screenshot else "auto")
 

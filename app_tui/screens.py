@@ -18,7 +18,7 @@ KEYS = [
     ("esc", "cancel the run; frames made so far are kept"),
     ("ctrl+s", "save the frames: .mp4, .gif, or a folder path for PNG frames"),
     ("o", "type a clip path (Enter opens it)"),
-    ("f", "focus the file tree (Enter on a video opens it)"),
+    ("f", "focus the file tree (Enter on a video or an image opens it)"),
     ("tab / shift+tab", "move between fields"),
     ("?, F1", "this help"),
     ("q, F10, ctrl+q", "quit (prints saved paths; twice if frames are unsaved)"),

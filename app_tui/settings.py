@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import RunError
+from engine.hub import checkpoint_arg
 from engine.run import DEVICES, PRECISION_HELP, PRECISIONS, RunRequest
 
 __all__ = ["DEVICES", "PRECISIONS", "PRECISION_HELP", "HISTORY_GUIDANCE_HELP", "Settings", "SettingsError",
@@ -36,7 +37,7 @@ class Settings:
     steps: int = RunRequest.steps
     context: int = RunRequest.context
     seed: int = RunRequest.seed
-    checkpoint: Path | None = None
+    checkpoint: Path | str | None = None  # a path, or an hf:/https:// reference (engine.hub)
     device: str = RunRequest.device
     precision: str = RunRequest.precision  # "auto" | "fp32" | "bf16", as load_pipeline takes it
     history_guidance: float | None = None  # None: the model's own (Pipeline.history_guidance); 1.0 is off
@@ -71,7 +72,7 @@ def parse_settings(values: dict[str, str]) -> Settings:
         except ValueError:
             raise SettingsError(field, f"{label} must be a whole number, got {text!r}") from None
     checkpoint = values.get("checkpoint", "").strip()
-    parsed["checkpoint"] = Path(checkpoint).expanduser() if checkpoint else None
+    parsed["checkpoint"] = checkpoint_arg(checkpoint) if checkpoint else None  # a path, or hf:/https:// as typed
     parsed["device"] = values.get("device", "auto").strip() or "auto"
     parsed["precision"] = values.get("precision", "auto").strip() or "auto"
     parsed["history_guidance"] = parse_history_guidance(values.get("history_guidance", ""))

@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 
 from engine.atomic import atomic_path
 from engine.errors import CheckpointError, WeightsUnavailableError
+from engine.hub import resolve_checkpoint
 from engine.models import build_models
 from engine.models.presets import ModelConfig
 
@@ -149,7 +150,7 @@ def _load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], prefix: 
 
 
 def _existing_file(path: str | os.PathLike) -> Path:
-    path = Path(path)
+    path = resolve_checkpoint(path)  # hf:/https:// references are fetched (engine.hub); a path stays a path
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     if not path.is_file():

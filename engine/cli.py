@@ -46,10 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("continue", help="continue a clip with new frames")
-    p.add_argument("input", help="video file (mp4, avi, mov, mkv, webm, gif, ...) or a folder of frames")
+    p.add_argument("input", help="video file (mp4, avi, mov, mkv, webm, gif, ...), an image (png, jpg, webp, bmp, "
+                                 "tiff: a one-frame context) or a folder of frames")
     p.add_argument("-o", "--output", required=True, help="output .mp4, .gif or folder of PNGs")
-    p.add_argument("--context", type=int, default=RunRequest.context,
-                   help="context frames taken from the end of the clip")
+    p.add_argument("--context", type=int, default=None,
+                   help=f"context frames taken from the end of the clip (default: {RunRequest.context}, or the "
+                        f"whole clip when it is shorter; an image is a one-frame context)")
     _add_sampling_args(p)
     p.set_defaults(func=cmd_continue)
 
@@ -61,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("info", help="describe a checkpoint or a preset")
-    p.add_argument("checkpoint", nargs="?", help="checkpoint file (default: the embedded model)")
+    p.add_argument("checkpoint", nargs="?", help="checkpoint file, hf:OWNER/REPO[/FILE][@REV] or https://URL "
+                                                 "(default: the embedded model)")
     p.add_argument("--preset", help="describe a preset instead (tiny, default, paper); built without memory")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(func=cmd_info)
@@ -109,7 +112,8 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=float, default=RunRequest.guidance_scale,
                    help="classifier-free guidance scale on x0")
     _add_history_guidance(p)
-    p.add_argument("--checkpoint", default=None, help="model checkpoint (default: the embedded model)")
+    p.add_argument("--checkpoint", default=None, help="model checkpoint: a file, hf:OWNER/REPO[/FILE][@REV] or "
+                                                      "https://URL[#sha256=HEX] (default: the embedded model)")
     p.add_argument("--device", default=RunRequest.device, help=" | ".join(DEVICES))
     _add_precision(p)
     p.add_argument("--sampler", default=RunRequest.sampler, choices=SAMPLERS)
@@ -134,11 +138,16 @@ def _request(args: argparse.Namespace, **extra) -> RunRequest:
 def cmd_continue(args: argparse.Namespace) -> int:
     from engine.video_io import probe_video, read_tail
 
-    request = _request(args, context=args.context)
+    request = _request(args, context=RunRequest.context if args.context is None else args.context)
     info = probe_video(args.input)
     pipe = _load_sampling_pipeline(args)
     pipe.check(request)  # a context the model cannot take fails before the clip is read
     frames = read_tail(args.input, request.context, info.num_frames)
+    # the default context shrinks to a shorter clip, and says so; an explicit --context longer than the clip fails
+    if args.context is None and 0 < len(frames) < request.context:
+        request = replace(request, context=len(frames))
+        _say(args, f"context: the clip's {len(frames)} frame{'s' * (len(frames) != 1)} (fewer than the default "
+                   f"{RunRequest.context})")
     events = pipe.run(replace(request, fps=info.fps or request.fps), frames)  # the clip's rate carries over
     return _run_and_write(args, pipe, events)
 
@@ -232,7 +241,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.preset:
         cfg, meta, source = get_preset(args.preset), {}, f"preset {args.preset}"
     else:
-        path = Path(args.checkpoint) if args.checkpoint else default_checkpoint_path()
+        path = args.checkpoint or default_checkpoint_path()  # text: a reference must not become a Path
         if not args.checkpoint and not path.is_file():
             raise ArdiffError(f"the embedded default model is not at {path}; give a checkpoint or --preset NAME")
         cfg, meta = read_checkpoint_header(path)

@@ -13,6 +13,10 @@ class CheckpointError(ArdiffError):
     """A file that is not a valid ardiff checkpoint, or one that does not match what was asked."""
 
 
+class CheckpointDownloadError(CheckpointError):
+    """A checkpoint reference (hf:OWNER/REPO/FILE or a URL) that cannot be fetched or fails its check."""
+
+
 def one_line(err: BaseException) -> str:
     """An error as one line of text, as the command lines and the apps show it."""
     return " ".join(str(err).split()) or type(err).__name__

@@ -2,7 +2,8 @@
 
 Every clip in ardiff is a uint8 RGB array ``[N, H, W, 3]``. PyAV decodes every container we
 accept (mp4, avi, mov, mkv, webm, mpg, gif); OpenCV is only a fallback for the rare file PyAV
-refuses. A folder of numbered PNG/JPG frames is a clip too. Every problem a user can fix (a
+refuses. A still image (PNG, JPEG, WebP, BMP, TIFF; read by PIL) is a one-frame clip, and a folder
+of numbered images is a clip too. Every problem a user can fix (a
 missing file, a text file, a truncated download, bad arguments) is a one-line ``VideoError``
 that names the file.
 """
@@ -28,6 +29,7 @@ from PIL import Image, ImageOps
 from engine.errors import VideoError
 
 __all__ = [
+    "CLIP_EXTENSIONS",
     "FOLDER_FPS",
     "IMAGE_EXTENSIONS",
     "VIDEO_EXTENSIONS",
@@ -47,7 +49,9 @@ __all__ = [
 ]
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".gif"})
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg"})
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
+# Every file a surface offers as a clip (the apps' pickers use this one list): videos and still images.
+CLIP_EXTENSIONS = VIDEO_EXTENSIONS | IMAGE_EXTENSIONS
 FOLDER_FPS = 24.0  # a frame folder carries no rate; 24 is the film default
 
 _H264_SUFFIXES = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
@@ -105,7 +109,7 @@ def natural_key(name: str) -> list[Any]:
 
 
 def list_frame_files(folder: str | os.PathLike[str]) -> list[Path]:
-    """The PNG/JPG frames of a frame folder, in natural order (hidden files ignored)."""
+    """The image frames (any of IMAGE_EXTENSIONS) of a frame folder, in natural order (hidden files ignored)."""
     folder = Path(folder)
     files = [
         p
@@ -129,7 +133,7 @@ def _existing(path: str | os.PathLike[str]) -> Path:
 def _frame_files_or_error(folder: Path) -> list[Path]:
     files = list_frame_files(folder)
     if not files:
-        raise VideoError(f"{folder}: folder has no PNG/JPG frames")
+        raise VideoError(f"{folder}: folder has no image frames (PNG, JPEG, WebP, BMP, TIFF)")
     return files
 
 
@@ -253,7 +257,36 @@ def _iter_cv2(path: Path, start: int, stride: int, original: VideoError) -> Iter
             index += 1
 
 
+def _is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.is_dir()
+
+
+def _iter_image(path: Path, start: int, stride: int) -> Iterator[np.ndarray]:
+    """A still image as a one-frame clip (every page of a multi-page TIFF or animated WebP is a frame),
+    converted by PIL exactly as a frame folder's images are, so 16-bit and RGBA files come back the same."""
+    try:
+        with Image.open(path) as img:
+            count = getattr(img, "n_frames", 1)
+            first_shape = None
+            for index in range(start, count, stride):
+                img.seek(index)
+                frame = _image_to_rgb(img)
+                if first_shape is None:
+                    first_shape = frame.shape
+                elif frame.shape != first_shape:
+                    raise VideoError(f"{path}: page {index} is {frame.shape[1]}x{frame.shape[0]}, the first is "
+                                     f"{first_shape[1]}x{first_shape[0]}")
+                yield frame
+    except (OSError, ValueError, EOFError, Image.DecompressionBombError) as err:
+        if isinstance(err, VideoError):
+            raise
+        raise VideoError(f"{path}: cannot read image ({err})") from err
+
+
 def _iter_file(path: Path, start: int, stride: int) -> Iterator[np.ndarray]:
+    if _is_image_file(path):
+        yield from _iter_image(path, start, stride)
+        return
     produced = 0
     try:
         for frame in _iter_av(path, start, stride):
@@ -406,6 +439,14 @@ def probe_video(path: str | os.PathLike[str]) -> VideoInfo:
         except OSError as err:
             raise VideoError(f"{files[0]}: cannot read image ({err})") from err
         return VideoInfo(fps=FOLDER_FPS, num_frames=len(files), width=width, height=height)
+    if _is_image_file(path):
+        try:
+            with Image.open(path) as img:
+                count = getattr(img, "n_frames", 1)
+                upright = ImageOps.exif_transpose(img)  # the size frames come back at (a rotated photo)
+                return VideoInfo(fps=FOLDER_FPS, num_frames=count, width=upright.width, height=upright.height)
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
+            raise VideoError(f"{path}: cannot read image ({err})") from err
     try:
         return _probe_file(path)
     except VideoError as err:

@@ -57,7 +57,7 @@ def test_generate_to_png_folder_and_gif(tmp_path, capsys, tiny_checkpoint):
         (["continue", "{demo}", "-o", "{out}", "--context", "20"], "--context: context must be 1..15 frames"),
         (["continue", "{demo}", "-o", "{out}", "--checkpoint", "{pickle}"], "never unpickles"),
         (["continue", "{demo}", "-o", "{out}", "--checkpoint", "{text}"], "not a safetensors"),
-        (["continue", "{empty_dir}", "-o", "{out}"], "no PNG/JPG frames"),
+        (["continue", "{empty_dir}", "-o", "{out}"], "folder has no image frames"),
         (["continue", "{demo}", "-o", "{out}", "--device", "tpu"], "device must be"),
         (["continue", "{demo}", "-o", "{out}", "--precision", "fp16"], "precision must be one of"),
     ],
@@ -117,3 +117,21 @@ def test_console_script_entry_point(tmp_path):
     result = subprocess.run([sys.executable, "-m", "engine.cli", "schedule", "--frames", "2", "--steps", "2"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "rows" in result.stdout
+
+
+def test_default_context_shrinks_to_a_short_clip_and_says_so(tmp_path, capsys, tiny_checkpoint):
+    """A 3-frame clip with the default context (8) continues from its 3 frames and the CLI says so; an explicit
+    --context longer than the clip is refused (issue: the CLI used a short clip silently)."""
+    from engine.video_io import write_video
+
+    rng = np.random.default_rng(0)
+    clip = write_video(tmp_path / "short", rng.integers(0, 255, (3, 16, 16, 3), dtype=np.uint8), fps=8.0)
+    out = tmp_path / "out.mp4"
+    code, _, err = run_cli(capsys, "continue", clip, "-o", out, "--frames", 2, "--steps", 2,
+                           "--checkpoint", tiny_checkpoint, "--device", "cpu")
+    assert code == 0, err
+    assert "context: the clip's 3 frames" in err
+    assert read_video(out).shape[0] == 5  # 3 context + 2 new
+    code, _, err = run_cli(capsys, "continue", clip, "-o", tmp_path / "o2.mp4", "--context", 8, "--frames", 2,
+                           "--checkpoint", tiny_checkpoint, "--device", "cpu", "--quiet")
+    assert code == 2 and "only 3 frame(s), fewer than context 8" in err and not (tmp_path / "o2.mp4").exists()

@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="weight dtype to ship")
     p.add_argument("--history-guidance", type=float, default=None, metavar="W",
                    help="the history guidance the engine samples this model with by default (1 = off)")
+    p.add_argument("--license", default="apache-2.0", help="license in the model card beside the checkpoint")
+    p.add_argument("--dataset", action="append", default=[], metavar="HUB_ID",
+                   help="a Hub dataset the model was trained on, for the model card (repeatable)")
     p.set_defaults(func=cmd_package)
     p = sub.add_parser("prepare", help="shrink videos to training size once (PNG frame folders)")
     p.add_argument("sources", nargs="+", help="video files or frame folders, or synthetic:bouncing")
@@ -92,11 +95,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_package(args: argparse.Namespace) -> int:
+    from trainer.model_card import card_path
     from trainer.package import package
 
     path = package(args.diffusion, args.output, vae=args.vae, dtype=args.dtype,
-                   history_guidance=args.history_guidance)
-    print(f"ardiff-train: wrote {path}", file=sys.stderr)
+                   history_guidance=args.history_guidance, license=args.license, datasets=args.dataset)
+    print(f"ardiff-train: wrote {path} and its model card {card_path(path)}", file=sys.stderr)
     return 0
 
 

@@ -14,7 +14,9 @@ import torch
 
 from engine.checkpoint import read_checkpoint_header, sampling_defaults, save_checkpoint
 from engine.errors import CheckpointError
+from engine.hub import is_reference
 from engine.models.dit import DiT
+from trainer.model_card import write_model_card
 from trainer.provenance import VAEProvenance
 from trainer.sources import load_diffusion_source, load_vae_source
 
@@ -23,13 +25,15 @@ DTYPES = {"fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": tor
 
 
 def package(diffusion_run: str, output: str, vae: str | None = None, dtype: str = "fp32",
-            history_guidance: float | None = None) -> Path:
+            history_guidance: float | None = None, license: str = "apache-2.0",
+            datasets: list[str] | None = None) -> Path:
     """One checkpoint from a diffusion run (or a packaged checkpoint) and the VAE its DiT was trained with.
 
     The VAE may be another one than the DiT saw if its encoder and latent scale are the same (a decoder-only
     fine-tune, `train_encoder = false`): the DiT's latents are then unchanged. `history_guidance`: the value
     the engine samples this model with unless told otherwise (meta "sampling"; None: keep a packaged
-    checkpoint's, else off).
+    checkpoint's, else off). A Hub model card (README.md, trainer.model_card) is written beside the checkpoint
+    with `license` and the Hub `datasets` it was trained on.
     """
     if dtype not in DTYPES:
         raise CheckpointError(f"--dtype must be one of fp32, bf16, fp16; got {dtype!r}")
@@ -68,7 +72,8 @@ def package(diffusion_run: str, output: str, vae: str | None = None, dtype: str 
         "weights": "ema",
         "ema_decay": diff.ema_decay,
         "sources": {"vae": got.path, "vae_step": got.step,
-                    "diffusion": str(Path(diffusion_run).resolve()), "diffusion_step": diff.step},
+                    "diffusion": diffusion_run if is_reference(diffusion_run) else str(Path(diffusion_run).resolve()),
+                    "diffusion_step": diff.step},
         "packaged_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     sampling = dict(diff.sampling)
@@ -79,6 +84,8 @@ def package(diffusion_run: str, output: str, vae: str | None = None, dtype: str 
         sampling_defaults(meta)  # a bad value is refused here, before anything is written
     path = save_checkpoint(output, src.vae, dit, diff.model_config, meta=meta, dtype=DTYPES[dtype])
     read_checkpoint_header(path)  # what the engine reads first: fail here, not in the user's hands
+    write_model_card(path, diff.model_config, meta, license=license, datasets=datasets,
+                     sources=[diffusion_run, vae_path])
     return path
 
 

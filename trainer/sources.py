@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from engine.errors import CheckpointError
+from engine.hub import is_reference, resolve_checkpoint
 from engine.models.arvae import ARVAE
 from engine.models.discriminator import PatchDiscriminator
 from engine.models.dit import DiT
@@ -50,8 +51,9 @@ class VAESource:
 
 
 def load_vae_source(path: str) -> VAESource:
-    """A trained VAE (EMA weights) from a vae-image/vae-temporal run dir or an ardiff checkpoint file."""
-    p = Path(path)
+    """A trained VAE (EMA weights) from a vae-image/vae-temporal run dir or an ardiff checkpoint (a file, or an
+    hf:/https:// reference that engine.hub fetches)."""
+    p = resolve_checkpoint(path)
     if not p.exists():
         raise ConfigError(f"vae: {path} does not exist (give a vae-image/vae-temporal run dir or a checkpoint)")
     if p.is_dir():
@@ -69,7 +71,10 @@ def load_vae_source(path: str) -> VAESource:
         return VAESource(vae, run.model_config, provenance)
     from engine.checkpoint import load_checkpoint
 
-    return checkpoint_vae_source(load_checkpoint(p))
+    src = checkpoint_vae_source(load_checkpoint(p))
+    if is_reference(path):
+        src.provenance.path = path  # the reference travels; the cache path is this machine's
+    return src
 
 
 def checkpoint_vae_source(ck) -> VAESource:
@@ -122,8 +127,9 @@ class DiffusionSource:
 
 
 def load_diffusion_source(path: str) -> DiffusionSource:
-    """A diffusion run dir or a packaged ardiff checkpoint (whose DiT was trained on its own VAE's latents)."""
-    p = Path(path)
+    """A diffusion run dir or a packaged ardiff checkpoint, local or an hf:/https:// reference (whose DiT was
+    trained on its own VAE's latents)."""
+    p = resolve_checkpoint(path)
     if not p.exists():
         raise CheckpointError(f"{path} does not exist (give a diffusion run dir or an ardiff checkpoint)")
     if p.is_file():
@@ -131,7 +137,8 @@ def load_diffusion_source(path: str) -> DiffusionSource:
 
         ck = load_checkpoint(p)
         own = checkpoint_vae_source(ck).provenance
-        used = VAEProvenance(path=own.path, step=own.step, digest=own.digest, encoder_digest=own.encoder_digest,
+        # its VAE is in the same checkpoint: a reference travels, the cache path does not
+        used = VAEProvenance(path=path if is_reference(path) else own.path, step=own.step, digest=own.digest, encoder_digest=own.encoder_digest,
                              latent_scale=float(ck.meta.get("latent_scale", own.latent_scale)))  # folded in
         return DiffusionSource(ck.config, {k: v.float() for k, v in ck.dit.state_dict().items()}, used,
                                list(ck.meta.get("recipe", [])), (ck.meta.get("data") or {}).get("diffusion"),

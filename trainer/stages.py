@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from engine.diffusion import DiffusionSchedule
+from engine.hub import is_reference
 from engine.models.arvae import ARVAE
 from engine.models.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss
 from engine.models.dit import DiT
@@ -384,7 +385,8 @@ class DiffusionStage(Stage):
         entry = {**super().recipe_entry(step), "scheduler": cfg.scheduler, "clean_prefix_p": cfg.clean_prefix_p,
                  "prediction": cfg.prediction, "attention": cfg.attention}
         if cfg.init_dit:
-            entry.update(init_dit=str(Path(cfg.init_dit).resolve()))
+            ref = cfg.init_dit  # a reference (hf:, https://) is kept as written, a path made absolute
+            entry.update(init_dit=ref if is_reference(ref) else str(Path(ref).resolve()))
             if cfg.init_dit_other_vae:
                 entry.update(init_dit_other_vae=True)
         return entry

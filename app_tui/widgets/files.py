@@ -1,4 +1,4 @@
-"""A directory tree that lists folders and video files only (hidden entries left out)."""
+"""A directory tree that lists folders, video files and images only (hidden entries left out)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from pathlib import Path
 
 from textual.widgets import DirectoryTree
 
-from engine.video_io import VIDEO_EXTENSIONS
+from engine.video_io import CLIP_EXTENSIONS
 
 
 class VideoTree(DirectoryTree):
-    """DirectoryTree filtered to what ardiff can read: video files, and folders (a frame folder is a clip)."""
+    """DirectoryTree filtered to what ardiff can read: videos, images, and folders (a frame folder is a clip)."""
 
     # Plain glyphs: emoji icons are missing from many terminal fonts (and from SSH sessions' fonts).
     ICON_NODE = "▸ "
@@ -20,4 +20,4 @@ class VideoTree(DirectoryTree):
 
     def filter_paths(self, paths: Iterable[Path]) -> Iterable[Path]:
         return [p for p in paths if not p.name.startswith(".")
-                and (p.is_dir() or p.suffix.lower() in VIDEO_EXTENSIONS)]
+                and (p.is_dir() or p.suffix.lower() in CLIP_EXTENSIONS)]
