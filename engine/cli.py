@@ -417,7 +417,8 @@ def cmd_eval_continue(args: argparse.Namespace) -> int:
     for run in result.runs:
         fvd = f"FVD {run.fvd['fvd']:.1f}, KVD {run.fvd['kvd']:.3f}, " if "fvd" in run.fvd else ""
         speed = f", {run.seconds_per_clip:.2f} s/clip" if run.s is not None else ""
-        _say(args, f"{run.name:>16}: {fvd}PSNR {run.psnr_mean:.2f} dB, SSIM {run.ssim_mean:.3f}{speed}")
+        seams = f", seams {run.seams:.3f}" if run.seams is not None else ""
+        _say(args, f"{run.name:>16}: {fvd}PSNR {run.psnr_mean:.2f} dB, SSIM {run.ssim_mean:.3f}{seams}{speed}")
     _say(args, "wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
@@ -439,7 +440,7 @@ def cmd_eval_vae(args: argparse.Namespace) -> int:
                                                                                               label))
     paths = write_reconstruction_report(result, args.output)
     _say(args, f"AR-VAE reconstruction over {len(clips)} clip(s): PSNR {result.psnr_mean:.2f} dB, "
-               f"SSIM {result.ssim_mean:.3f}")
+               f"SSIM {result.ssim_mean:.3f}, seams {result.seams:.3f} (1.000: no grid)")
     _say(args, "wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 

@@ -104,6 +104,7 @@ def test_ground_truth_model_scores_perfectly_and_shift_by_one_does_not(tiny_pipe
         run = result.run(s)
         assert run.psnr.shape == run.ssim.shape == (3, 10)
         assert np.all(np.isinf(run.psnr)) and np.allclose(run.ssim, 1.0)
+        assert run.seams == pytest.approx(1.0)  # the real frames themselves: no more seams than real
         # identical sets: identical features, float64 from there (~1e-12 of round-off on any CPU)
         assert set(run.fvd) == {"fvd", "kvd"} and run.fvd["fvd"] == pytest.approx(0.0, abs=1e-6)
         assert run.fvd["kvd"] <= 1e-9  # unbiased: identical sets score at most 0
@@ -366,6 +367,13 @@ def test_autoencoder_row_scores_the_round_trip_of_the_truth(tiny_pipe, monkeypat
     perfect = evaluate_continuation(tiny_pipe, clips, context=4, frames=10, s_values=[0], steps=1, seed=0,
                                     i3d=_StubI3D(), warmup=False)
     assert np.isinf(perfect.runs[-1].psnr).all() and perfect.runs[-1].fvd["fvd"] == pytest.approx(0.0, abs=1e-6)
+    assert perfect.runs[-1].seams == pytest.approx(1.0)
+    # The seams of each row are its new frames' against the real ones, at the VAE's region size.
+    from engine.metrics.image import seam_ratio
+    fitted = [fit_frames(c[:14], tiny_pipe.resolution) for c in clips]
+    truth = np.concatenate([f[4:] for f in fitted])
+    copies = np.concatenate([np.repeat(f[3:4], 10, axis=0) for f in fitted])
+    assert result.baseline.seams == pytest.approx(seam_ratio(truth, copies, tiny_pipe.vae.region_size))
 
 
 def test_reconstruction_scores_the_vae_and_a_perfect_vae_scores_inf(tiny_pipe, monkeypatch):
@@ -384,6 +392,7 @@ def test_reconstruction_scores_the_vae_and_a_perfect_vae_scores_inf(tiny_pipe, m
     monkeypatch.setattr(tiny_pipe.vae, "decode", lambda z: z)
     perfect = evaluate_reconstruction(tiny_pipe, [clip])
     assert np.isinf(perfect.psnr).all() and np.allclose(perfect.ssim, 1.0)
+    assert perfect.seams == pytest.approx(1.0) and perfect.to_dict()["seams"] == perfect.seams
     with pytest.raises(ArdiffError, match="same number of frames"):
         evaluate_reconstruction(tiny_pipe, [clip, clip[:3]])
 

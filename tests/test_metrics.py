@@ -557,3 +557,21 @@ def test_real_i3d_pinned_prediction():
         # 77 times the torch-vs-jax difference measured on these logits (2.6e-5): entirely other kernels than any
         # CPU's torch picks, so another CPU's float32 orders stay far inside it
         assert float(logits[0, idx]) == pytest.approx(value, abs=2e-3), idx
+
+
+def test_seam_energy_sees_a_grid_of_regions_and_not_smooth_frames():
+    """A smooth ramp has no seams (ratio 1 against itself); the same ramp with every 4x4 region's brightness
+    shifted independently shows its borders: the ratio rises far above 1, and only at that region size."""
+    from engine.metrics.image import seam_energy, seam_ratio
+
+    y, x = np.mgrid[0:16, 0:16]
+    ramp = np.repeat(((x + y) * 4 + 40)[None, :, :, None], 3, axis=-1).astype(np.uint8).repeat(2, 0)
+    assert seam_energy(ramp, 4) == pytest.approx(1.0)  # every step is 4 levels, across borders or not
+    rng = np.random.default_rng(0)
+    offsets = np.kron(rng.integers(-20, 20, (4, 4)), np.ones((4, 4), int))  # one brightness per 4x4 region
+    blocky = np.clip(ramp.astype(int) + offsets[None, :, :, None], 0, 255).astype(np.uint8)
+    assert seam_ratio(ramp, blocky, 4) > 3.0
+    assert seam_ratio(ramp, ramp, 4) == pytest.approx(1.0)
+    assert seam_energy(blocky, 4) > 2 * seam_energy(blocky, 5)  # measured on the 4-pixel grid, not off it
+    with pytest.raises(ArdiffError):
+        seam_energy(ramp, 16)  # a region as large as the frame has no border inside it

@@ -42,7 +42,7 @@ import torch
 from engine.errors import ArdiffError
 from engine.evaluation.clips import Clip
 from engine.evaluation.fvd_runs import SEGMENT, _fvd_from, _kvd_from, _segments, video_features
-from engine.metrics.image import score_frames
+from engine.metrics.image import score_frames, seam_ratio
 from engine.run import RunRequest
 
 __all__ = [
@@ -116,6 +116,7 @@ class RunResult:
     rows: list[int] = field(default_factory=list)  # network calls per clip (empty for the baseline)
     fvd: dict[str, float] = field(default_factory=dict)
     autoencoder: bool = False
+    seams: float | None = None  # border/inside gradient energy relative to the real frames' (1.0: no grid)
 
     @property
     def kind(self) -> str:
@@ -183,7 +184,7 @@ class EvalResult:
             runs.append({
                 "name": r.name, "kind": r.kind, "s": r.s,
                 "fvd": dict(r.fvd),
-                "psnr_mean": r.psnr_mean, "ssim_mean": r.ssim_mean,
+                "psnr_mean": r.psnr_mean, "ssim_mean": r.ssim_mean, "seams": r.seams,
                 "psnr_per_horizon": r.psnr_per_horizon.tolist(),
                 "ssim_per_horizon": r.ssim_per_horizon.tolist(),
                 "seconds_per_clip": r.seconds_per_clip,
@@ -230,8 +231,9 @@ def _autoencoder_row(pipe, fitted: list[np.ndarray], context: int) -> tuple[RunR
         psnrs.append(p)
         ssims.append(q)
         videos.append(recon[context:])
+    truths = np.concatenate([clip[context:] for clip in fitted])
     row = RunResult(AUTOENCODER_NAME, None, np.stack(psnrs), np.stack(ssims), np.zeros(len(fitted)), [],
-                    autoencoder=True)
+                    autoencoder=True, seams=seam_ratio(truths, np.concatenate(videos), pipe.vae.region_size))
     return row, videos
 
 
@@ -315,6 +317,7 @@ def evaluate_continuation(pipe, clips: Sequence[Clip | np.ndarray], context: int
         for _ in pipe.continue_video(contexts[0], num_new_frames=1, s=0, steps=1, seed=seed, sampler=base.sampler):
             pass
 
+    region, all_truth = pipe.vae.region_size, np.concatenate(truths)  # for the seam measure
     runs: list[RunResult] = []
     generated: list[list[np.ndarray]] = []  # new frames per run, for FVD once all timed sampling is over
     total_runs = len(s_values) * len(clips)
@@ -346,7 +349,8 @@ def evaluate_continuation(pipe, clips: Sequence[Clip | np.ndarray], context: int
             videos.append(new)
             run_index += 1
         report("runs", run_index, total_runs, f"s={s} done")
-        runs.append(RunResult(f"s={s}", s, np.stack(psnrs), np.stack(ssims), np.asarray(secs), rows))
+        runs.append(RunResult(f"s={s}", s, np.stack(psnrs), np.stack(ssims), np.asarray(secs), rows,
+                              seams=seam_ratio(all_truth, np.concatenate(videos), region)))
         generated.append(videos if i3d is not None else [])
 
     psnrs, ssims, secs, videos = [], [], [], []
@@ -358,7 +362,8 @@ def evaluate_continuation(pipe, clips: Sequence[Clip | np.ndarray], context: int
         psnrs.append(p)
         ssims.append(q)
         videos.append(new)
-    runs.append(RunResult(BASELINE_NAME, None, np.stack(psnrs), np.stack(ssims), np.asarray(secs), []))
+    runs.append(RunResult(BASELINE_NAME, None, np.stack(psnrs), np.stack(ssims), np.asarray(secs), [],
+                          seams=seam_ratio(all_truth, np.concatenate(videos), region)))
     generated.append(videos)
     row, videos = _autoencoder_row(pipe, fitted, context)
     runs.append(row)

@@ -32,6 +32,7 @@ class ReconstructionResult:
     clip_names: list[str]
     psnr: np.ndarray  # [clips, frames]
     ssim: np.ndarray  # [clips, frames]
+    seams: float | None = None  # border/inside gradient energy relative to the real frames' (1.0: no grid)
 
     @property
     def psnr_mean(self) -> float:
@@ -43,7 +44,7 @@ class ReconstructionResult:
 
     def to_dict(self) -> dict:
         return {"model": self.model, "resolution": self.resolution, "psnr_mean": self.psnr_mean,
-                "ssim_mean": self.ssim_mean,
+                "ssim_mean": self.ssim_mean, "seams": self.seams,
                 "clips": [{"name": n, "psnr": float(np.mean(p)), "ssim": float(np.nanmean(s))}
                           for n, p, s in zip(self.clip_names, self.psnr, self.ssim)]}
 
@@ -62,7 +63,7 @@ def evaluate_reconstruction(pipe, clips: Sequence, progress: Callable[[int, int,
                             ) -> ReconstructionResult:
     """Reconstruct every clip (``Clip`` objects or uint8 arrays of equal length) and score each frame."""
     from engine.evaluation.clips import Clip
-    from engine.metrics.image import score_frames
+    from engine.metrics.image import score_frames, seam_ratio
 
     clips = [c if isinstance(c, Clip) else Clip(f"clip{i}", np.asarray(c)) for i, c in enumerate(clips)]
     if not clips:
@@ -70,7 +71,7 @@ def evaluate_reconstruction(pipe, clips: Sequence, progress: Callable[[int, int,
     lengths = {len(c.frames) for c in clips}
     if len(lengths) != 1:
         raise ArdiffError(f"clips must have the same number of frames, got {sorted(lengths)}")
-    psnrs, ssims = [], []
+    psnrs, ssims, reals, fakes = [], [], [], []
     for i, clip in enumerate(clips):
         if progress:
             progress(i, len(clips), clip.name)
@@ -78,10 +79,13 @@ def evaluate_reconstruction(pipe, clips: Sequence, progress: Callable[[int, int,
         p, s = score_frames(real, fake)
         psnrs.append(p)
         ssims.append(s)
+        reals.append(real)
+        fakes.append(fake)
     if progress:
         progress(len(clips), len(clips), "done")
+    seams = seam_ratio(np.concatenate(reals), np.concatenate(fakes), pipe.vae.region_size)
     return ReconstructionResult(pipe.describe(), pipe.resolution, [c.name for c in clips], np.stack(psnrs),
-                                np.stack(ssims))
+                                np.stack(ssims), seams)
 
 
 def write_reconstruction_report(result: ReconstructionResult, out_dir: str | os.PathLike) -> dict[str, Path]:
@@ -94,7 +98,10 @@ def write_reconstruction_report(result: ReconstructionResult, out_dir: str | os.
     lines = ["# AR-VAE reconstruction", "", f"Model: {result.model}", "",
              f"{clips} clip(s) of {frames} frames at {result.resolution}x{result.resolution}, encoded and decoded "
              "(temporal decoder over the whole clip); PSNR in dB and SSIM per frame, averaged.", "",
-             f"**Mean: PSNR {result.psnr_mean:.2f} dB, SSIM {result.ssim_mean:.3f}**", "",
+             f"**Mean: PSNR {result.psnr_mean:.2f} dB, SSIM {result.ssim_mean:.3f}, seams "
+             f"{'n/a' if result.seams is None else format(result.seams, '.3f')}** "
+             "(seams: gradient energy across the borders of the VAE's regions over that inside them, relative to "
+             "the real frames; 1.000 = no grid)", "",
              "| clip | PSNR | SSIM |", "| --- | ---: | ---: |"]
     for name, p, s in zip(result.clip_names, result.psnr, result.ssim):
         lines.append(f"| {name} | {np.mean(p):.2f} | {np.nanmean(s):.3f} |")

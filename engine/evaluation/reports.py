@@ -33,7 +33,7 @@ def write_markdown(result: EvalResult, path: str | os.PathLike) -> Path:
     fvd_keys = [k for k in ("fvd", "fvd_16", "fvd_128", "kvd") if any(k in r.fvd for r in result.runs)]
     fvd_titles = {"fvd": f"FVD (new {result.frames})", "fvd_16": "FVD_16 (new 1-16)",
                   "fvd_128": "FVD_128 (new 1-128)", "kvd": f"KVD (new {result.frames})"}
-    head = ["s"] + ([fvd_titles[k] for k in fvd_keys] or ["FVD"]) + ["PSNR / SSIM avg"]
+    head = ["s"] + ([fvd_titles[k] for k in fvd_keys] or ["FVD"]) + ["PSNR / SSIM avg", "seams"]
     head += [f"PSNR / SSIM @{h}" for h in hs] + ["Inference time (s / clip)", "frames/s"]
     lines = [
         "# Continuation evaluation",
@@ -57,6 +57,7 @@ def write_markdown(result: EvalResult, path: str | os.PathLike) -> Path:
         else:
             cells.append("n/a")
         cells.append(f"{_fmt(r.psnr_mean)} / {_fmt(r.ssim_mean, 3)}")
+        cells.append(_fmt(r.seams, 3))
         for h in hs:
             cells.append(f"{_fmt(float(r.psnr_per_horizon[h - 1]))} / {_fmt(float(r.ssim_per_horizon[h - 1]), 3)}")
         if r.s is None:
@@ -64,7 +65,10 @@ def write_markdown(result: EvalResult, path: str | os.PathLike) -> Path:
         else:
             cells += [_fmt(r.seconds_per_clip, 2), _fmt(r.frames_per_second, 1)]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "PSNR per horizon: `horizon.png`; every number per clip and per horizon: `results.json`.", ""]
+    lines += ["", "PSNR per horizon: `horizon.png`; every number per clip and per horizon: `results.json`.", "",
+              "**Seams.** Mean absolute gradient across the borders of the AR-VAE's regions divided by that inside "
+              "them, in the row's new frames relative to the real ones (1.00: borders no more visible than in the "
+              "real clips; above it, a grid shows).", ""]
     lines.append(f"**FVD, KVD.** {result.fvd_definition}")
     if result.fvd_missing:
         lines.append(f"FVD is not reported: {result.fvd_missing}")

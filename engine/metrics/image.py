@@ -95,3 +95,25 @@ def score_frames(real: np.ndarray, fake: np.ndarray) -> tuple[np.ndarray, np.nda
         return p, np.full(len(real), np.nan)
     return p, ssim(real, fake)
 
+
+
+def seam_energy(frames: np.ndarray, region: int) -> float:
+    """Mean absolute gradient across the borders of `region`-pixel squares divided by the mean inside them,
+    over uint8 [T, H, W, 3] frames: how visible a grid of independently decoded regions is."""
+    f = _frames(frames, "frames").astype(np.float32)
+    if region < 2 or f.shape[1] <= region or f.shape[2] <= region:
+        raise ArdiffError(f"seam energy needs regions of >= 2 pixels inside the frame, got {region} for "
+                          f"{f.shape[2]}x{f.shape[1]}")
+    gx = np.abs(np.diff(f, axis=2)).mean(-1)  # [T, H, W - 1]: between columns x and x + 1
+    gy = np.abs(np.diff(f, axis=1)).mean(-1)
+    across_x = (np.arange(gx.shape[2]) % region) == region - 1
+    across_y = (np.arange(gy.shape[1]) % region) == region - 1
+    across = np.concatenate([gx[:, :, across_x].ravel(), gy[:, across_y, :].ravel()]).mean()
+    inside = np.concatenate([gx[:, :, ~across_x].ravel(), gy[:, ~across_y, :].ravel()]).mean()
+    return float(across / max(inside, 1e-6))
+
+
+def seam_ratio(real: np.ndarray, fake: np.ndarray, region: int) -> float:
+    """`fake`'s seam energy relative to `real`'s (clips stacked along time): 1.0 = region borders no more
+    visible than in the real frames; above it, the grid shows."""
+    return seam_energy(fake, region) / max(seam_energy(real, region), 1e-6)

@@ -233,6 +233,13 @@ class ARVAE(nn.Module):
         self.region_out = nn.ConvTranspose2d(cfg.latent_dim, 3, region, stride=region) if region else None
         self.initialize_weights()
 
+    @property
+    def region_size(self) -> int:
+        """Side in pixels of the squares the decoder's seams can run along: a local latent's region, else a
+        patch."""
+        cfg = self.cfg
+        return cfg.image_size // math.isqrt(cfg.num_latent_tokens) if cfg.local_latents else cfg.patch_size
+
     def initialize_weights(self) -> None:
         """DiT-style: xavier-uniform linears with zero bias, 2-D sin-cos position embeddings (trainable), small
         normal token embeddings, temporal gates at zero.
