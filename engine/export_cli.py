@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from pathlib import Path
 
-from engine.errors import ArdiffError, one_line
+from engine.entry import run_entry
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,21 +45,23 @@ def main(argv: list[str] | None = None) -> int:
     backend = args.backend or "aoti"
     device = args.device or ("cuda" if backend == "tensorrt" else "cpu")
     log = (lambda _: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    try:
+    written: list[Path] = []
+
+    def body() -> int:
         from engine.export import export
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.export / onnx exporter chatter; errors still raise
             manifest = export(args.checkpoint, args.output, backend, device=device, dtype=args.dtype,
                               max_frames=args.max_frames, max_batch=args.max_batch, log=log)
-    except ArdiffError as err:
-        print(f"ardiff-export: error: {one_line(err)}", file=sys.stderr)
-        return 2
-    v = manifest["validation"]
-    print(f"exported {manifest['preset']} ({manifest['backend']}, {manifest['dtype']}, {manifest['device']}) to "
-          f"{args.output}; validated: max abs err {v['max_abs_err']:.2e}, max rel err {v['max_rel_err']:.2e}")
-    return 0
+        written.append(Path(args.output))
+        v = manifest["validation"]
+        print(f"exported {manifest['preset']} ({manifest['backend']}, {manifest['dtype']}, {manifest['device']}) "
+              f"to {args.output}; validated: max abs err {v['max_abs_err']:.2e}, max rel err "
+              f"{v['max_rel_err']:.2e}")
+        return 0
 
+    return run_entry("ardiff-export", body, written)
 
 if __name__ == "__main__":
     sys.exit(main())
