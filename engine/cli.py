@@ -14,22 +14,18 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from engine.errors import ArdiffError, one_line
+from engine.errors import ArdiffError
 
 EXIT_USAGE = 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from engine.entry import run_entry
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (ArdiffError, ValueError, FileNotFoundError) as err:
-        print(f"ardiff: error: {one_line(err)}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("ardiff: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    args.written = []  # filled by the outputs' commit, so an interrupt message can say what was written
+    return run_entry("ardiff", lambda: args.func(args), args.written, expected=(ValueError,))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,6 +114,7 @@ def cmd_continue(args: argparse.Namespace) -> int:
     _check_positive("--frames", args.frames)
     _check_positive("--context", args.context)
     info = probe_video(args.input)
+    _check_outputs(args, [args.input])
     pipe = _load_sampling_pipeline(args)
     if args.context > pipe.window - 1:
         raise ArdiffError(f"--context {args.context} is longer than the model allows: at most "
@@ -135,6 +132,7 @@ def cmd_continue(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     _check_positive("--frames", args.frames)
+    _check_outputs(args, [])
     pipe = _load_sampling_pipeline(args)
     _say(args, pipe.describe())
     events = pipe.generate(num_frames=args.frames, s=args.s, steps=args.steps, seed=args.seed,
@@ -144,8 +142,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _run_and_write(args: argparse.Namespace, events, num_new: int, fps: float) -> int:
+    from engine.outputs import OutputSet
     from engine.pipeline import Done, FrameReady, Progress
-    from engine.video_io import contact_sheet, write_video
+    from engine.video_io import contact_sheet, is_frame_folder, stage_png, stage_video
 
     done = None
     first_frame_at = None
@@ -157,9 +156,13 @@ def _run_and_write(args: argparse.Namespace, events, num_new: int, fps: float) -
                 update(event, num_new)
             elif isinstance(event, Done):
                 done = event
-    output = write_video(args.output, done.video, fps=fps)
+    # the video and its sheet are staged, then renamed together: both appear or neither
     sheet = _sheet_path(Path(args.output))
-    contact_sheet(done.video, context=done.num_context, path=sheet)
+    with OutputSet(args.written) as outputs:
+        outputs.add(stage_video(args.output, done.video, fps=fps), args.output, may_replace=is_frame_folder)
+        outputs.add(stage_png(sheet, contact_sheet(done.video, context=done.num_context)), sheet)
+        outputs.commit()
+    output = Path(args.output)
     rate = ""
     if first_frame_at is not None and num_new > 1:
         after_first = time.perf_counter() - first_frame_at
@@ -186,6 +189,17 @@ def _read_tail(path: str, count: int, estimated_frames: int | None) -> np.ndarra
         except VideoError:
             pass
     return np.stack(deque(iter_frames(path), maxlen=count))
+
+
+def _check_outputs(args: argparse.Namespace, inputs: list[str]) -> None:
+    """Refuse the output and its contact sheet before any sampling: an unknown format, the input itself, a
+    folder holding other files, a name too long, an unwritable folder."""
+    from engine.outputs import check_output_file
+    from engine.video_io import check_video_output
+
+    inputs = inputs + ([args.checkpoint] if args.checkpoint else [])
+    check_video_output(args.output, inputs)
+    check_output_file(_sheet_path(Path(args.output)), inputs, flag="the contact sheet")
 
 
 def _sheet_path(output: Path) -> Path:
@@ -276,13 +290,24 @@ def _count_params(params) -> int:
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
+    from engine.limits import check_level_matrix
+    from engine.outputs import check_output_file
     from engine.schedulers import ADScheduler
     from engine.visualize import schedule_heatmap
 
     ad = ADScheduler(args.steps, args.s, args.window, args.min_context)
-    levels = ad.level_matrix(args.frames, args.context)
-    rows = len(levels) - 1
-    frame_forwards = sum(r.window[1] - r.window[0] for r in ad.rows(args.frames, args.context))
+    _check_positive("--frames", args.frames)
+    if args.output:
+        if Path(args.output).suffix.lower() != ".png":
+            raise ArdiffError(f"-o {args.output}: the heat map is a PNG; give a name ending in .png")
+        check_output_file(args.output)
+    if args.text or args.output:
+        check_level_matrix(args.frames, args.context, args.steps, args.window)
+    rows = frame_forwards = 0
+    for r in ad.rows(args.frames, args.context):
+        rows += 1
+        frame_forwards += r.window[1] - r.window[0]
+    levels = ad.level_matrix(args.frames, args.context) if args.text or args.output else None
     print(f"s={args.s}, n={args.steps}, {args.frames} new frames after {args.context} context, window "
           f"{args.window}: {rows} rows = {rows} network calls ({frame_forwards} frame-forwards without a cache)")
     if args.text:

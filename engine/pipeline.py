@@ -21,10 +21,13 @@ import torch
 
 from engine.checkpoint import Checkpoint, load_checkpoint, sampling_defaults
 from engine.diffusion import DiffusionSchedule
+from engine.limits import check_sampling
 from engine.precision import check_precision
 from engine.schedulers.ad import ADScheduler
 from engine.sampling import SamplerStats, make_sampler
 from engine.video_io import describe_fit, fit_frames
+
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # torch.Generator.manual_seed's range
 
 
 @dataclass
@@ -227,6 +230,12 @@ class Pipeline:
                                clip_x0=clip_x0,
                                history_guidance=self.history_guidance if history_guidance is None else history_guidance)
         L, D = self.config.vae.num_latent_tokens, self.config.vae.latent_dim
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not SEED_MIN <= seed <= SEED_MAX:
+            raise ValueError(f"seed must be an integer in {SEED_MIN}..{SEED_MAX} (what torch.Generator takes), "
+                             f"got {seed!r:.40}")
+        # memory and time refused up front (the noise below is drawn for every frame at once)
+        check_sampling(context.shape[1], num_new, steps, self.resolution, L, D,
+                       sum(p.numel() for p in self.checkpoint.dit.parameters()), self.device.type)
         noise = torch.randn(1, num_new, L, D, generator=torch.Generator().manual_seed(seed)).to(self.device)
         return self._stream(context_frames, context, noise, sampler, label, cancel)
 
