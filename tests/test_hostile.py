@@ -1,0 +1,243 @@
+"""The hostile-input battery's fast cases (issue 21), as one table over the command lines.
+
+Each case: a command line (`ardiff` or `ardiff-export`, run in-process), the exit code, words the one-line
+error must hold, files that must and must not exist afterwards. Every case also checks what is never allowed:
+a traceback or more than one line on failure, a file that existed before changed or gone (unless the case
+names it as the output or a stale temp file to sweep), a temp file left behind, and sampling started for a
+request that must be refused up front. Signals are tested by subprocess at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from engine import pipeline as pipeline_module
+from engine.cli import main as ardiff_main
+from engine.export_cli import main as export_main
+from engine.video_io import write_video
+
+ROOT = Path(__file__).resolve().parents[1]
+LONG = "L" * 240  # + ".mp4": a legal 244-byte name whose sheet name (250 bytes) fits too
+TOO_LONG = "T" * 247  # + ".mp4" fits, but the sheet name "T..._sheet.png" is 257 bytes
+
+
+@dataclass
+class Case:
+    id: str
+    argv: list[str]
+    code: int
+    words: list[str] = field(default_factory=list)
+    exists: list[str] = field(default_factory=list)
+    absent: list[str] = field(default_factory=list)
+    samples: bool = False  # sampling may start (else the request must be refused before it)
+    prog: str = "ardiff"
+    temps: bool = False  # plant a stale temp file (dead pid) and a live one (running pid), both an hour old
+
+
+SAMPLE = ["--frames", "2", "--steps", "2", "--quiet", "--checkpoint", "{ckpt}"]
+CONTINUE = ["continue", "{clip}", "--context", "4"]
+
+CASES = [
+    # 2: -o equal to the input, however it is spelled
+    Case("output-is-input", CONTINUE + ["-o", "{clip}"] + SAMPLE, 2, ["never overwrites its input"],
+         absent=["c_sheet.png"]),
+    Case("output-is-input-dotdot", CONTINUE + ["-o", "{dir}/sub/../c.mp4"] + SAMPLE, 2, ["never overwrites"]),
+    Case("output-is-input-symlink", CONTINUE + ["-o", "{dir}/link.mp4"] + SAMPLE, 2, ["never overwrites"]),
+    Case("output-is-checkpoint", ["generate", "-o", "{ckpt}"] + SAMPLE, 2, ["cannot write '.safetensors'"]),
+    Case("output-folder-holds-input", ["continue", "{frames}", "--context", "2", "-o", "{frames}"] + SAMPLE, 2,
+         ["never"]),
+    # 11: output checked before sampling
+    Case("unknown-extension", ["generate", "-o", "{dir}/out.xyz"] + SAMPLE, 2, ["cannot write '.xyz'"],
+         absent=["out.xyz", "out_sheet.png"]),
+    Case("folder-with-other-files", ["generate", "-o", "{dir}/notes"] + SAMPLE, 2, ["holds other files"],
+         exists=["notes/thesis.tex"], absent=["notes_sheet.png"]),
+    Case("empty-folder-named-mp4", ["generate", "-o", "{dir}/empty.mp4"] + SAMPLE, 2, ["existing folder"],
+         exists=["empty.mp4"], absent=["empty_sheet.png"]),
+    Case("schedule-not-png", ["schedule", "-o", "{dir}/heat.xyz"], 2, [".png"], absent=["heat.xyz"]),
+    # 7: the sheet cannot be written: the video must not appear either
+    Case("sheet-is-a-folder", ["generate", "-o", "{dir}/blocked.mp4"] + SAMPLE, 2, ["contact sheet", "folder"],
+         absent=["blocked.mp4"]),
+    # 6: long names
+    Case("244-byte-name", ["generate", "-o", f"{{dir}}/{LONG}.mp4"] + SAMPLE, 0,
+         exists=[f"{LONG}.mp4", f"{LONG}_sheet.png"], samples=True),
+    Case("sheet-name-too-long", ["generate", "-o", f"{{dir}}/{TOO_LONG}.mp4"] + SAMPLE, 2, ["255"],
+         absent=[f"{TOO_LONG}.mp4"]),
+    # 5: sizes refused up front, with the estimate
+    Case("frames-1e8", ["generate", "-o", "{dir}/big.mp4", "--frames", "100000000", "--steps", "2", "--quiet",
+                        "--checkpoint", "{ckpt}"], 2, ["memory", "iB", "100000000 new frames"]),
+    Case("hidden-2-20", ["generate", "-o", "{dir}/x.mp4", "--frames", "2", "--quiet", "--checkpoint",
+                         "{dir}/huge.safetensors"], 2, ["huge.safetensors", "memory", "parameters"]),
+    Case("schedule-1e9-text", ["schedule", "--frames", "1000000000", "--text"], 2, ["memory", "level matrix"]),
+    # 4: weights that load and give black frames
+    Case("nan-weights", ["generate", "-o", "{dir}/x.mp4", "--checkpoint", "{dir}/nan.safetensors"], 2,
+         ["nan.safetensors", "dit.", "non-finite"]),
+    Case("inf-weights", ["generate", "-o", "{dir}/x.mp4", "--checkpoint", "{dir}/inf.safetensors"], 2,
+         ["non-finite"]),
+    Case("int32-weights", ["generate", "-o", "{dir}/x.mp4", "--checkpoint", "{dir}/int.safetensors"], 2,
+         ["int32", "floating point"]),
+    Case("bool-weights", ["generate", "-o", "{dir}/x.mp4", "--checkpoint", "{dir}/bool.safetensors"], 2,
+         ["bool", "floating point"]),
+    # 12: messages that say what is wrong
+    Case("fifo-input", ["continue", "{dir}/pipe", "-o", "{dir}/x.mp4"] + SAMPLE, 2, ["FIFO"]),
+    Case("dev-zero-input", ["continue", "/dev/zero", "-o", "{dir}/x.mp4"] + SAMPLE, 2, ["character device"]),
+    Case("loop-input", ["continue", "{dir}/loop", "-o", "{dir}/x.mp4"] + SAMPLE, 2, ["symlink loop"]),
+    Case("fifo-checkpoint", ["info", "{dir}/pipe"], 2, ["FIFO"]),
+    Case("dev-zero-checkpoint", ["generate", "-o", "{dir}/x.mp4", "--checkpoint", "/dev/zero"], 2,
+         ["character device"]),
+    Case("loop-checkpoint", ["info", "{dir}/loop"], 2, ["symlink loop"]),
+    Case("bad-format-version", ["info", "{dir}/version.safetensors"], 2, ["version.safetensors",
+                                                                        "format_version"]),
+    Case("huge-seed", ["generate", "-o", "{dir}/x.mp4", "--seed", str(2**70)] + SAMPLE, 2,
+         ["seed must be an integer in", str(2**64 - 1)]),
+    # 8: stale temp files of a killed run are swept on the next write; a live run's are kept
+    Case("stale-temp-swept", ["generate", "-o", "{dir}/fresh.mp4"] + SAMPLE, 0,
+         exists=["fresh.mp4", "fresh_sheet.png", "{live_temp}"], absent=["{stale_temp}"], samples=True, temps=True),
+    # 1, 9: the exporter never deletes a folder it did not make, and checks -o before work
+    Case("export-into-checkpoint-folder", ["{dir}/d/m.safetensors", "-o", "{dir}/d", "--onnx"], 2,
+         ["holding the input"], exists=["d/m.safetensors"], prog="ardiff-export"),
+    Case("export-into-foreign-folder", ["{ckpt}", "-o", "{dir}/notes", "--onnx"], 2, ["other files"],
+         exists=["notes/thesis.tex"], prog="ardiff-export"),
+    Case("export-onto-input-file", ["{ckpt}", "-o", "{ckpt}", "--onnx"], 2, ["is the input"],
+         prog="ardiff-export"),
+]
+
+
+def _rewrite(src: Path, dst: Path, tensor_fn=None, meta_fn=None) -> None:
+    """A copy of checkpoint `src` with some tensors or metadata changed (the attacks of the battery)."""
+    with safe_open(str(src), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta = dict(f.metadata())
+    if tensor_fn:
+        tensor_fn(tensors)
+    if meta_fn:
+        meta_fn(meta)
+    save_file(tensors, str(dst), metadata=meta)
+
+
+def _set(key, fn):
+    def change(tensors):
+        tensors[key] = fn(tensors[key])
+    return change
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.fixture(scope="module")
+def battery(tmp_path_factory, tiny_checkpoint):
+    """Bad checkpoints, made once (the NaN/inf/int/bool/huge/bad-version variants of the tiny checkpoint)."""
+    folder = tmp_path_factory.mktemp("bad-checkpoints")
+    key = "dit.final.linear.weight"
+    with safe_open(str(tiny_checkpoint), framework="pt") as f:
+        keys = list(f.keys())
+    key = next(k for k in keys if k.startswith("dit.") and k.endswith("weight"))
+
+    def nan(t):
+        t = t.clone()
+        t.view(-1)[3] = float("nan")
+        return t
+
+    def inf(t):
+        t = t.clone()
+        t.view(-1)[0] = float("inf")
+        return t
+
+    _rewrite(tiny_checkpoint, folder / "nan.safetensors", _set(key, nan))
+    _rewrite(tiny_checkpoint, folder / "inf.safetensors", _set(key, inf))
+    _rewrite(tiny_checkpoint, folder / "int.safetensors", _set(key, lambda t: t.to(torch.int32)))
+    _rewrite(tiny_checkpoint, folder / "bool.safetensors", _set(key, lambda t: t > 0))
+
+    def huge(meta):
+        cfg = json.loads(meta["config"])
+        cfg["dit"]["hidden"] = 2**20
+        meta["config"] = json.dumps(cfg)
+
+    _rewrite(tiny_checkpoint, folder / "huge.safetensors", meta_fn=huge)
+    _rewrite(tiny_checkpoint, folder / "version.safetensors", meta_fn=lambda m: m.update(format_version="x1"))
+    return folder
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    """sha256 of every regular file under `folder` (FIFOs and links to nowhere skipped)."""
+    out = {}
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            out[str(path.relative_to(folder))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_hostile_input(case, tmp_path, capsys, monkeypatch, tiny_checkpoint, battery):
+    d = tmp_path
+    rng = np.random.default_rng(0)
+    write_video(d / "c.mp4", rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8), fps=8)
+    write_video(d / "frames", rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8))
+    (d / "sub").mkdir()
+    (d / "link.mp4").symlink_to(d / "c.mp4")
+    (d / "notes").mkdir()
+    (d / "notes" / "thesis.tex").write_text("years of work")
+    (d / "empty.mp4").mkdir()
+    (d / "blocked_sheet.png").mkdir()
+    os.mkfifo(d / "pipe")
+    (d / "loop").symlink_to(d / "loop")
+    (d / "d").mkdir()
+    (d / "d" / "m.safetensors").write_bytes(Path(tiny_checkpoint).read_bytes())
+    for name in ("nan", "inf", "int", "bool", "huge", "version"):
+        (d / f"{name}.safetensors").symlink_to(battery / f"{name}.safetensors")
+    stale = f".ardiff-{_dead_pid()}-0123abcd.fresh.tmp.mp4"
+    live = f".ardiff-{os.getppid()}-4567cdef.fresh.tmp.mp4"
+    for name in (stale, live) if case.temps else ():
+        (d / name).write_bytes(b"half a video")
+        os.utime(d / name, (time.time() - 3600, time.time() - 3600))
+    names = {"dir": str(d), "clip": str(d / "c.mp4"), "frames": str(d / "frames"), "ckpt": str(tiny_checkpoint),
+             "stale_temp": stale, "live_temp": live}
+    before = _snapshot(d)
+    ckpt_hash = hashlib.sha256(Path(tiny_checkpoint).read_bytes()).hexdigest()
+
+    if not case.samples:  # a refused request must be refused before sampling starts
+        def no_sampling(*a, **k):
+            raise AssertionError("sampling started for a request that must be refused up front")
+        monkeypatch.setattr(pipeline_module.Pipeline, "_stream", no_sampling)
+
+    argv = [a.format(**names) for a in case.argv]
+    main = ardiff_main if case.prog == "ardiff" else export_main
+    code = main(argv)
+    out, err = capsys.readouterr()
+
+    assert code == case.code, err
+    if case.code:
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"{case.prog}: error: "), err
+        for word in case.words:
+            assert word in lines[0], (word, lines[0])
+    for name in case.exists:
+        assert (d / name.format(**names)).exists(), name
+    absent = [n.format(**names) for n in case.absent]
+    for name in absent:
+        assert not (d / name).exists(), name
+    # nothing the user had is lost or changed; the only new files are the named outputs; no temp files stay
+    after = _snapshot(d)
+    for name, digest in before.items():
+        if name not in absent:
+            assert after.get(name) == digest, f"{name} changed or vanished"
+    allowed = set(before) | {n.format(**names) for n in case.exists}
+    assert not [n for n in after if n not in allowed], sorted(after)
+    assert not [p for p in os.listdir(d) if p.startswith(".ardiff-") and p != live], os.listdir(d)
+    assert hashlib.sha256(Path(tiny_checkpoint).read_bytes()).hexdigest() == ckpt_hash
