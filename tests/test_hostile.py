@@ -241,3 +241,154 @@ def test_hostile_input(case, tmp_path, capsys, monkeypatch, tiny_checkpoint, bat
     assert not [n for n in after if n not in allowed], sorted(after)
     assert not [p for p in os.listdir(d) if p.startswith(".ardiff-") and p != live], os.listdir(d)
     assert hashlib.sha256(Path(tiny_checkpoint).read_bytes()).hexdigest() == ckpt_hash
+
+
+# -- the two-file commit, interrupts and signals ----------------------------------------------------------------
+
+GENERATE = ["generate", "--frames", "2", "--steps", "2", "--quiet"]
+
+
+def _new_files(folder: Path) -> list[str]:
+    return sorted(os.listdir(folder))
+
+
+def test_commit_rolls_back_the_first_output_when_the_second_fails(tmp_path, monkeypatch):
+    """Item 7 at its root: a video and its sheet appear together or not at all, and an old video under the
+    same name is restored when the new pair cannot be completed."""
+    from engine import outputs as O
+
+    video, sheet = tmp_path / "out.mp4", tmp_path / "out_sheet.png"
+    video.write_bytes(b"the previous video")
+    staged = [tmp_path / ".ardiff-1-00000000.a.tmp.mp4", tmp_path / ".ardiff-1-00000001.b.tmp.png"]
+    for path in staged:
+        path.write_bytes(b"new")
+    real_rename = os.rename
+
+    def rename(src, dst):
+        if Path(dst) == sheet:
+            raise OSError(28, "No space left on device", str(dst))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(O.os, "rename", rename)
+    written: list[Path] = []
+    with pytest.raises(OSError, match="No space"):
+        with O.OutputSet(written) as outputs:
+            outputs.add(staged[0], video)
+            outputs.add(staged[1], sheet)
+            outputs.commit()
+    assert video.read_bytes() == b"the previous video" and not sheet.exists() and written == []
+    assert _new_files(tmp_path) == ["out.mp4"]  # staged files and the backup are gone
+
+
+def test_interrupt_while_staging_the_sheet_writes_nothing(tmp_path, capsys, monkeypatch, tiny_checkpoint):
+    """Item 8: Ctrl-C during the sheet left `.out_sheet.tmp-*.png` and said "nothing was written" after
+    out.mp4 was written. Now neither appears, no temp file stays, and the message is true."""
+    from PIL import Image
+
+    def interrupted(image, fp, *args, **kwargs):
+        Path(fp).write_bytes(b"half a PNG")  # Ctrl-C while PIL is writing the sheet
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Image.Image, "save", interrupted)
+    code = ardiff_main(GENERATE + ["-o", str(tmp_path / "out.mp4"), "--checkpoint", str(tiny_checkpoint)])
+    err = capsys.readouterr().err
+    assert code == 130 and err.strip() == "ardiff: interrupted; nothing was written"
+    assert _new_files(tmp_path) == []
+
+
+def test_interrupt_after_writing_says_what_was_written(tmp_path, capsys, monkeypatch, tiny_checkpoint):
+    import engine.cli as C
+
+    real_say = C._say
+
+    def say(args, text):
+        if text.startswith("wrote"):
+            raise KeyboardInterrupt
+        real_say(args, text)
+
+    monkeypatch.setattr(C, "_say", say)
+    code = ardiff_main(GENERATE + ["-o", str(tmp_path / "out.mp4"), "--checkpoint", str(tiny_checkpoint)])
+    err = capsys.readouterr().err.strip()
+    assert code == 130 and "nothing was written" not in err
+    assert err.startswith("ardiff: interrupted; wrote") and "out.mp4" in err and "out_sheet.png" in err
+    assert (tmp_path / "out.mp4").is_file() and (tmp_path / "out_sheet.png").is_file()
+
+
+@pytest.mark.parametrize("target", ["out.mp4", "frames"])
+def test_sigterm_while_encoding_removes_the_temp_files(tmp_path, capsys, monkeypatch, tiny_checkpoint, target):
+    """A real SIGTERM (to this process) while the video or the PNG folder is being written: the handler turns
+    it into an exception, the writer removes its temp file or folder, exit 143 with a true message."""
+    import engine.video_io as V
+
+    real = {"out.mp4": V._encode_h264, "frames": V._write_folder}
+    name = "_encode_h264" if target == "out.mp4" else "_write_folder"
+
+    def killed(*args):
+        real[target](*args)  # the temp file or folder is complete on disk
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises here; never reached otherwise
+        raise AssertionError("SIGTERM was not handled")
+
+    monkeypatch.setattr(V, name, killed)
+    code = ardiff_main(GENERATE + ["-o", str(tmp_path / target), "--checkpoint", str(tiny_checkpoint)])
+    assert code == 143 and capsys.readouterr().err.strip() == "ardiff: terminated; nothing was written"
+    assert _new_files(tmp_path) == []
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is the CLI's only while it runs
+
+
+def test_sigterm_by_subprocess_ends_cleanly(tmp_path, tiny_checkpoint):
+    """SIGTERM to a real `ardiff generate` in the middle of sampling: one line, exit 143, nothing left."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "generate", "-o", str(tmp_path / "out.mp4"),
+                             "--frames", "3000", "--steps", "50", "--checkpoint", str(tiny_checkpoint)],
+                            cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    first = proc.stderr.readline()  # the model description: loading is done, sampling starts
+    assert "model" in first, first
+    proc.send_signal(signal.SIGTERM)
+    _, rest = proc.communicate(timeout=60)
+    assert proc.returncode == 143, rest
+    assert rest.strip().splitlines()[-1] == "ardiff: terminated; nothing was written"
+    assert _new_files(tmp_path) == []
+
+
+# -- the exporter: folders it did not make, read-only mounts, OSError ------------------------------------------
+
+
+def test_atomic_folder_replace_never_deletes_foreign_contents(tmp_path):
+    """Item 1 at its root: atomic_path(directory=True) removed any folder at the target."""
+    from engine.atomic import atomic_path
+    from engine.errors import OutputError
+
+    target = tmp_path / "d"
+    target.mkdir()
+    (target / "m.safetensors").write_bytes(b"weights")
+    with pytest.raises(OutputError, match="holding other files"):
+        with atomic_path(target, directory=True) as tmp:
+            (tmp / "x").write_bytes(b"new")
+    assert (target / "m.safetensors").read_bytes() == b"weights" and _new_files(tmp_path) == ["d"]
+    with atomic_path(target, directory=True, may_replace=lambda p: True) as tmp:  # a previous output of ours
+        (tmp / "x").write_bytes(b"new")
+    assert _new_files(target) == ["x"] and _new_files(tmp_path) == ["d"]
+
+
+def test_export_to_read_only_folder_is_one_line(tmp_path, capsys, monkeypatch, tiny_checkpoint):
+    """Item 9 (exporter): `-o` on a read-only mount gave a traceback; now it is refused before any work, and an
+    OSError raised later (the mount turning read-only mid-export, a full disk) is one line too."""
+    import engine.export as E
+    import engine.outputs as O
+
+    monkeypatch.setattr(O.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(O, "_read_only", lambda folder: True)
+    code = export_main([str(tiny_checkpoint), "-o", str(tmp_path / "ro" / "out"), "--onnx"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "read-only file system" in err and "ardiff-export: error:" in err
+    monkeypatch.undo()
+
+    def full(*a, **k):
+        raise OSError(30, "Read-only file system", str(tmp_path / "out"))
+
+    monkeypatch.setattr(E, "export", full)
+    code = export_main([str(tiny_checkpoint), "-o", str(tmp_path / "out"), "--onnx"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "read-only file system" in err and "out" in err
+    assert _new_files(tmp_path) == []
