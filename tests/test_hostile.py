@@ -392,3 +392,33 @@ def test_export_to_read_only_folder_is_one_line(tmp_path, capsys, monkeypatch, t
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "read-only file system" in err and "out" in err
     assert _new_files(tmp_path) == []
+
+
+# -- temp names ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["a" * 251 + ".mp4", "é" * 125 + ".png", "x" * 255, "clip.mp4"])
+def test_temp_names_fit_in_255_bytes_and_keep_the_suffix(tmp_path, name):
+    """Item 6: a legal long output name made a temp name over the 255-byte limit (a traceback)."""
+    from engine.atomic import is_temp_name, temp_name
+
+    tmp = temp_name(tmp_path / name)
+    assert len(tmp.name.encode()) <= 255 and is_temp_name(tmp.name) and tmp.parent == tmp_path
+    assert tmp.name.endswith(Path(name).suffix)
+    tmp.write_bytes(b"x")  # the file system accepts it
+
+
+def test_sweep_removes_only_dead_runs_older_than_this_process(tmp_path):
+    from engine.atomic import sweep_stale
+
+    dead, old = _dead_pid(), time.time() - 3600
+    names = {"stale": f".ardiff-{dead}-0123abcd.x.tmp.mp4", "live": f".ardiff-{os.getppid()}-0123abcd.x.tmp.mp4",
+             "new": f".ardiff-{dead}-89abcdef.x.tmp.mp4", "user": ".ardiff-notes.tmp", "dir": f".ardiff-{dead}-"
+             f"00000000.frames.tmp"}
+    for key, name in names.items():
+        (tmp_path / name).mkdir() if key == "dir" else (tmp_path / name).write_bytes(b"x")
+        if key != "new":  # "new": written after this process started (a run that may still be renaming)
+            os.utime(tmp_path / name, (old, old))
+    removed = sorted(p.name for p in sweep_stale(tmp_path))
+    assert removed == sorted([names["stale"], names["dir"]])
+    assert sorted(os.listdir(tmp_path)) == sorted([names["live"], names["new"], names["user"]])
