@@ -7,12 +7,15 @@ Rules every writer shares:
   refused up front, with one line, before minutes of sampling;
 - all outputs of one run (a video and its contact sheet) are staged under temp names, then renamed in one
   go; if a rename fails (or a signal arrives), the ones already renamed are rolled back, so they appear
-  together or not at all. SIGINT/SIGTERM are held during the renames and delivered after.
+  together or not at all. SIGINT/SIGTERM are held during the renames and delivered after, and the folders
+  are locked (flock) meanwhile, so two concurrent runs never pair one's video with the other's sheet.
+  An existing file is replaced by one atomic rename (its hard-linked backup serves the rollback).
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import signal
 import stat
@@ -168,7 +171,7 @@ class OutputSet:
     def commit(self) -> list[Path]:
         """Rename every staged output into place; on any failure restore what was there before."""
         done: list[tuple[Path, Path | None]] = []  # (target now holding the new output, backup of the old)
-        with signals_held():
+        with signals_held(), _folders_locked(sorted({t.parent for _, t, _ in self.staged})):
             try:
                 for tmp, target, may_replace in self.staged:
                     if target.is_dir() and not target.is_symlink() and any(target.iterdir()) and not (
@@ -177,16 +180,19 @@ class OutputSet:
                     backup = None
                     if target.exists() or target.is_symlink():
                         backup = temp_name(target)
-                        os.rename(target, backup)
+                        _keep_aside(target, backup)
                     try:
-                        os.rename(tmp, target)
+                        os.replace(tmp, target)
                     except BaseException:
                         if backup is not None:
-                            os.rename(backup, target)
+                            os.replace(backup, target) if not target.is_dir() else os.rename(backup, target)
                         raise
                     done.append((target, backup))
             except BaseException:
                 for target, backup in reversed(done):
+                    if backup is not None and not target.is_dir():
+                        os.replace(backup, target)  # one rename: the old file is back, never missing
+                        continue
                     remove_path(target)
                     if backup is not None:
                         os.rename(backup, target)
@@ -197,3 +203,38 @@ class OutputSet:
             self.committed = True
             self.written.extend(target for target, _ in done)
         return [target for target, _ in done]
+
+
+def _keep_aside(target: Path, backup: Path) -> None:
+    """Keep the old output under `backup` for a rollback. A file is hard-linked, so the new one replaces it
+    with one atomic rename and the name never goes missing; a folder (or a file system without hard links)
+    is renamed away."""
+    if not target.is_dir() or target.is_symlink():
+        try:
+            os.link(target, backup, follow_symlinks=False)
+            return
+        except OSError:
+            pass
+    os.rename(target, backup)
+
+
+@contextmanager
+def _folders_locked(folders: Sequence[Path]) -> Iterator[None]:
+    """An exclusive flock on each folder (in a fixed order: no deadlock) while a run's outputs are renamed in.
+    Advisory and best effort: a file system without flock just goes unlocked."""
+    fds = []
+    try:
+        for folder in folders:
+            try:
+                fd = os.open(folder, os.O_RDONLY)
+            except OSError:
+                continue
+            fds.append(fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError:
+                pass
+        yield
+    finally:
+        for fd in fds:
+            os.close(fd)  # closing releases the lock

@@ -262,14 +262,15 @@ def test_commit_rolls_back_the_first_output_when_the_second_fails(tmp_path, monk
     staged = [tmp_path / ".ardiff-1-00000000.a.tmp.mp4", tmp_path / ".ardiff-1-00000001.b.tmp.png"]
     for path in staged:
         path.write_bytes(b"new")
-    real_rename = os.rename
+    def failing(real):
+        def rename(src, dst):
+            if Path(dst) == sheet:
+                raise OSError(28, "No space left on device", str(dst))
+            real(src, dst)
+        return rename
 
-    def rename(src, dst):
-        if Path(dst) == sheet:
-            raise OSError(28, "No space left on device", str(dst))
-        real_rename(src, dst)
-
-    monkeypatch.setattr(O.os, "rename", rename)
+    monkeypatch.setattr(O.os, "rename", failing(os.rename))
+    monkeypatch.setattr(O.os, "replace", failing(os.replace))
     written: list[Path] = []
     with pytest.raises(OSError, match="No space"):
         with O.OutputSet(written) as outputs:
