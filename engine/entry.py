@@ -64,7 +64,7 @@ def run_entry(prog: str, body: Callable[[], int], written: list[Path],
     except MemoryError:
         print(f"{prog}: error: out of memory; ask for fewer frames or a smaller model", file=sys.stderr)
     except OSError as err:
-        print(f"{prog}: error: {one_line(ValueError(describe_os_error(err)))}", file=sys.stderr)
+        print(f"{prog}: error: {' '.join(describe_os_error(err).split())}", file=sys.stderr)
     except KeyboardInterrupt as err:
         what = "terminated" if isinstance(err, Terminated) else "interrupted"
         done = (f"wrote {' and '.join(str(p) for p in written)} before that" if written

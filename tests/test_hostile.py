@@ -423,3 +423,24 @@ def test_sweep_removes_only_dead_runs_older_than_this_process(tmp_path):
     removed = sorted(p.name for p in sweep_stale(tmp_path))
     assert removed == sorted([names["stale"], names["dir"]])
     assert sorted(os.listdir(tmp_path)) == sorted([names["live"], names["new"], names["user"]])
+
+
+# -- size estimates -------------------------------------------------------------------------------------------------
+
+
+def test_sampling_estimates_refuse_beyond_half_the_memory_or_a_day(monkeypatch):
+    """Item 5: `--frames 1000000` on the default model grew to 8.5 GB before anything said it was too much.
+    The estimate is a lower bound: the noise drawn up front plus the uint8 video held twice."""
+    from engine import limits
+    from engine.errors import TooLargeError
+
+    est = limits.estimate_sampling(8, 1_000_000, 50, 64, 16, 64, 3_867_424)
+    assert est.memory == 1_000_000 * 16 * 64 * 4 + 2 * 1_000_008 * 64 * 64 * 3  # exact by construction
+    monkeypatch.setattr(limits, "machine_memory", lambda: 16 * 2**30)
+    with pytest.raises(TooLargeError, match=r"1000000 new frames at 64x64 needs at least 26\.7 GiB .* 16\.0 GiB"):
+        limits.check_sampling(8, 1_000_000, 50, 64, 16, 64, 3_867_424)
+    limits.check_sampling(8, 1000, 50, 64, 16, 64, 3_867_424)  # a normal run passes
+    # a DiT of a billion parameters for 10 million frames: under the memory limit of a big machine, over a day
+    monkeypatch.setattr(limits, "machine_memory", lambda: 2**50)
+    with pytest.raises(TooLargeError, match="would take at least .* days"):
+        limits.check_sampling(0, 10_000_000, 50, 16, 16, 64, 10**9)
