@@ -15,8 +15,8 @@ import re
 import secrets
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 from engine.errors import OutputError
 

@@ -12,9 +12,9 @@ import errno
 import signal
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 from engine.errors import ArdiffError, one_line
 

@@ -20,9 +20,9 @@ import os
 import signal
 import stat
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 from engine.atomic import NAME_MAX, remove_path, temp_name
 from engine.errors import OutputError
@@ -152,7 +152,7 @@ class OutputSet:
         self.written = written if written is not None else []
         self.committed = False
 
-    def __enter__(self) -> "OutputSet":
+    def __enter__(self) -> OutputSet:
         return self
 
     def __exit__(self, *exc) -> None:

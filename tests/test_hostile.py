@@ -144,7 +144,6 @@ def _dead_pid() -> int:
 def battery(tmp_path_factory, tiny_checkpoint):
     """Bad checkpoints, made once (the NaN/inf/int/bool/huge/bad-version variants of the tiny checkpoint)."""
     folder = tmp_path_factory.mktemp("bad-checkpoints")
-    key = "dit.final.linear.weight"
     with safe_open(str(tiny_checkpoint), framework="pt") as f:
         keys = list(f.keys())
     key = next(k for k in keys if k.startswith("dit.") and k.endswith("weight"))
@@ -219,7 +218,7 @@ def test_hostile_input(case, tmp_path, capsys, monkeypatch, tiny_checkpoint, bat
     argv = [a.format(**names) for a in case.argv]
     main = ardiff_main if case.prog == "ardiff" else export_main
     code = main(argv)
-    out, err = capsys.readouterr()
+    _, err = capsys.readouterr()
 
     assert code == case.code, err
     if case.code:
@@ -272,11 +271,10 @@ def test_commit_rolls_back_the_first_output_when_the_second_fails(tmp_path, monk
     monkeypatch.setattr(O.os, "rename", failing(os.rename))
     monkeypatch.setattr(O.os, "replace", failing(os.replace))
     written: list[Path] = []
-    with pytest.raises(OSError, match="No space"):
-        with O.OutputSet(written) as outputs:
-            outputs.add(staged[0], video)
-            outputs.add(staged[1], sheet)
-            outputs.commit()
+    with pytest.raises(OSError, match="No space"), O.OutputSet(written) as outputs:
+        outputs.add(staged[0], video)
+        outputs.add(staged[1], sheet)
+        outputs.commit()
     assert video.read_bytes() == b"the previous video" and not sheet.exists() and written == []
     assert _new_files(tmp_path) == ["out.mp4"]  # staged files and the backup are gone
 
@@ -363,9 +361,8 @@ def test_atomic_folder_replace_never_deletes_foreign_contents(tmp_path):
     target = tmp_path / "d"
     target.mkdir()
     (target / "m.safetensors").write_bytes(b"weights")
-    with pytest.raises(OutputError, match="holding other files"):
-        with atomic_path(target, directory=True) as tmp:
-            (tmp / "x").write_bytes(b"new")
+    with pytest.raises(OutputError, match="holding other files"), atomic_path(target, directory=True) as tmp:
+        (tmp / "x").write_bytes(b"new")
     assert (target / "m.safetensors").read_bytes() == b"weights" and _new_files(tmp_path) == ["d"]
     with atomic_path(target, directory=True, may_replace=lambda p: True) as tmp:  # a previous output of ours
         (tmp / "x").write_bytes(b"new")
