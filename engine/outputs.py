@@ -75,6 +75,9 @@ def check_not_input(output: str | os.PathLike, inputs: Sequence[str | os.PathLik
         if out.is_dir() and _inside(Path(given), out):
             raise OutputError(f"{flag} {out} is a folder holding the input {given}; ardiff never replaces "
                               f"its input: choose another output")
+        if Path(given).is_dir() and _inside(out, Path(given)):
+            raise OutputError(f"{flag} {out} is inside the input folder {given}; a file written there would "
+                              f"change the input (a frame folder reads every image in it): choose another output")
 
 
 def check_name(path: str | os.PathLike) -> None:

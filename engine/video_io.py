@@ -519,6 +519,9 @@ def check_video_output(path: str | os.PathLike[str], inputs: Sequence[str | os.P
     write, a name that fits, not an input, not a folder holding other files, a writable folder."""
     path_text = os.fspath(path)
     path = Path(path_text)
+    special = describe_special(path)
+    if special:
+        raise VideoError(f"{path}: is {special}; give a new file or folder name")
     kind = _output_kind(path_text, path)
     check_name(path)
     check_not_input(path, inputs)

@@ -60,6 +60,10 @@ CASES = [
     Case("output-is-checkpoint", ["generate", "-o", "{ckpt}"] + SAMPLE, 2, ["cannot write '.safetensors'"]),
     Case("output-folder-holds-input", ["continue", "{frames}", "--context", "2", "-o", "{frames}"] + SAMPLE, 2,
          ["never"]),
+    Case("output-inside-input-folder", ["continue", "{frames}", "--context", "2", "-o", "{frames}/out.mp4"]
+         + SAMPLE, 2, ["inside the input folder"], absent=["frames/out.mp4", "frames/out_sheet.png"]),
+    Case("output-is-fifo", ["generate", "-o", "{dir}/pipe"] + SAMPLE, 2, ["FIFO"]),
+    Case("output-is-symlink-loop", ["generate", "-o", "{dir}/loop"] + SAMPLE, 2, ["symlink loop"]),
     # 11: output checked before sampling
     Case("unknown-extension", ["generate", "-o", "{dir}/out.xyz"] + SAMPLE, 2, ["cannot write '.xyz'"],
          absent=["out.xyz", "out_sheet.png"]),
