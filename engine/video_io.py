@@ -500,16 +500,20 @@ def _write_folder(tmp: Path, frames: np.ndarray) -> None:
 _remove = remove_path
 
 
+def _foreign_files(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir() if not re.fullmatch(r"frame_\d+\.png", p.name)]
+
+
 def is_frame_folder(path: Path) -> bool:
     """Whether a folder holds nothing but our ``frame_NNNNNN.png`` files (a previous output we may replace)."""
-    return all(re.fullmatch(r"frame_\d+\.png", p.name) for p in path.iterdir())
+    return not _foreign_files(path)
 
 
 def _check_folder_output(path: Path) -> None:
     if path.exists() and not path.is_dir():
         raise VideoError(f"{path}: exists and is not a folder")
     if path.is_dir():
-        foreign = [p.name for p in path.iterdir() if not re.fullmatch(r"frame_\d+\.png", p.name)]
+        foreign = _foreign_files(path)
         if foreign:
             raise VideoError(f"{path}: folder holds other files ({foreign[0]}, ...); not overwriting it")
 
