@@ -445,3 +445,15 @@ def test_sampling_estimates_refuse_beyond_half_the_memory_or_a_day(monkeypatch):
     monkeypatch.setattr(limits, "machine_memory", lambda: 2**50)
     with pytest.raises(TooLargeError, match="would take at least .* days"):
         limits.check_sampling(0, 10_000_000, 50, 16, 16, 64, 10**9)
+
+
+def test_memory_error_is_one_line(tmp_path, capsys, monkeypatch, tiny_checkpoint):
+    """An allocation that fails anyway (another process took the memory) is one line and exit 2."""
+    def out_of_memory(*a, **k):
+        raise MemoryError
+
+    monkeypatch.setattr(pipeline_module.Pipeline, "_stream", out_of_memory)
+    code = ardiff_main(GENERATE + ["-o", str(tmp_path / "out.mp4"), "--checkpoint", str(tiny_checkpoint)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("ardiff: error: out of memory")
+    assert _new_files(tmp_path) == []
