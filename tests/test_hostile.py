@@ -345,8 +345,10 @@ def test_sigterm_by_subprocess_ends_cleanly(tmp_path, tiny_checkpoint):
     proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "generate", "-o", str(tmp_path / "out.mp4"),
                              "--frames", "3000", "--steps", "50", "--checkpoint", str(tiny_checkpoint)],
                             cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
-    first = proc.stderr.readline()  # the model description: loading is done, sampling starts
-    assert "model" in first, first
+    seen = []
+    while not seen or " model " not in seen[-1]:  # the model description: loading is done, sampling starts
+        seen.append(proc.stderr.readline())
+        assert seen[-1], "".join(seen)  # EOF before the description: the run failed
     proc.send_signal(signal.SIGTERM)
     _, rest = proc.communicate(timeout=60)
     assert proc.returncode == 143, rest
