@@ -1,7 +1,8 @@
 """`ardiff-export CHECKPOINT -o OUT_DIR [--tensorrt | --aoti | --onnx] ...`: export the sampler's hot graphs.
 
-User-fixable problems (not a checkpoint, a backend that is not installed, no CUDA, a failed validation) print
-one line on stderr and exit with code 2.
+User-fixable problems (not a checkpoint, a backend that is not installed, no CUDA, a failed validation, an
+output folder holding other files, a read-only or full disk, no memory) print one line on stderr and exit with
+code 2; Ctrl-C and SIGTERM leave no temp folder behind.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "(AOTInductor, ONNX Runtime or TensorRT), validate them against the eager model and write "
                     "them with a manifest.json. Load them with load_pipeline(ckpt, backend=..., export_dir=...).")
     p.add_argument("checkpoint", help="an ardiff .safetensors checkpoint")
-    p.add_argument("-o", "--output", required=True, help="output directory (written atomically)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output directory: new, empty or a previous export (replaced atomically); a folder "
+                        "holding anything else is refused, never deleted")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--tensorrt", dest="backend", action="store_const", const="tensorrt",
                        help="torch.export + torch_tensorrt.dynamo.compile (CUDA, pip install 'ardiff[tensorrt]')")
