@@ -1,7 +1,8 @@
 """The parameter panel: s, new frames, steps, context, seed, history guidance, class and guidance, each with
 a short hint.
 
-Only widgets and their limits live here; the window reads `values()` when Generate is pressed.
+Only widgets and their limits live here; the window reads them when Generate is pressed (`history_guidance_value`,
+`class_value`) and keeps them between runs with `load` / `store`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app_gui.settings import MODEL_HISTORY_GUIDANCE, Settings
+from app_gui.settings import Settings
+from engine.run import MINIMUMS
 
 MAX_SEED = 2**31 - 1
 MODE_CONTINUE, MODE_GENERATE = 0, 1
@@ -64,23 +66,23 @@ class ParameterPanel(QWidget):
         form.addRow("", self.s_hint)
 
         self.new_frames = QSpinBox()
-        self.new_frames.setRange(1, 512)
+        self.new_frames.setRange(MINIMUMS["new_frames"], 512)
         self.new_frames.setToolTip("How many frames to add")
         form.addRow("New frames", self.new_frames)
 
         self.steps = QSpinBox()
-        self.steps.setRange(1, 1000)
+        self.steps.setRange(MINIMUMS["steps"], 1000)
         self.steps.setToolTip("Denoising steps per frame: more is slower and usually cleaner")
         self.steps.valueChanged.connect(self._steps_changed)
         form.addRow("Sampling steps", self.steps)
 
         self.context = QSpinBox()
-        self.context.setRange(1, 15)
+        self.context.setRange(MINIMUMS["context"], 15)  # the maximum follows the model: set_limits
         self.context.setToolTip("How many frames from the end of the clip the model looks at")
         form.addRow("Context frames", self.context)
 
         self.seed = QSpinBox()
-        self.seed.setRange(0, MAX_SEED)
+        self.seed.setRange(MINIMUMS["seed"], MAX_SEED)
         self.seed.setToolTip("Same seed + same settings = same result")
         self.dice = QToolButton()
         self.dice.setText("Random")  # words, not a dice emoji: emoji fonts are often missing
@@ -128,7 +130,7 @@ class ParameterPanel(QWidget):
 
     def set_limits(self, window: int, max_steps: int) -> None:
         """Clamp context to window - 1 (one new frame must fit) and steps to the model's timesteps."""
-        self.context.setMaximum(max(1, window - 1))
+        self.context.setMaximum(max(MINIMUMS["context"], window - 1))
         self.context.setToolTip(f"How many frames from the end of the clip the model looks at "
                                 f"(1..{window - 1}: the model sees {window} frames at a time)")
         self.steps.setMaximum(max(1, max_steps))
@@ -148,8 +150,8 @@ class ParameterPanel(QWidget):
 
     def _steps_changed(self, steps: int) -> None:
         # s >= steps is already frame by frame; larger values change nothing.
-        self.s_slider.setRange(0, steps)
-        self.s_spin.setRange(0, steps)
+        self.s_slider.setRange(MINIMUMS["s"], steps)
+        self.s_spin.setRange(MINIMUMS["s"], steps)
 
     def _mode_changed(self, mode: int) -> None:
         self.context.setEnabled(mode == MODE_CONTINUE)
@@ -181,7 +183,7 @@ class ParameterPanel(QWidget):
         self.seed.setValue(st.seed)
         self.guidance.setValue(st.guidance)
         hg = st.history_guidance
-        self.history_guidance.setValue(self.history_guidance.minimum() if hg < 0 else hg)
+        self.history_guidance.setValue(self.history_guidance.minimum() if hg is None else hg)
         self._wanted_class = st.class_label
         self.class_label.setValue(st.class_label)
 
@@ -189,6 +191,5 @@ class ParameterPanel(QWidget):
         st.s, st.new_frames, st.steps = self.s_spin.value(), self.new_frames.value(), self.steps.value()
         st.context, st.seed = self.context.value(), self.seed.value()
         st.guidance = self.guidance.value()
-        hg = self.history_guidance_value()
-        st.history_guidance = MODEL_HISTORY_GUIDANCE if hg is None else hg
+        st.history_guidance = self.history_guidance_value()
         st.class_label = self.class_label.value() if self.class_label.maximum() >= 0 else self._wanted_class

@@ -1,9 +1,9 @@
 """The AD schedule as a live heat map: frames across, rows (network calls) down, noise level as colour.
 
-The whole schedule is known before sampling starts (`ADScheduler.level_matrix`), so it is drawn at once,
-dimmed; rows already run are drawn at full strength and a line marks the current row, so a person sees
-which frames are clean, which are in flight and which are still noise. Colours come from
-`engine.visualize.colormap`, so the GUI, TUI and CLI pictures agree.
+The whole schedule is known before sampling starts (the engine plans it: `engine.run.plan_rows`), so it is
+drawn at once, dimmed; rows already run are drawn at full strength and a line marks the current row, so a
+person sees which frames are clean, which are in flight and which are still noise. Colours come from
+`engine.visualize`, so the GUI, TUI and CLI pictures agree.
 """
 
 from __future__ import annotations
@@ -13,20 +13,20 @@ from PySide6.QtCore import QPoint, QRect, QSize, Qt
 from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPen
 from PySide6.QtWidgets import QSizePolicy, QToolTip, QWidget
 
+from engine import visualize
+from engine.run import RunRequest, plan_rows
 from engine.visualize import colormap
 
-CONTEXT_COLOUR = QColor(66, 133, 244)  # blue, as in engine.video_io.contact_sheet
-NEW_COLOUR = QColor(255, 152, 0)  # orange
+CONTEXT_COLOUR = QColor(*visualize.CONTEXT_COLOUR)  # the person's frames, as in the contact sheets
+NEW_COLOUR = QColor(*visualize.NEW_COLOUR)  # frames the model made
 
 
 def schedule_levels(num_new: int, num_context: int, steps: int, s: int, window: int,
-                    min_context: int = 1) -> np.ndarray:
-    """[rows + 1, context + new] DDIM levels of a run, as the pipeline will step through them."""
-    from engine.schedulers import ADScheduler  # imports torch: only once a model is (being) loaded
-
-    # The pipeline clamps min_context to the context it has (and to window - 1) the same way.
-    min_context = max(0, min(min_context, window - 1, num_context if num_context else min_context))
-    return ADScheduler(steps, s, window, min_context).level_matrix(num_new, num_context)
+                    min_context: int = RunRequest.min_context) -> np.ndarray:
+    """[rows + 1, context + new] DDIM levels of a run before a model is at hand (the preview); a run draws
+    its `Planned` event's levels instead. The engine plans both (engine.run.plan_rows)."""
+    request = RunRequest(new_frames=num_new, s=s, steps=steps, min_context=min_context)
+    return plan_rows(request, window, num_context)[0]
 
 
 def _rgb_image(rgb: np.ndarray) -> QImage:

@@ -34,12 +34,9 @@ def load_model(checkpoint: str, device: str, export_dir: str | None = None,
     from engine.pipeline import load_pipeline
 
     if export_dir:
-        from engine.export import read_manifest
-
-        backend = read_manifest(export_dir)["backend"]
         # The graphs run at the precision they were exported with; the person's choice (kept for checkpoints)
-        # must not make loading them fail, so the export decides ("auto").
-        return load_pipeline(checkpoint or None, device, backend=backend, export_dir=export_dir)
+        # must not make loading them fail, so the export decides ("auto"), as it decides the backend (None).
+        return load_pipeline(checkpoint or None, device, backend=None, export_dir=export_dir)
     return load_pipeline(checkpoint or None, device, precision=precision)
 
 

@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from engine.precision import PRECISIONS
+from engine.run import DEVICES, PRECISION_HELP, PRECISIONS, RunRequest
 
 SCREENSHOT_SIZE = (1280, 800)
 
@@ -28,14 +28,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="ardiff-gui", description="Continue a video with AR-Diffusion.")
     p.add_argument("clip", nargs="?", help="a video file or frame folder to open")
     p.add_argument("--checkpoint", help="model checkpoint (.safetensors); default: the embedded model")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where the model runs")
-    p.add_argument("--precision", choices=PRECISIONS,
-                   help="auto: bfloat16 where the CPU/GPU does it natively, else float32; "
-                        "fp32: the same result on every machine; bf16: always bfloat16")
+    p.add_argument("--device", choices=DEVICES, help="where the model runs")
+    p.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
     p.add_argument("--screenshot", metavar="PATH", help="render the window to a PNG and exit")
     p.add_argument("--mid-generation", action="store_true",
                    help="with --screenshot: press Generate and take the picture when half the frames are in")
-    p.add_argument("--frames", type=int, default=16, help="with --mid-generation: new frames (default 16)")
+    p.add_argument("--frames", type=int, default=RunRequest.new_frames,
+                   help=f"with --mid-generation: new frames (default {RunRequest.new_frames})")
     return p.parse_args(argv)
 
 

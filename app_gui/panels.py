@@ -17,11 +17,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app_gui.settings import DEVICES
-from engine.precision import PRECISIONS
+from engine.run import DEVICE_LABELS, DEVICES, PRECISION_LABELS, PRECISIONS, clock  # noqa: F401 (labels: window.py)
 
-DEVICE_LABELS = {"auto": "Auto", "cpu": "CPU", "cuda": "CUDA"}
-PRECISION_LABELS = {"auto": "Auto", "fp32": "float32", "bf16": "bfloat16"}
 PRECISION_TOOLTIP = (
     "How the model computes. Auto: bfloat16 where this CPU or GPU does it natively (CUDA, AMX, "
     "AVX512-BF16), else float32. float32: the same result on every machine. bfloat16: always "
@@ -33,14 +30,6 @@ def tab_focus_only(*buttons: QPushButton) -> None:
     instead of pressing the last clicked button again."""
     for b in buttons:
         b.setFocusPolicy(Qt.FocusPolicy.TabFocus)
-
-
-def clock(seconds: float) -> str:
-    """A duration for people: '4.2 s' under ten seconds, else 'm:ss'."""
-    if seconds < 10:
-        return f"{max(0.0, seconds):.1f} s"
-    seconds = round(seconds)
-    return f"{seconds // 60}:{seconds % 60:02d}"
 
 
 class ModelPanel(QGroupBox):
@@ -174,11 +163,12 @@ class RunPanel(QGroupBox):
         self.label.setText(f"Starting: {rows} rows to run…")
 
     def show_progress(self, row: int, total_rows: int, frames_done: int, num_new: int,
-                      elapsed: float) -> None:
-        """One Progress event in words: rows, frames, speed and time left (rows are the unit of work)."""
+                      elapsed: float, seconds_left: float | None = None) -> None:
+        """One Progress event in words: rows, frames, speed and time left (`seconds_left` from the run's plan,
+        which weighs rows by their work; without it, rows count alike)."""
         self.progress.setValue(min(frames_done, num_new))
         rate = frames_done / elapsed if elapsed > 0 else 0.0
-        eta = elapsed / row * (total_rows - row) if row else 0.0
+        eta = seconds_left if seconds_left is not None else elapsed / row * (total_rows - row) if row else 0.0
         self.label.setText(f"Row {row}/{total_rows} · {frames_done}/{num_new} frames · "
                            f"{rate:.1f} frames/s · ETA {clock(eta)}")
 

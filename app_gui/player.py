@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
 )
 
 from app_gui.heatmap import CONTEXT_COLOUR, NEW_COLOUR
+from engine.run import DEFAULT_FPS
 
 
 def to_qimage(frame: np.ndarray) -> QImage:
@@ -125,7 +126,7 @@ class FramePlayer(QWidget):
     def __init__(self, parent: QWidget | None = None, placeholder: str = "") -> None:
         super().__init__(parent)
         self.frames: list[np.ndarray | None] = []
-        self.fps = 8.0
+        self.fps = DEFAULT_FPS
         self.marker: int | None = None  # first new frame; frames before it are context
         self.index = 0
         self.follow_live = True  # jump to each new frame while sampling, until the user takes over
@@ -174,14 +175,14 @@ class FramePlayer(QWidget):
 
     # -- content --------------------------------------------------------------------------------------------
 
-    def set_frames(self, frames, fps: float = 8.0, marker: int | None = None,
+    def set_frames(self, frames, fps: float = DEFAULT_FPS, marker: int | None = None,
                    total: int | None = None) -> None:
         """Show `frames` (a list/array of uint8 [H, W, 3]); `total` > len(frames) leaves pending slots."""
         self.stop()
         self.frames = list(frames)
         if total is not None and total > len(self.frames):
             self.frames += [None] * (total - len(self.frames))
-        self.fps = fps if fps and fps > 0 else 8.0
+        self.fps = fps if fps and fps > 0 else DEFAULT_FPS
         self.marker = marker
         self.slider.marker = marker
         self._images.clear()

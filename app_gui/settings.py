@@ -14,13 +14,12 @@ from pathlib import Path
 
 import platformdirs
 
-from engine.precision import PRECISIONS
+from engine.run import DEVICES, PRECISIONS, RunRequest
 
 APP_NAME = "ardiff"
 FILE_NAME = "gui.json"
 MAX_RECENT = 8
-DEVICES = ("auto", "cpu", "cuda")
-MODEL_HISTORY_GUIDANCE = -1.0  # stored history guidance for "the model's own" (the CLI's default, None)
+MODEL_HISTORY_GUIDANCE = None  # "the model's own" history guidance, as engine.run.RunRequest says it
 
 
 def config_path() -> Path:
@@ -32,17 +31,17 @@ def config_path() -> Path:
 class Settings:
     """Everything the window restores on start. Field defaults are the first-run values."""
 
-    s: int = 5
-    new_frames: int = 16
-    steps: int = 50
-    context: int = 8
-    seed: int = 0
-    guidance: float = 1.0
-    history_guidance: float = MODEL_HISTORY_GUIDANCE  # >= 0: x0 = free + w (x0 - free); 1 = off
+    s: int = RunRequest.s
+    new_frames: int = RunRequest.new_frames
+    steps: int = RunRequest.steps
+    context: int = RunRequest.context
+    seed: int = RunRequest.seed
+    guidance: float = RunRequest.guidance_scale
+    history_guidance: float | None = MODEL_HISTORY_GUIDANCE  # >= 0: x0 = free + w (x0 - free); 1 = off
     class_label: int = -1  # -1: unconditional
     checkpoint: str = ""  # "" = the embedded default model
-    device: str = "auto"
-    precision: str = "auto"  # "auto" | "fp32" | "bf16", as load_pipeline takes it
+    device: str = RunRequest.device
+    precision: str = RunRequest.precision  # "auto" | "fp32" | "bf16", as load_pipeline takes it
     recent: list[str] = field(default_factory=list)
     last_dir: str = ""
     save_dir: str = ""
@@ -61,7 +60,7 @@ class Settings:
         if not isinstance(data, dict):
             return settings
         for f in fields(cls):
-            if f.name == "path" or f.name not in data:
+            if f.name in ("path", "history_guidance") or f.name not in data:
                 continue
             default, value = getattr(settings, f.name), data[f.name]
             if isinstance(default, bool) or not isinstance(value, type(default)):
@@ -75,8 +74,9 @@ class Settings:
             settings.device = "auto"
         if settings.precision not in PRECISIONS:
             settings.precision = "auto"
-        if not math.isfinite(settings.history_guidance) or settings.history_guidance < 0:
-            settings.history_guidance = MODEL_HISTORY_GUIDANCE  # JSON allows NaN; the sampler does not
+        hg = data.get("history_guidance")  # a number >= 0, else the model's own (old files stored -1 for it)
+        if isinstance(hg, (int, float)) and not isinstance(hg, bool) and math.isfinite(hg) and hg >= 0:
+            settings.history_guidance = float(hg)  # JSON allows NaN; the sampler does not
         return settings
 
     def save(self) -> None:

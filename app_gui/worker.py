@@ -18,6 +18,7 @@ import numpy as np
 from PySide6.QtCore import QObject, Signal
 
 from engine.errors import ArdiffError
+from engine.run import RunRequest
 
 
 def describe_error(err: BaseException) -> str:
@@ -67,8 +68,8 @@ class Task(QObject):
 
 @dataclass(frozen=True)
 class Job:
-    """One sampling run as the user set it up. `context` None = generate from nothing; `history_guidance`
-    None = the model's own."""
+    """One sampling run as the user set it up. `context` None = generate from nothing (else the frames the
+    model sees); `history_guidance` None = the model's own."""
 
     context: np.ndarray | None
     num_new: int
@@ -76,14 +77,21 @@ class Job:
     steps: int
     seed: int
     class_label: int | None = None
-    guidance_scale: float = 1.0
+    guidance_scale: float = RunRequest.guidance_scale
     history_guidance: float | None = None
+
+    def request(self) -> RunRequest:
+        """The engine's run request for this job (its checks raise a one-line RunError)."""
+        context = RunRequest.context if self.context is None else max(1, len(self.context))
+        return RunRequest(new_frames=self.num_new, s=self.s, steps=self.steps, seed=self.seed,
+                          context=context, class_label=self.class_label, guidance_scale=self.guidance_scale,
+                          history_guidance=self.history_guidance)
 
 
 class Generation(QObject):
     """Iterates a pipeline's event stream on a thread and re-emits each event as a signal.
 
-    `event(FrameReady | Progress | Done)` fires for every event in order; `failed(message)` if the
+    `event(Planned | FrameReady | Progress | Done)` fires for every event in order; `failed(message)` if the
     pipeline raised (bad arguments, out of memory). Exactly one of Done or failed ends a run.
     """
 
@@ -112,13 +120,14 @@ class Generation(QObject):
         return not self._thread.is_alive()
 
     def _events(self):
-        j, pipe = self.job, self.pipeline
-        common = {"s": j.s, "steps": j.steps, "seed": j.seed, "cancel": self.cancel_event,
-                  "class_label": j.class_label, "guidance_scale": j.guidance_scale,
-                  "history_guidance": j.history_guidance}
-        if j.context is None:
-            return pipe.generate(num_frames=j.num_new, **common)
-        return pipe.continue_video(j.context, num_new_frames=j.num_new, **common)
+        # The pipeline's keyword API (tests spy on it), built from the job's checked request.
+        r, pipe, context = self.job.request(), self.pipeline, self.job.context
+        common = {"s": r.s, "steps": r.steps, "seed": r.seed, "cancel": self.cancel_event,
+                  "class_label": r.class_label, "guidance_scale": r.guidance_scale,
+                  "history_guidance": r.history_guidance}
+        if context is None:
+            return pipe.generate(num_frames=r.new_frames, **common)
+        return pipe.continue_video(context, num_new_frames=r.new_frames, **common)
 
     def _run(self) -> None:
         try:

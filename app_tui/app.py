@@ -22,7 +22,7 @@ from textual.css.query import NoMatches
 from textual.widgets import Button, DirectoryTree, Footer, Header, Input, Label, ProgressBar, RichLog, Select
 from textual.worker import Worker
 
-from app_tui.clip import Clip, context_frames, load_clip
+from app_tui.clip import Clip, load_clip
 from app_tui.screens import HelpScreen, SaveScreen
 from app_tui.settings import (
     DEVICES,
@@ -41,19 +41,11 @@ from app_tui.widgets.preview import FramePreview, ImageMode
 from app_tui.worker import Failed, Job, PipelineCache, Started, one_line, run_job
 from engine.errors import ArdiffError
 from engine.pipeline import Done, FrameReady, Progress
+from engine.run import DEFAULT_FPS, PRECISION_LABELS, Plan, clock
 from engine.video_io import write_video
 
-DEFAULT_FPS = 8.0  # for runs without a clip (the CLI's generate default)
 REFRESH_HZ = 10  # live views redraw at most this often; enough to watch, cheap over SSH
 EVENT_BUFFER = 4096  # events the model may run ahead of the screen (a few MB of frames at most)
-PRECISION_LABELS = {"auto": "auto", "fp32": "float32", "bf16": "bfloat16"}  # the form's names for them
-
-
-def _clock(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds // 60 % 60:02d}"
-    return f"{seconds // 60}:{seconds % 60:02d}"
 
 
 def _tree_root(clip: Path | None) -> Path:
@@ -101,6 +93,7 @@ class ArdiffApp(App[list[Path]]):
         self.frames: list[np.ndarray] = []  # the output so far: fitted context first, then new frames
         self.num_context = 0
         self.num_new = 0
+        self.plan: Plan | None = None  # the running (or last) run's plan
         self.last_done: Done | None = None
         self.unsaved = False
         self.saved: list[Path] = []
@@ -132,7 +125,7 @@ class ArdiffApp(App[list[Path]]):
                     yield VideoTree(self.start_dir, id="files")
                 with Grid(id="form") as form:
                     form.border_title = "Settings"
-                    for field, (label, _low) in INT_FIELDS.items():
+                    for field, label in INT_FIELDS.items():
                         yield Label(label)
                         yield Input(str(getattr(self.initial, field)), id=f"set-{field}", type="integer",
                                     compact=True)
@@ -291,13 +284,10 @@ class ArdiffApp(App[list[Path]]):
             return
         try:
             settings = self.read_settings()
-            context = context_frames(self.clip, settings.context) if self.clip else None
         except SettingsError as err:
             self.show_error(one_line(err), err.field)
             return
-        except ArdiffError as err:
-            self.show_error(one_line(err), "context")
-            return
+        context = self.clip.tail if self.clip else None  # the plan takes the last `context` frames of it
         if self.clip is None:
             self.say("no clip open: generating from nothing")
         self.job = Job(settings, context)
@@ -360,23 +350,24 @@ class ArdiffApp(App[list[Path]]):
             self._on_failed(event)
 
     def _on_started(self, event: Started) -> None:
+        plan = self.plan = event.plan
         self.say(event.description)
-        if event.fit_note:
-            self.say(f"input {event.fit_note} for the model")
-        self.num_context, self.num_new = len(event.context), event.num_new
-        self.frames = list(event.context)
+        if plan.fit_note:
+            self.say(f"input {plan.fit_note} for the model")
+        self.num_context, self.num_new = plan.num_context, plan.num_new
+        self.frames = list(plan.context)
         self.last_done = None
         self._pending, self._pending_reset, self._newest, self._progress = [], False, None, None
         self.sub_title = f"{self.clip.summary() if self.clip else 'from nothing'} | {event.description}"
         self.main_screen.query_one("#filmstrip", Filmstrip).set_frames(self.frames, self.num_context)
         self.main_screen.query_one("#heatmap", ScheduleHeatmap).set_schedule(
-            event.schedule, event.steps, self.num_context)
+            plan.levels, plan.steps, self.num_context)
         if self.num_context:
             self.main_screen.query_one("#context-preview", FramePreview).show(
                 self.frames[-1], f"frame {self.num_context - 1}, as the model sees it")
         self.main_screen.query_one("#newest-preview", FramePreview).show(None)
         self.main_screen.query_one("#progress", ProgressBar).update(
-            total=event.schedule.shape[0] - 1, progress=0)
+            total=plan.total_rows, progress=0)
         self._stats(f"0/{self.num_new} frames")
 
     def _on_frame(self, event: FrameReady) -> None:
@@ -422,11 +413,11 @@ class ArdiffApp(App[list[Path]]):
         bar.update(total=event.total_rows, progress=event.row)
         self.main_screen.query_one("#heatmap", ScheduleHeatmap).set_row(event.row)
         rate = event.frames_done / event.elapsed if event.elapsed > 0 else 0.0
-        eta = event.elapsed / event.row * (event.total_rows - event.row) if event.row else 0.0
+        left = self.plan.seconds_left(event.row, event.elapsed) if self.plan else None  # weighs rows by work
         made = len(self.frames) - self.num_context  # counts frames already shown, not only finished rows
         self._stats(
             f"{made}/{self.num_new} frames  row {event.row}/{event.total_rows}  "
-            f"{rate:.1f} fr/s  ETA {_clock(eta)}")
+            f"{rate:.1f} fr/s  ETA {'?' if left is None else clock(left)}")
 
     def _stats(self, text: str) -> None:
         # A fixed size: no relayout of the whole screen per row.
@@ -447,7 +438,7 @@ class ArdiffApp(App[list[Path]]):
         else:
             summary = f"done: {len(event.video)} frames ({event.num_context} context + {new} new)"
             self.say(f"{summary} in {event.elapsed:.1f} s{rate}; ctrl+s saves", "green")
-        self._stats(f"{summary.split(':')[0]} in {_clock(event.elapsed)}")
+        self._stats(f"{summary.split(':')[0]} in {clock(event.elapsed)}")
         self._set_buttons()
 
     def _on_failed(self, event: Failed) -> None:

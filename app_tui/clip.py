@@ -1,15 +1,15 @@
-"""The clip being continued: its facts and its last frames (the only ones a context can use)."""
+"""The clip being continued: its facts and its last frames (the only ones a context can use); which of
+them the model sees is the run's plan (engine.pipeline.Pipeline.plan)."""
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from engine.errors import VideoError
-from engine.video_io import VIDEO_EXTENSIONS, VideoInfo, iter_frames, probe_video
+from engine.video_io import VIDEO_EXTENSIONS, VideoInfo, probe_video, read_tail
 
 # The model sees at most window - 1 context frames (15 for every preset); keep a margin, not the whole clip,
 # so an HD film does not fill memory.
@@ -38,19 +38,7 @@ def load_clip(path: str | Path) -> Clip:
         raise VideoError(f"{path}: not a video ({path.suffix or 'no extension'}); "
                          f"pick one of {', '.join(sorted(VIDEO_EXTENSIONS))} or a folder of frames")
     info = probe_video(path)
-    count = 0
-    tail: deque[np.ndarray] = deque(maxlen=MAX_TAIL)
-    for frame in iter_frames(path):
-        tail.append(frame)
-        count += 1
-    return Clip(path=path, info=info, num_frames=count, tail=np.stack(tail))
-
-
-def context_frames(clip: Clip, count: int) -> np.ndarray:
-    """The last `count` frames, or VideoError saying why the clip is too short for that context."""
-    if count > clip.num_frames:
-        raise VideoError(f"{clip.path.name} has only {clip.num_frames} frame(s), fewer than context {count}; "
-                         f"set context to {clip.num_frames} or less, or pick a longer clip")
-    if count > len(clip.tail):
-        raise VideoError(f"context {count} is more than ardiff-tui keeps ({len(clip.tail)} frames)")
-    return clip.tail[-count:]
+    tail = read_tail(path, MAX_TAIL, info.num_frames)
+    # the container's count where it has one (a tail read from far into the clip does not count it)
+    count = info.num_frames if info.num_frames and len(tail) == MAX_TAIL else len(tail)
+    return Clip(path=path, info=info, num_frames=count, tail=tail)

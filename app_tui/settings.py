@@ -1,4 +1,5 @@
-"""The generation settings the user types, parsed and checked before anything runs."""
+"""The generation settings the user types: the form's text parsed into a run request (engine.run), whose
+own checks name the field to fix."""
 
 from __future__ import annotations
 
@@ -6,76 +7,77 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import ArdiffError
-from engine.precision import PRECISIONS
+from engine.errors import RunError
+from engine.run import DEVICES, PRECISION_HELP, PRECISIONS, RunRequest
 
-DEVICES = ("auto", "cpu", "cuda")
-# One wording for --help, the form's tooltip and the help screen.
-PRECISION_HELP = ("auto: bfloat16 where the CPU/GPU does it natively, else float32; "
-                  "fp32: the same result on every machine; bf16: always bfloat16")
+__all__ = ["DEVICES", "PRECISIONS", "PRECISION_HELP", "HISTORY_GUIDANCE_HELP", "Settings", "SettingsError",
+           "form_field", "parse_settings", "parse_history_guidance"]
 # The CLI's --history-guidance wording (engine/cli.py), plus what blank means and what it costs.
 HISTORY_GUIDANCE_HELP = ("lean on the context: x0 = free + W (x0 - free), free = the frames in flight "
                          "without what came before; 1 = off, 0 = ignore the context; any W other than 1 "
                          "costs one more DiT call per row (blank: the model's own)")
 
 
-class SettingsError(ArdiffError):
-    """A setting the user must fix; `field` names the input to focus."""
+class SettingsError(RunError):
+    """A setting the user must fix; `field` names the input to focus (the form's name for it)."""
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
+
+# RunRequest field -> the form's input, where the two names differ
+_FORM_FIELDS = {"new_frames": "frames"}
 
 
 @dataclass(frozen=True)
 class Settings:
-    """What one Generate press asks for. `checkpoint` None means the embedded default model."""
+    """What one Generate press asks for: a run request's fields (the engine's defaults) and the model to
+    load. `checkpoint` None means the embedded default model."""
 
-    s: int = 5
-    frames: int = 32
-    steps: int = 50
-    context: int = 8
-    seed: int = 0
+    s: int = RunRequest.s
+    frames: int = RunRequest.new_frames
+    steps: int = RunRequest.steps
+    context: int = RunRequest.context
+    seed: int = RunRequest.seed
     checkpoint: Path | None = None
-    device: str = "auto"
-    precision: str = "auto"  # "auto" | "fp32" | "bf16", as load_pipeline takes it
+    device: str = RunRequest.device
+    precision: str = RunRequest.precision  # "auto" | "fp32" | "bf16", as load_pipeline takes it
     history_guidance: float | None = None  # None: the model's own (Pipeline.history_guidance); 1.0 is off
 
+    def request(self) -> RunRequest:
+        """The run these settings ask for; SettingsError (naming the form's field) when one cannot work."""
+        try:
+            return RunRequest(new_frames=self.frames, s=self.s, steps=self.steps, context=self.context,
+                              seed=self.seed, device=self.device, precision=self.precision,
+                              history_guidance=self.history_guidance)
+        except RunError as err:
+            raise SettingsError(form_field(err.field), str(err)) from None
 
-# field -> (label shown in the form, smallest allowed value)
-INT_FIELDS: dict[str, tuple[str, int]] = {
-    "s": ("s", 0),
-    "frames": ("new frames", 1),
-    "steps": ("steps", 1),
-    "context": ("context", 1),
-    "seed": ("seed", 0),
-}
+
+def form_field(name: str) -> str:
+    """The form's input for a RunRequest field (engine.errors.RunError.field)."""
+    return _FORM_FIELDS.get(name, name)
+
+
+# field -> label shown in the form
+INT_FIELDS: dict[str, str] = {"s": "s", "frames": "new frames", "steps": "steps", "context": "context",
+                              "seed": "seed"}
 
 
 def parse_settings(values: dict[str, str]) -> Settings:
     """Form text -> Settings; the first bad field raises SettingsError saying what to type instead."""
     parsed: dict[str, object] = {}
-    for field, (label, low) in INT_FIELDS.items():
+    for field, label in INT_FIELDS.items():
         text = values.get(field, "").strip()
         try:
-            number = int(text)
+            parsed[field] = int(text)
         except ValueError:
             raise SettingsError(field, f"{label} must be a whole number, got {text!r}") from None
-        if number < low:
-            raise SettingsError(field, f"{label} must be at least {low}, got {number}")
-        parsed[field] = number
     checkpoint = values.get("checkpoint", "").strip()
     parsed["checkpoint"] = Path(checkpoint).expanduser() if checkpoint else None
-    device = values.get("device", "auto").strip() or "auto"
-    if device not in DEVICES and not device.startswith("cuda:"):
-        raise SettingsError("device", f"device must be auto, cpu or cuda, got {device!r}")
-    parsed["device"] = device
-    precision = values.get("precision", "auto").strip() or "auto"
-    if precision not in PRECISIONS:
-        raise SettingsError("precision", f"precision must be {', '.join(PRECISIONS)}, got {precision!r}")
-    parsed["precision"] = precision
+    parsed["device"] = values.get("device", "auto").strip() or "auto"
+    parsed["precision"] = values.get("precision", "auto").strip() or "auto"
     parsed["history_guidance"] = parse_history_guidance(values.get("history_guidance", ""))
-    return Settings(**parsed)  # type: ignore[arg-type]
+    settings = Settings(**parsed)  # type: ignore[arg-type]
+    settings.request()  # the engine's checks, in the order of its fields
+    return settings
 
 
 def parse_history_guidance(text: str) -> float | None:

@@ -15,25 +15,18 @@ from typing import Callable
 
 import numpy as np
 
-from app_tui.settings import Settings
-from engine.errors import ArdiffError, CheckpointError, WeightsUnavailableError, one_line
-from engine.pipeline import Pipeline, load_pipeline
-from engine.schedulers.ad import ADScheduler
-from engine.video_io import fit_frames
-
-MIN_CONTEXT = 1  # the pipeline's default: one clean frame stays in view once any exists
+from app_tui.settings import Settings, form_field
+from engine.errors import ArdiffError, CheckpointError, RunError, WeightsUnavailableError, one_line
+from engine.pipeline import Pipeline, Planned, load_pipeline
+from engine.run import Plan
 
 
 @dataclass
 class Started:
-    """The model is loaded and the run is valid: what the UI needs before the first frame."""
+    """The model is loaded and the run is planned: what the UI needs before the first frame."""
 
     description: str  # Pipeline.describe(), plus the form's history guidance when it overrides the model's
-    fit_note: str | None  # how the clip was resized, if it was
-    context: np.ndarray  # fitted context frames, uint8 [C, R, R, 3] (C may be 0)
-    num_new: int
-    schedule: np.ndarray  # [rows + 1, C + new] DDIM levels, the whole run known in advance
-    steps: int
+    plan: Plan  # the engine's plan: fitted context, the rows' levels (the whole run known in advance), work
 
 
 @dataclass
@@ -47,7 +40,8 @@ class Failed:
 
 @dataclass
 class Job:
-    """What to run. `context` None generates from nothing. Set `cancel` to stop within one row."""
+    """What to run. `context`: the clip's last frames (the plan takes the last `settings.context` of them);
+    None generates from nothing. Set `cancel` to stop within one row."""
 
     settings: Settings
     context: np.ndarray | None
@@ -76,30 +70,14 @@ def run_job(job: Job, cache: PipelineCache, emit: Callable[[object], None]) -> N
     """Run `job`, passing Started, then FrameReady/Progress events, then Done (or one Failed) to `emit`."""
     s = job.settings
     try:
-        pipe = cache.get(s.checkpoint, s.device, s.precision)
-        if job.context is None:
-            context = np.zeros((0, pipe.resolution, pipe.resolution, 3), np.uint8)
-            events = pipe.generate(num_frames=s.frames, s=s.s, steps=s.steps, seed=s.seed, cancel=job.cancel,
-                                   min_context=MIN_CONTEXT, history_guidance=s.history_guidance)
-            note = None
-        else:
-            if len(job.context) > pipe.window - 1:
-                emit(Failed(f"context {len(job.context)} is longer than this model allows: at most "
-                            f"{pipe.window - 1} (window {pipe.window} minus one new frame)", field="context"))
-                return
-            events = pipe.continue_video(job.context, num_new_frames=s.frames, s=s.s, steps=s.steps,
-                                         seed=s.seed, cancel=job.cancel, min_context=MIN_CONTEXT,
-                                         history_guidance=s.history_guidance)
-            context, note = fit_frames(job.context, pipe.resolution), pipe.fit_note(job.context)
-        # The same scheduler the pipeline builds, so the heat map is the run's own schedule.
-        min_context = max(0, min(MIN_CONTEXT, len(context), pipe.window - 1))
-        scheduler = ADScheduler(s.steps, s.s, pipe.window, min_context)
-        schedule = scheduler.level_matrix(s.frames, len(context))
-        emit(Started(_describe(pipe, s), note, context, s.frames, schedule, s.steps))
-        for event in events:
-            emit(event)
+        request = s.request()
+        pipe = cache.get(s.checkpoint, request.device, request.precision)
+        for event in pipe.run(request, job.context, job.cancel):
+            emit(Started(_describe(pipe, s), event.plan) if isinstance(event, Planned) else event)
     except (WeightsUnavailableError, CheckpointError) as err:
         emit(Failed(one_line(err), field="checkpoint"))
+    except RunError as err:
+        emit(Failed(one_line(err), field=form_field(err.field)))
     except ArdiffError as err:
         emit(Failed(one_line(err), field=_field_for(err)))
     except ValueError as err:  # the pipeline's argument checks, resolve_device
@@ -121,7 +99,7 @@ def _field_for(err: BaseException) -> str | None:
     text = str(err)
     for needle, name in (("history guidance", "history_guidance"), ("precision", "precision"),
                          ("device", "device"), ("checkpoint", "checkpoint"), ("safetensors", "checkpoint"),
-                         ("steps", "steps"), ("context", "context"), ("num_new_frames", "frames")):
+                         ("steps", "steps"), ("context", "context")):
         if needle in text:
             return name
     return None

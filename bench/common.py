@@ -20,7 +20,7 @@ def machine() -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    from engine.pipeline import cpu_supports_bf16
+    from engine.device import cpu_supports_bf16
 
     return (f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
             f"native bf16: {'yes' if cpu_supports_bf16() else 'no'}")

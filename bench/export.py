@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.common import header, median_time  # noqa: E402
-from engine import export as E  # noqa: E402
+from engine.backends import export as E  # noqa: E402
 from engine.checkpoint import load_checkpoint, read_checkpoint_header, save_checkpoint  # noqa: E402
 from engine.models import build_models, get_preset  # noqa: E402
 from engine.models.dit import KVCache  # noqa: E402

@@ -1,6 +1,6 @@
 """Forward time of the `default` models on this machine: the DiT over a full 16-frame window vs one active
 frame with a 15-frame K/V cache (the sampler's common case), eager and through `backend="compile"`
-(engine.compiled), and the VAE's incremental decode of one frame; float32 vs bfloat16 autocast. Random
+(engine.backends.compiled), and the VAE's incremental decode of one frame; float32 vs bfloat16 autocast. Random
 weights (timing does not depend on them)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from bench.common import header, median_time  # noqa: E402
-from engine.compiled import CompiledDiT  # noqa: E402
+from engine.backends.compiled import CompiledDiT  # noqa: E402
 from engine.diffusion import DiffusionSchedule  # noqa: E402
 from engine.models import build_models, get_preset  # noqa: E402
 from engine.models.dit import KVCache  # noqa: E402

@@ -1,7 +1,7 @@
 """Reference vs cached sampler: wall time and frame-forwards for the `default` preset (random weights).
 
 The cached sampler runs eagerly and, with --backends, with its one-frame DiT calls compiled by torch.compile
-(`compile`, engine.compiled) or on the graphs `ardiff-export` writes (`aoti`, `onnx`): the reference stays
+(`compile`, engine.backends.compiled) or on the graphs `ardiff-export` writes (`aoti`, `onnx`): the reference stays
 eager, the oracle. Backend `null` stands in a DiT that costs nothing (it hands back its input and zero
 keys/values): its time is the sampler's own work, the floor under every other backend (its latents are
 not compared). Exports are made once into --workdir (shared with bench/export.py) and reused; the compile
@@ -28,14 +28,14 @@ import torch  # noqa: E402
 
 from bench.common import header  # noqa: E402
 from bench.export import get_export, make_checkpoint  # noqa: E402
-from engine import export as E  # noqa: E402
+from engine.backends import export as E  # noqa: E402
 from engine.checkpoint import Checkpoint, load_checkpoint  # noqa: E402
-from engine.compiled import CompiledDiT  # noqa: E402
+from engine.backends.compiled import CompiledDiT  # noqa: E402
 from engine.diffusion import DiffusionSchedule  # noqa: E402
 from engine.pipeline import FrameReady, Pipeline  # noqa: E402
 from engine.schedulers import ADScheduler  # noqa: E402
 from engine.sampling import make_sampler  # noqa: E402
-from engine.step_dit import StepDiT  # noqa: E402
+from engine.backends.step_dit import StepDiT  # noqa: E402
 
 
 def autocast(dtype: str):
@@ -61,7 +61,7 @@ def time_sampler(name, dit, cfg, N, s, steps, dtype, repeats=1):
         sampler = make_sampler(name, dit, DiffusionSchedule(), ADScheduler(steps, s, cfg.window, 1))
         start = time.perf_counter()
         with torch.no_grad(), autocast(dtype):
-            for _ in sampler.sample(noise[:, :0], noise):
+            for _ in sampler.denoise(noise[:, :0], noise):
                 pass
         times.append(time.perf_counter() - start)
     return float(np.median(times)), sampler

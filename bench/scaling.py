@@ -24,7 +24,7 @@ from bench.common import header  # noqa: E402
 from bench.export import make_checkpoint  # noqa: E402
 from bench.sampler import autocast, time_sampler  # noqa: E402
 from engine.checkpoint import load_checkpoint  # noqa: E402
-from engine.compiled import CompiledDiT  # noqa: E402
+from engine.backends.compiled import CompiledDiT  # noqa: E402
 
 
 def main() -> None:

@@ -26,16 +26,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.models.arvae import ARVAE  # noqa: E402
 from engine.models.dit import DiT  # noqa: E402
-from engine.pipeline import cpu_supports_bf16  # noqa: E402
+from engine.device import cpu_supports_bf16  # noqa: E402
 from trainer.config import load_config, stage_num_frames  # noqa: E402
-from trainer.train import _model_config, train  # noqa: E402
+from trainer.sources import model_config  # noqa: E402
+from trainer.train import train  # noqa: E402
 
 
 def step_flops(stage: str, cfg, batch: int) -> float:
     """FLOPs of one micro-step (forward + backward of the trained network; + the frozen encode)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    mc = _model_config(cfg)
+    mc = model_config(cfg)
     F = stage_num_frames(cfg, mc)
     size = mc.vae.image_size
     x = torch.rand(batch, F, 3, size, size) * 2 - 1
@@ -52,7 +53,7 @@ def step_flops(stage: str, cfg, batch: int) -> float:
 
 
 def tokens_per_clip(stage: str, cfg) -> int:
-    mc = _model_config(cfg)
+    mc = model_config(cfg)
     F = stage_num_frames(cfg, mc)
     if stage == "diffusion":
         return F * mc.vae.num_latent_tokens  # DiT tokens

@@ -19,7 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.evaluate import score_frames, load_clips  # noqa: E402
+from engine.evaluation.clips import load_clips  # noqa: E402
+from engine.metrics.image import score_frames  # noqa: E402
 from engine.video_io import list_frame_files, read_image  # noqa: E402
 
 

@@ -9,14 +9,20 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 
-from engine.errors import ArdiffError
+from engine.errors import ArdiffError, RunError, one_line
+from engine.run import BACKENDS, DEVICES, PRECISION_HELP, PRECISIONS, SAMPLERS, RunRequest
 
 EXIT_USAGE = 2
+# RunRequest field -> the flag that sets it, so a bad value is named the way the person typed it
+FLAGS = {"new_frames": "--frames", "s": "--s", "steps": "--steps", "seed": "--seed", "context": "--context",
+         "min_context": "--min-context", "history_guidance": "--history-guidance", "guidance_scale": "--guidance",
+         "class_label": "--class-label", "fps": "--fps", "device": "--device", "precision": "--precision",
+         "backend": "--backend", "sampler": "--sampler"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -25,7 +31,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.written = []  # filled by the outputs' commit, so an interrupt message can say what was written
-    return run_entry("ardiff", lambda: args.func(args), args.written, expected=(ValueError,))
+    return run_entry("ardiff", lambda: args.func(args), args.written, expected=(ValueError,), describe=_describe)
+
+
+def _describe(err: Exception) -> str:
+    """A RunError names the flag the person typed; every other error is its own one line."""
+    if isinstance(err, RunError):
+        return f"{FLAGS.get(err.field, err.field)}: {one_line(err)}"
+    return one_line(err)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,15 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("continue", help="continue a clip with new frames")
     p.add_argument("input", help="video file (mp4, avi, mov, mkv, webm, gif, ...) or a folder of frames")
     p.add_argument("-o", "--output", required=True, help="output .mp4, .gif or folder of PNGs")
-    p.add_argument("--context", type=int, default=8, help="context frames taken from the end of the clip")
-    _add_sampling_args(p, frames=32, s=5)
+    p.add_argument("--context", type=int, default=RunRequest.context,
+                   help="context frames taken from the end of the clip")
+    _add_sampling_args(p)
     p.set_defaults(func=cmd_continue)
 
     p = sub.add_parser("generate", help="generate a video from nothing")
     p.add_argument("-o", "--output", required=True, help="output .mp4, .gif or folder of PNGs")
-    p.add_argument("--fps", type=float, default=8.0)
+    p.add_argument("--fps", type=float, default=RunRequest.fps)
     p.add_argument("--class-label", type=int, default=None, help="class index for class-conditional models")
-    _add_sampling_args(p, frames=16, s=0)
+    _add_sampling_args(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("info", help="describe a checkpoint or a preset")
@@ -53,12 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("schedule", help="show what s does: the AD scheduler's rows as a heat map")
-    p.add_argument("--frames", type=int, default=16, help="new frames")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps n")
-    p.add_argument("--s", type=int, default=5, help="level offset between neighbouring frames")
+    p.add_argument("--frames", type=int, default=RunRequest.new_frames, help="new frames")
+    p.add_argument("--steps", type=int, default=RunRequest.steps, help="DDIM steps n")
+    p.add_argument("--s", type=int, default=RunRequest.s, help="level offset between neighbouring frames")
     p.add_argument("--context", type=int, default=0, help="clean context frames in front")
     p.add_argument("--window", type=int, default=16, help="frames the model sees at once")
-    p.add_argument("--min-context", type=int, default=1, help="clean frames kept in view once any exists")
+    p.add_argument("--min-context", type=int, default=RunRequest.min_context,
+                   help="clean frames kept in view once any exists")
     p.add_argument("-o", "--output", help="heat map PNG (frames across, rows down, noise as colour)")
     p.add_argument("--text", action="store_true", help="print the level matrix")
     p.set_defaults(func=cmd_schedule)
@@ -74,10 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_precision(p: argparse.ArgumentParser) -> None:
-    # checked by load_pipeline, so a wrong value is the one-line error every other bad input gets
-    p.add_argument("--precision", default="auto",
-                   help="auto | fp32 | bf16; auto: bf16 autocast on CUDA and on CPUs with native bf16 "
-                        "(AMX/AVX512-BF16), else fp32")
+    # checked by RunRequest / load_pipeline, so a wrong value is the one-line error every other bad input gets
+    p.add_argument("--precision", default=RunRequest.precision, help=f"{' | '.join(PRECISIONS)}; {PRECISION_HELP}")
 
 
 def _add_history_guidance(p: argparse.ArgumentParser) -> None:
@@ -86,19 +99,21 @@ def _add_history_guidance(p: argparse.ArgumentParser) -> None:
                         "what came before; 1 = off (default: the model's own, see `ardiff info`)")
 
 
-def _add_sampling_args(p: argparse.ArgumentParser, frames: int, s: int) -> None:
-    p.add_argument("--frames", type=int, default=frames, help="new frames to make")
-    p.add_argument("--s", type=int, default=s, help="0: synchronous; >= steps: frame by frame")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps per frame")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--min-context", type=int, default=1, help="clean frames kept in view once any exists")
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale on x0")
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--frames", type=int, default=RunRequest.new_frames, help="new frames to make")
+    p.add_argument("--s", type=int, default=RunRequest.s, help="0: synchronous; >= steps: frame by frame")
+    p.add_argument("--steps", type=int, default=RunRequest.steps, help="DDIM steps per frame")
+    p.add_argument("--seed", type=int, default=RunRequest.seed)
+    p.add_argument("--min-context", type=int, default=RunRequest.min_context,
+                   help="clean frames kept in view once any exists")
+    p.add_argument("--guidance", type=float, default=RunRequest.guidance_scale,
+                   help="classifier-free guidance scale on x0")
     _add_history_guidance(p)
     p.add_argument("--checkpoint", default=None, help="model checkpoint (default: the embedded model)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--device", default=RunRequest.device, help=" | ".join(DEVICES))
     _add_precision(p)
-    p.add_argument("--sampler", default="cached", choices=["cached", "reference"])
-    p.add_argument("--backend", default="eager", choices=["eager", "compile", "aoti", "onnx", "tensorrt"],
+    p.add_argument("--sampler", default=RunRequest.sampler, choices=SAMPLERS)
+    p.add_argument("--backend", default=RunRequest.backend, choices=BACKENDS,
                    help="compile: torch.compile the one-frame DiT call (seconds at start, faster at large s); "
                         "aoti/onnx/tensorrt: run the graphs ardiff-export wrote to --export-dir")
     p.add_argument("--export-dir", default=None, help="folder written by ardiff-export for this checkpoint")
@@ -108,87 +123,71 @@ def _add_sampling_args(p: argparse.ArgumentParser, frames: int, s: int) -> None:
 # -- continue / generate ---------------------------------------------------------------------------------
 
 
-def cmd_continue(args: argparse.Namespace) -> int:
-    from engine.video_io import probe_video
+def _request(args: argparse.Namespace, **extra) -> RunRequest:
+    """The run the flags ask for (checked by RunRequest itself: a bad value is a RunError naming the flag)."""
+    return RunRequest(new_frames=args.frames, s=args.s, steps=args.steps, seed=args.seed,
+                      min_context=args.min_context, history_guidance=args.history_guidance,
+                      guidance_scale=args.guidance, device=args.device, precision=args.precision,
+                      backend=args.backend, sampler=args.sampler, **extra)
 
-    _check_positive("--frames", args.frames)
-    _check_positive("--context", args.context)
+
+def cmd_continue(args: argparse.Namespace) -> int:
+    from engine.video_io import probe_video, read_tail
+
+    request = _request(args, context=args.context)
     info = probe_video(args.input)
     _check_outputs(args, [args.input])
     pipe = _load_sampling_pipeline(args)
-    if args.context > pipe.window - 1:
-        raise ArdiffError(f"--context {args.context} is longer than the model allows: at most "
-                          f"{pipe.window - 1} (window {pipe.window} minus one new frame)")
-    frames = _read_tail(args.input, args.context, info.num_frames)
-    _say(args, pipe.describe())
-    note = pipe.fit_note(frames)
-    if note:
-        _say(args, f"input {note} for the model")
-    events = pipe.continue_video(frames, num_new_frames=args.frames, s=args.s, steps=args.steps, seed=args.seed,
-                                 sampler=args.sampler, guidance_scale=args.guidance, min_context=args.min_context,
-                                 history_guidance=args.history_guidance)
-    return _run_and_write(args, events, args.frames, info.fps)
+    pipe.check(request)  # a context the model cannot take fails before the clip is read
+    frames = read_tail(args.input, request.context, info.num_frames)
+    events = pipe.run(replace(request, fps=info.fps or request.fps), frames)  # the clip's rate carries over
+    return _run_and_write(args, pipe, events)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    _check_positive("--frames", args.frames)
+    request = _request(args, class_label=args.class_label, fps=args.fps)
     _check_outputs(args, [])
     pipe = _load_sampling_pipeline(args)
-    _say(args, pipe.describe())
-    events = pipe.generate(num_frames=args.frames, s=args.s, steps=args.steps, seed=args.seed,
-                           class_label=args.class_label, sampler=args.sampler, guidance_scale=args.guidance,
-                           min_context=args.min_context, history_guidance=args.history_guidance)
-    return _run_and_write(args, events, args.frames, args.fps)
+    return _run_and_write(args, pipe, pipe.run(request))
 
 
-def _run_and_write(args: argparse.Namespace, events, num_new: int, fps: float) -> int:
+def _run_and_write(args: argparse.Namespace, pipe, events) -> int:
     from engine.outputs import OutputSet
-    from engine.pipeline import Done, FrameReady, Progress
-    from engine.video_io import contact_sheet, is_frame_folder, stage_png, stage_video
+    from engine.pipeline import Done, FrameReady, Planned, Progress
+    from engine.video_io import is_frame_folder, stage_png, stage_video
+    from engine.visualize import contact_sheet
 
-    done = None
+    _say(args, pipe.describe())
+    done = plan = None
     first_frame_at = None
-    with _progress_bar(args.quiet) as update:
+    with ProgressBar(args.quiet) as update:
         for event in events:
-            if isinstance(event, FrameReady) and first_frame_at is None:
+            if isinstance(event, Planned):
+                plan = event.plan
+                if plan.fit_note:
+                    _say(args, f"input {plan.fit_note} for the model")
+            elif isinstance(event, FrameReady) and first_frame_at is None:
                 first_frame_at = time.perf_counter()
             elif isinstance(event, Progress):
-                update(event, num_new)
+                update(event, plan)
             elif isinstance(event, Done):
                 done = event
     # the video and its sheet are staged, then renamed together: both appear or neither
     sheet = _sheet_path(Path(args.output))
     with OutputSet(args.written) as outputs:
-        outputs.add(stage_video(args.output, done.video, fps=fps), args.output, may_replace=is_frame_folder)
+        outputs.add(stage_video(args.output, done.video, fps=plan.request.fps), args.output,
+                    may_replace=is_frame_folder)
         outputs.add(stage_png(sheet, contact_sheet(done.video, context=done.num_context)), sheet)
         outputs.commit()
     output = Path(args.output)
     rate = ""
+    num_new = plan.num_new
     if first_frame_at is not None and num_new > 1:
         after_first = time.perf_counter() - first_frame_at
         rate = f", {(num_new - 1) / max(after_first, 1e-9):.1f} frames/s after the first"
     _say(args, f"wrote {output} ({len(done.video)} frames: {done.num_context} context + "
                f"{len(done.video) - done.num_context} new) and {sheet}; {done.elapsed:.1f} s{rate}")
     return 0
-
-
-def _read_tail(path: str, count: int, estimated_frames: int | None) -> np.ndarray:
-    """The last `count` frames of a clip. Frame counts from containers are estimates, so seek only near the
-    end when the estimate leaves a safe margin, and fall back to reading from the start."""
-    from collections import deque
-
-    from engine.errors import VideoError
-    from engine.video_io import iter_frames
-
-    margin = 64
-    if estimated_frames and estimated_frames > count + 2 * margin:
-        try:
-            tail = deque(iter_frames(path, start=estimated_frames - count - margin), maxlen=count)
-            if len(tail) == count:
-                return np.stack(tail)
-        except VideoError:
-            pass
-    return np.stack(deque(iter_frames(path), maxlen=count))
 
 
 def _check_outputs(args: argparse.Namespace, inputs: list[str]) -> None:
@@ -207,28 +206,31 @@ def _sheet_path(output: Path) -> Path:
     return base.parent / f"{base.name}_sheet.png"
 
 
-class _progress_bar:
-    """Rows, frames done and frames/s on stderr (rich), or nothing when quiet."""
+class ProgressBar:
+    """Rows, frames done, frames/s and the plan's time left on stderr (rich), or nothing when quiet."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
 
     def __enter__(self) -> Callable:
         if self.quiet:
-            return lambda event, total: None
+            return lambda event, plan: None
         from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.progress = Progress(TextColumn("rows"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                                  TextColumn("frames {task.fields[frames]}"), TextColumn("{task.fields[rate]}"),
-                                 TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True))
+                                 TimeElapsedColumn(), TextColumn("{task.fields[left]}"),
+                                 console=Console(stderr=True))
         self.progress.start()
-        self.task = self.progress.add_task("sampling", total=None, frames="0", rate="")
+        self.task = self.progress.add_task("sampling", total=None, frames="0", rate="", left="")
 
-        def update(event, total_frames: int) -> None:
+        def update(event, plan) -> None:
             rate = event.frames_done / event.elapsed if event.elapsed > 0 else 0.0
+            left = plan.seconds_left(event.row, event.elapsed)
             self.progress.update(self.task, completed=event.row, total=event.total_rows,
-                                 frames=f"{event.frames_done}/{total_frames}", rate=f"{rate:.1f} fr/s")
+                                 frames=f"{event.frames_done}/{plan.num_new}", rate=f"{rate:.1f} fr/s",
+                                 left="" if left is None else f"{left:.0f} s left")
 
         return update
 
@@ -292,22 +294,18 @@ def _count_params(params) -> int:
 def cmd_schedule(args: argparse.Namespace) -> int:
     from engine.limits import check_level_matrix
     from engine.outputs import check_output_file
-    from engine.schedulers import ADScheduler
+    from engine.run import plan_rows
     from engine.visualize import schedule_heatmap
 
-    ad = ADScheduler(args.steps, args.s, args.window, args.min_context)
-    _check_positive("--frames", args.frames)
+    request = RunRequest(new_frames=args.frames, s=args.s, steps=args.steps, min_context=args.min_context)
     if args.output:
         if Path(args.output).suffix.lower() != ".png":
             raise ArdiffError(f"-o {args.output}: the heat map is a PNG; give a name ending in .png")
         check_output_file(args.output)
-    if args.text or args.output:
-        check_level_matrix(args.frames, args.context, args.steps, args.window)
-    rows = frame_forwards = 0
-    for r in ad.rows(args.frames, args.context):
-        rows += 1
-        frame_forwards += r.window[1] - r.window[0]
-    levels = ad.level_matrix(args.frames, args.context) if args.text or args.output else None
+    check_level_matrix(args.frames, args.context, args.steps, args.window)  # before the plan allocates it
+    levels, work = plan_rows(request, args.window, args.context, cached=False)
+    rows = len(levels) - 1
+    frame_forwards = int(work.sum())
     print(f"s={args.s}, n={args.steps}, {args.frames} new frames after {args.context} context, window "
           f"{args.window}: {rows} rows = {rows} network calls ({frame_forwards} frame-forwards without a cache)")
     if args.text:
@@ -378,7 +376,7 @@ def _parse_paths(text: str) -> str | list[str]:
 
 
 def cmd_eval_fvd(args: argparse.Namespace) -> int:
-    from engine.evaluate import fvd_between_files, load_fvd_network, video_paths
+    from engine.evaluation.fvd_runs import fvd_between_files, load_fvd_network, video_paths
     from engine.metrics.i3d import MIN_FRAMES
 
     real, fake = _parse_paths(args.real), _parse_paths(args.fake)
@@ -392,7 +390,7 @@ def cmd_eval_fvd(args: argparse.Namespace) -> int:
             raise ArdiffError(f"FVD needs at least 2 videos in each set, the {name} set has {count} "
                               "(meaningful values need hundreds; papers use 256 or more)")
     i3d, _ = load_fvd_network(args.i3d, args.device, required=True)
-    with _eval_progress(args.quiet) as bar:
+    with EvalProgress(args.quiet) as bar:
         values = fvd_between_files(real, fake, i3d, args.frames, note=lambda text: _say(args, f"note: {text}"),
                                    progress=lambda done, total, label: bar("videos", done, total, label))
     if args.json:
@@ -404,19 +402,20 @@ def cmd_eval_fvd(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_continue(args: argparse.Namespace) -> int:
-    from engine.evaluate import evaluate_continuation, load_clips, load_fvd_network, parse_s_values, write_reports
+    from engine.evaluation.clips import load_clips
+    from engine.evaluation.continuation import evaluate_continuation, parse_s_values
+    from engine.evaluation.fvd_runs import load_fvd_network
+    from engine.evaluation.reports import write_reports
     from engine.pipeline import load_pipeline
 
-    _check_positive("--frames", args.frames)
-    _check_positive("--context", args.context)
-    _check_positive("--steps", args.steps)
+    request = RunRequest(new_frames=args.frames, context=args.context, steps=args.steps, seed=args.seed,
+                         history_guidance=args.history_guidance, device=args.device, precision=args.precision,
+                         sampler=args.sampler)
     s_values = parse_s_values(args.s)
     if Path(args.output).exists() and not Path(args.output).is_dir():
         raise ArdiffError(f"-o {args.output} is a file; eval writes a folder (results.md, results.json, horizon.png)")
-    pipe = load_pipeline(args.checkpoint, args.device, precision=args.precision)
-    if args.context > pipe.window - 1:
-        raise ArdiffError(f"--context {args.context} is longer than the model allows: at most "
-                          f"{pipe.window - 1} (window {pipe.window} minus one new frame)")
+    pipe = load_pipeline(args.checkpoint, request.device, precision=request.precision)
+    pipe.check(request)
     # every clip read and checked before sampling
     clips = load_clips(args.clips, args.context, args.frames, args.clips_per_video)
     _say(args, pipe.describe())
@@ -425,10 +424,10 @@ def cmd_eval_continue(args: argparse.Namespace) -> int:
         i3d, why = load_fvd_network(args.i3d, str(pipe.device), required=args.i3d is not None)
         if why:
             _say(args, f"FVD will be missing: {why}")
-    with _eval_progress(args.quiet) as bar:
-        result = evaluate_continuation(pipe, clips, args.context, args.frames, s_values, args.steps, args.seed,
-                                       i3d, fvd_missing=why, sampler=args.sampler, progress=bar,
-                                       history_guidance=args.history_guidance)
+    with EvalProgress(args.quiet) as bar:
+        result = evaluate_continuation(pipe, clips, request.context, request.new_frames, s_values, request.steps,
+                                       request.seed, i3d, fvd_missing=why, sampler=request.sampler, progress=bar,
+                                       history_guidance=request.history_guidance)
     paths = write_reports(result, args.output)
     if result.fvd_missing and i3d is not None:
         _say(args, f"FVD is missing: {result.fvd_missing}")
@@ -441,17 +440,18 @@ def cmd_eval_continue(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_vae(args: argparse.Namespace) -> int:
-    from engine.evaluate import load_clips
+    from engine.evaluation.clips import load_clips
+    from engine.evaluation.reconstruction import evaluate_reconstruction, write_reconstruction_report
     from engine.pipeline import load_pipeline
-    from engine.reconstruction import evaluate_reconstruction, write_reconstruction_report
 
-    _check_positive("--frames", args.frames)
+    if args.frames < 1:
+        raise ArdiffError(f"--frames must be at least 1, got {args.frames}")
     if Path(args.output).exists() and not Path(args.output).is_dir():
         raise ArdiffError(f"-o {args.output} is a file; eval writes a folder (results.md, results.json)")
     pipe = load_pipeline(args.checkpoint, args.device, precision=args.precision)
     clips = load_clips(args.clips, 0, args.frames, args.clips_per_video)
     _say(args, pipe.describe())
-    with _eval_progress(args.quiet) as bar:
+    with EvalProgress(args.quiet) as bar:
         result = evaluate_reconstruction(pipe, clips, progress=lambda done, total, label: bar("videos", done, total,
                                                                                               label))
     paths = write_reconstruction_report(result, args.output)
@@ -461,7 +461,7 @@ def cmd_eval_vae(args: argparse.Namespace) -> int:
     return 0
 
 
-class _eval_progress:
+class EvalProgress:
     """Rich bars on stderr for `ardiff eval`: one per kind of work ("runs", "rows", "videos", "fvd")."""
 
     def __init__(self, quiet: bool) -> None:
@@ -512,11 +512,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
-
-
-def _check_positive(flag: str, value: int) -> None:
-    if value < 1:
-        raise ArdiffError(f"{flag} must be at least 1, got {value}")
 
 
 def _load_sampling_pipeline(args: argparse.Namespace):

@@ -24,8 +24,8 @@ def _check_int(name: str, value: int, low: int, high: int | None = None) -> None
 class DiffusionSchedule:
     """Betas and cumulative alphas for T steps, with abar_0 = 1 standing for the clean signal.
 
-    kind="linear" is LDM's schedule, betas = linspace(sqrt(b0), sqrt(b1), T)**2. DESIGN.md: Table 6's
-    beta_end = 0.002 leaves abar_T near 0.45 (sampling would never start from noise); 0.02 is the default.
+    kind="linear" is LDM's schedule, betas = linspace(sqrt(b0), sqrt(b1), T)**2. The paper's Table 6
+    gives beta_end = 0.002, which leaves abar_T near 0.45 (sampling would never start from noise); 0.02 is the default.
     """
 
     def __init__(self, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, kind: str = "linear"):

@@ -52,15 +52,16 @@ def describe_os_error(err: OSError) -> str:
 
 
 def run_entry(prog: str, body: Callable[[], int], written: list[Path],
-              expected: tuple[type[Exception], ...] = (ArdiffError,)) -> int:
-    """Run a command's body; every expected failure (`expected`, OSError, MemoryError) becomes one line on
-    stderr and exit 2, an interrupt says what was written (`written` is filled by the outputs' commit) and
-    exits 130/143."""
+              expected: tuple[type[Exception], ...] = (ArdiffError,),
+              describe: Callable[[Exception], str] = one_line) -> int:
+    """Run a command's body; every expected failure (`expected` worded by `describe`, OSError, MemoryError)
+    becomes one line on stderr and exit 2, an interrupt says what was written (`written` is filled by the
+    outputs' commit) and exits 130/143."""
     try:
         with sigterm_raises():
             return int(body() or 0)
     except expected as err:
-        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
+        print(f"{prog}: error: {describe(err)}", file=sys.stderr)
     except MemoryError:
         print(f"{prog}: error: out of memory; ask for fewer frames or a smaller model", file=sys.stderr)
     except OSError as err:

@@ -28,3 +28,11 @@ class OutputError(ArdiffError):
 
 class TooLargeError(ArdiffError):
     """A request whose memory or time estimate is beyond reason, refused before anything is allocated."""
+
+
+class RunError(ArdiffError):
+    """A run setting that cannot work (engine.run.RunRequest); `field` names the setting to fix."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field

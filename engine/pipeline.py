@@ -1,8 +1,8 @@
 """Continuation and generation as a stream of events, the one interface every surface uses.
 
     pipe = load_pipeline()                      # the embedded default model
-    for event in pipe.continue_video(frames, num_new_frames=32, s=5):
-        ...  # FrameReady(index, image) | Progress(row, total_rows, levels, ...) | Done(video, ...)
+    for event in pipe.run(RunRequest(new_frames=32, s=5), frames):   # or pipe.continue_video(frames, ...)
+        ...  # Planned(plan), then FrameReady(index, image) | Progress(row, total_rows, levels, ...), Done(video, ...)
 
 A frame is decoded (incrementally, with the causal VAE decoder) and yielded the row it turns clean.
 """
@@ -20,14 +20,21 @@ import numpy as np
 import torch
 
 from engine.checkpoint import Checkpoint, load_checkpoint, sampling_defaults
+from engine.device import cpu_supports_bf16, describe_precision, resolve_device  # noqa: F401 (trainer/train.py)
 from engine.diffusion import DiffusionSchedule
-from engine.limits import check_sampling
-from engine.precision import check_precision
-from engine.schedulers.ad import ADScheduler
+from engine.errors import RunError
+from engine.frames import frames_to_tensor, tensor_to_frames
+from engine.limits import check_level_matrix, check_sampling
+from engine.run import Plan, RunRequest, check_precision, plan_rows, scheduler_for
 from engine.sampling import SamplerStats, make_sampler
 from engine.video_io import describe_fit, fit_frames
 
-SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # torch.Generator.manual_seed's range
+
+@dataclass
+class Planned:
+    """The first event of every run: the plan (engine.run.Plan) the rows that follow carry out."""
+
+    plan: Plan
 
 
 @dataclass
@@ -60,41 +67,7 @@ class Done:
     cancelled: bool = False
 
 
-Event = Union[FrameReady, Progress, Done]
-
-
-def cpu_supports_bf16() -> bool:
-    """Whether this CPU has native bfloat16 matrix units (AMX or AVX512-BF16); without them bf16 is emulated
-    and far slower than float32."""
-    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
-
-
-def parse_device(device: str | torch.device) -> torch.device:
-    """"cpu" | "cuda[:i]" -> torch.device; anything else is a ValueError naming what is allowed."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-    return dev
-
-
-def resolve_device(device: str = "auto", precision: str = "auto") -> tuple[torch.device, torch.dtype | None]:
-    """("auto" | "cpu" | "cuda[:i]", "auto" | "fp32" | "bf16") -> (device, autocast dtype or None for float32).
-
-    "auto" precision is bfloat16 autocast on CUDA and on CPUs with native bfloat16 (AMX or AVX512-BF16), float32
-    elsewhere; "fp32" makes results the same on every CPU, whatever its matrix units.
-    """
-    check_precision(precision)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = parse_device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but this torch has no CUDA device; use --device cpu")
-    if precision != "auto":
-        return dev, None if precision == "fp32" else torch.bfloat16
-    return dev, torch.bfloat16 if dev.type == "cuda" or cpu_supports_bf16() else None
+Event = Union[Planned, FrameReady, Progress, Done]
 
 
 @dataclass
@@ -105,7 +78,7 @@ class Pipeline:
     device: torch.device
     autocast_dtype: torch.dtype | None = None
     notes: list[str] = field(default_factory=list)
-    backend: str = "eager"  # "eager" | "compile" (engine.compiled) | "aoti" | "onnx" | "tensorrt" (engine.export)
+    backend: str = "eager"  # "eager" | "compile" | "aoti" | "onnx" | "tensorrt" (engine.backends)
     export_dir: str | Path | None = None
 
     def __post_init__(self) -> None:
@@ -115,13 +88,13 @@ class Pipeline:
         self.vae, self.dit = self.checkpoint.vae.to(self.device).eval(), self.checkpoint.dit.to(self.device).eval()
         self.exported = None
         if self.backend == "compile":
-            from engine.compiled import CompiledDiT
+            from engine.backends.compiled import CompiledDiT
 
             self.dit = CompiledDiT(self.dit)
-            with self._autocast():
+            with self.autocast():
                 self.dit.warm_up()  # compile before the first event; a machine that cannot compile fails here
         elif self.backend != "eager":
-            from engine.export import load_exported
+            from engine.backends.export import load_exported
 
             self.exported = load_exported(self.export_dir, self.checkpoint, self.backend, self.device)
             self.dit, self.vae = self.exported.dit, self.exported.vae  # stand-ins with the same interface
@@ -137,23 +110,17 @@ class Pipeline:
 
     def describe(self) -> str:
         """One line saying what runs where, e.g. 'default model (64x64, window 16) on cpu, float32'."""
-        precision = "float32" if self.autocast_dtype is None else f"{str(self.autocast_dtype)[6:]} autocast"
-        why = ""
-        if self.device.type == "cpu":
-            native = cpu_supports_bf16()
-            if self.autocast_dtype is None and not native:
-                why = " (this CPU has no native bfloat16)"
-            elif self.autocast_dtype is not None and not native:
-                why = " (emulated on this CPU: slower than float32)"
+        precision = describe_precision(self.device, self.autocast_dtype)
         source = self.checkpoint.path.name if self.checkpoint.path else "in-memory model"
         backend = "" if self.exported is None else f"; sampling with {self.exported.describe()}"
         if self.backend == "compile":
             backend = " (one-frame DiT calls compiled by torch.compile, the rest eager)"
         guidance = f", history guidance {self.history_guidance:g}" if self.history_guidance != 1.0 else ""
         return (f"{self.config.name} model {source} ({self.resolution}x{self.resolution}, window {self.window}"
-                f"{guidance}) on {self.device}, {precision}{why}, backend {self.backend}{backend}")
+                f"{guidance}) on {self.device}, {precision}, backend {self.backend}{backend}")
 
-    def _autocast(self):
+    def autocast(self):
+        """The autocast context this pipeline's models run under (a no-op for float32)."""
         if self.autocast_dtype is None:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
@@ -163,131 +130,155 @@ class Pipeline:
         report = describe_fit(frames.shape[1:3], self.resolution)
         return str(report) if report.changed else None
 
-    def _validate_run(self, num_new_frames: int, s: int, steps: int) -> None:
-        for name, value, low in (("num_new_frames", num_new_frames, 1), ("s", s, 0), ("steps", steps, 1)):
-            if not isinstance(value, (int, np.integer)) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-
     @torch.no_grad()
     def encode_frames(self, frames: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
         """uint8 [N, H, W, 3] at any size -> (fitted uint8 frames, latents [1, N, L, D])."""
         frames = fit_frames(np.asarray(frames), self.resolution)
-        x = torch.from_numpy(frames).to(self.device).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)[None]
-        with self._autocast():
+        x = frames_to_tensor(frames).to(self.device)[None]
+        with self.autocast():
             latents = self.vae.encode(x)
         return frames, latents.float()
 
-    def continue_video(self, frames: np.ndarray, num_new_frames: int = 32, s: int = 5, steps: int = 50,
-                       seed: int = 0, cancel: threading.Event | None = None, sampler: str = "cached",
-                       class_label: int | None = None, guidance_scale: float = 1.0, min_context: int = 1,
-                       clip_x0: float | None = None, history_guidance: float | None = None) -> Iterator[Event]:
-        """Continue a clip (uint8 [N, H, W, 3], N <= window - 1) by `num_new_frames` frames.
+    def check(self, request: RunRequest, continuing: bool = True) -> None:
+        """The checks of `request` that need this model (RunError naming the field): steps <= T, the class
+        label, the sampler the backend runs, and for a continuation a context of 1..window - 1 frames."""
+        if request.steps > self.schedule.T:
+            raise RunError("steps", f"steps must be <= {self.schedule.T}, got {request.steps}")
+        if self.exported is not None and request.sampler != "cached":
+            from engine.backends.export import ExportError
 
-        `history_guidance`: None samples with the model's own (`Pipeline.history_guidance`); 1.0 is off."""
-        frames = np.asarray(frames)
-        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-            raise ValueError(f"frames must be uint8 [N, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
-        if not 1 <= len(frames) <= self.window - 1:
-            raise ValueError(f"context must be 1..{self.window - 1} frames (the model's window is {self.window} "
-                             f"and at least one new frame must fit), got {len(frames)}")
-        self._validate_run(num_new_frames, s, steps)
-        fitted, context = self.encode_frames(frames)
-        return self._run(fitted, context, num_new_frames, s, steps, seed, cancel, sampler, class_label,
-                         guidance_scale, min(min_context, len(frames)), clip_x0, history_guidance)
+            raise ExportError(f"the {self.backend} graphs run the cached sampler only; sampler={request.sampler!r} "
+                              f"needs backend='eager'")
+        if request.class_label is not None and not request.class_label < self.dit.num_classes:
+            raise RunError("class_label", f"class_label must be in 0..{self.dit.num_classes - 1} for this model, "
+                           f"got {request.class_label}" if self.dit.num_classes else "this model is unconditional")
+        if continuing and not 1 <= request.context <= self.window - 1:
+            raise RunError("context", f"context must be 1..{self.window - 1} frames (the model's window is "
+                           f"{self.window} and at least one new frame must fit), got {request.context}")
 
-    def generate(self, num_frames: int = 16, s: int = 0, steps: int = 50, seed: int = 0,
-                 class_label: int | None = None, cancel: threading.Event | None = None, sampler: str = "cached",
-                 guidance_scale: float = 1.0, min_context: int = 1, clip_x0: float | None = None,
+    def plan(self, request: RunRequest, frames: np.ndarray | None = None) -> Plan:
+        """Plan `request` on this model: the clip's last `request.context` frames fitted (None: generate from
+        nothing), the rows the sampler will run, their work. Every check runs here, so a run fails at the
+        call, never mid-stream."""
+        self.check(request, continuing=frames is not None)
+        history_guidance = self.history_guidance if request.history_guidance is None else request.history_guidance
+        if frames is None:
+            context, note = np.zeros((0, self.resolution, self.resolution, 3), np.uint8), None
+        else:
+            frames = np.asarray(frames)
+            if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+                raise ValueError(f"frames must be uint8 [N, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
+            if len(frames) < request.context:
+                raise RunError("context", f"the clip has only {len(frames)} frame(s), fewer than context "
+                               f"{request.context}; set context to {len(frames)} or less, or pick a longer clip")
+            frames = frames[len(frames) - request.context:]
+            context, note = fit_frames(frames, self.resolution), self.fit_note(frames)
+        # memory and time refused before the plan's level matrix and the run's noise are allocated
+        L, D = self.config.vae.num_latent_tokens, self.config.vae.latent_dim
+        check_sampling(len(context), request.new_frames, request.steps, self.resolution, L, D,
+                       sum(p.numel() for p in self.checkpoint.dit.parameters()), self.device.type)
+        check_level_matrix(request.new_frames, len(context), request.steps, self.window)
+        guided = request.guidance_scale != 1.0 and request.class_label is not None
+        levels, work = plan_rows(request, self.window, len(context), guided=guided,
+                                 history_guidance=history_guidance)
+        return Plan(request, context, note, levels, self.window, history_guidance, work)
+
+    def run(self, request: RunRequest, frames: np.ndarray | None = None,
+            cancel: threading.Event | None = None) -> Iterator[Event]:
+        """Continue `frames` (uint8 [N, H, W, 3], any size; None: generate from nothing) as `request` asks.
+
+        Planned(plan) first, then FrameReady / Progress per row, then Done. `cancel` stops within one row."""
+        plan = self.plan(request, frames)
+        sampler = make_sampler(request.sampler, self.dit, self.schedule,
+                               scheduler_for(request, self.window, plan.num_context),
+                               prediction=self.config.diffusion.prediction, guidance_scale=request.guidance_scale,
+                               clip_x0=request.clip_x0, history_guidance=plan.history_guidance)
+        label = None if request.class_label is None else torch.tensor([request.class_label], device=self.device)
+        if plan.num_context:
+            latents = self.encode_frames(plan.context)[1]
+        else:
+            L, D = self.config.vae.num_latent_tokens, self.config.vae.latent_dim
+            latents = torch.zeros(1, 0, L, D, device=self.device)
+        return self._stream(plan, latents, sampler, label, cancel)
+
+    def continue_video(self, frames: np.ndarray, num_new_frames: int = RunRequest.new_frames,
+                       s: int = RunRequest.s, steps: int = RunRequest.steps, seed: int = RunRequest.seed,
+                       cancel: threading.Event | None = None, sampler: str = RunRequest.sampler,
+                       class_label: int | None = None, guidance_scale: float = RunRequest.guidance_scale,
+                       min_context: int = RunRequest.min_context, clip_x0: float | None = None,
+                       history_guidance: float | None = None) -> Iterator[Event]:
+        """Continue a whole clip (uint8 [N, H, W, 3], N <= window - 1) by `num_new_frames` frames: `run` with a
+        request whose context is the clip."""
+        request = RunRequest(new_frames=num_new_frames, s=s, steps=steps, seed=seed, context=max(1, len(frames)),
+                             min_context=min_context, history_guidance=history_guidance,
+                             guidance_scale=guidance_scale, class_label=class_label, sampler=sampler,
+                             clip_x0=clip_x0)
+        return self.run(request, frames, cancel)
+
+    def generate(self, num_frames: int = RunRequest.new_frames, s: int = RunRequest.s, steps: int = RunRequest.steps,
+                 seed: int = RunRequest.seed, class_label: int | None = None, cancel: threading.Event | None = None,
+                 sampler: str = RunRequest.sampler, guidance_scale: float = RunRequest.guidance_scale,
+                 min_context: int = RunRequest.min_context, clip_x0: float | None = None,
                  history_guidance: float | None = None) -> Iterator[Event]:
         """Generate a video from nothing; the same events as `continue_video`."""
-        self._validate_run(num_frames, s, steps)
-        L, D = self.config.vae.num_latent_tokens, self.config.vae.latent_dim
-        empty = np.zeros((0, self.resolution, self.resolution, 3), np.uint8)
-        context = torch.zeros(1, 0, L, D, device=self.device)
-        return self._run(empty, context, num_frames, s, steps, seed, cancel, sampler, class_label,
-                         guidance_scale, min_context, clip_x0, history_guidance)
-
-    def _run(self, context_frames: np.ndarray, context: torch.Tensor, num_new: int, s: int, steps: int, seed: int,
-             cancel: threading.Event | None, sampler_name: str, class_label: int | None, guidance_scale: float,
-             min_context: int, clip_x0: float | None, history_guidance: float | None) -> Iterator[Event]:
-        # Validate everything before the first event, so bad arguments fail at the call, not mid-stream.
-        if steps > self.schedule.T:
-            raise ValueError(f"steps must be <= {self.schedule.T}, got {steps}")
-        if self.exported is not None and sampler_name != "cached":
-            from engine.export import ExportError
-
-            raise ExportError(f"the {self.backend} graphs run the cached sampler only; sampler={sampler_name!r} "
-                              f"needs backend='eager'")
-        scheduler = ADScheduler(steps, s, self.window, max(0, min(min_context, self.window - 1)))
-        label = None
-        if class_label is not None:
-            if not 0 <= class_label < self.dit.num_classes:
-                raise ValueError(f"class_label must be in 0..{self.dit.num_classes - 1} for this model, "
-                                 f"got {class_label}" if self.dit.num_classes else "this model is unconditional")
-            label = torch.tensor([class_label], device=self.device)
-        sampler = make_sampler(sampler_name, self.dit, self.schedule, scheduler,
-                               prediction=self.config.diffusion.prediction, guidance_scale=guidance_scale,
-                               clip_x0=clip_x0,
-                               history_guidance=self.history_guidance if history_guidance is None else history_guidance)
-        L, D = self.config.vae.num_latent_tokens, self.config.vae.latent_dim
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not SEED_MIN <= seed <= SEED_MAX:
-            raise ValueError(f"seed must be an integer in {SEED_MIN}..{SEED_MAX} (what torch.Generator takes), "
-                             f"got {seed!r:.40}")
-        # memory and time refused up front (the noise below is drawn for every frame at once)
-        check_sampling(context.shape[1], num_new, steps, self.resolution, L, D,
-                       sum(p.numel() for p in self.checkpoint.dit.parameters()), self.device.type)
-        noise = torch.randn(1, num_new, L, D, generator=torch.Generator().manual_seed(seed)).to(self.device)
-        return self._stream(context_frames, context, noise, sampler, label, cancel)
+        request = RunRequest(new_frames=num_frames, s=s, steps=steps, seed=seed, min_context=min_context,
+                             history_guidance=history_guidance, guidance_scale=guidance_scale,
+                             class_label=class_label, sampler=sampler, clip_x0=clip_x0)
+        return self.run(request, None, cancel)
 
     @torch.no_grad()
-    def _stream(self, context_frames, context, noise, sampler, label, cancel) -> Iterator[Event]:
+    def _stream(self, plan: Plan, context: torch.Tensor, sampler, label, cancel) -> Iterator[Event]:
+        yield Planned(plan)
         start = time.perf_counter()
-        num_context = context.shape[1]
-        video = [f for f in context_frames]
+        num_context, num_new = plan.num_context, plan.num_new
+        L, D = self.config.vae.num_latent_tokens, self.config.vae.latent_dim
+        generator = torch.Generator().manual_seed(plan.request.seed)
+        noise = torch.randn(1, num_new, L, D, generator=generator).to(self.device)
+        video = list(plan.context)
         decoder = self.vae.start_decode()
-        with self._autocast():
+        with self.autocast():
             for i in range(num_context):  # the decoder's temporal memory starts from the real clip
                 self.vae.decode_next(context[:, i], decoder)
-        for step in sampler.sample(context, noise, label, cancel):
-            with self._autocast():
+        for step in sampler.denoise(context, noise, label, cancel):
+            with self.autocast():
                 images = [self._decode(step.latents[:, i], decoder) for i in range(len(step.clean_frames))]
             for index, image in zip(step.clean_frames, images):
                 video.append(image)
                 yield FrameReady(index, image)
             yield Progress(step.index + 1, step.total_rows, step.row.level_to.copy(), len(video) - num_context,
                            time.perf_counter() - start)
-        cancelled = len(video) - num_context < noise.shape[1]
+        cancelled = len(video) - num_context < num_new
         out = np.stack(video) if video else np.zeros((0, self.resolution, self.resolution, 3), np.uint8)
         yield Done(out, num_context, sampler.stats, time.perf_counter() - start, cancelled)
 
     def _decode(self, latent: torch.Tensor, state) -> np.ndarray:
-        return to_uint8_frames(self.vae.decode_next(latent, state)[0])
+        return tensor_to_frames(self.vae.decode_next(latent, state)[0])
 
 
-def to_uint8_frames(x: torch.Tensor) -> np.ndarray:
-    """Decoder output [..., 3, H, W] in [-1, 1] -> uint8 [..., H, W, 3] (rounded, clipped)."""
-    out = x.float().add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
-    return out.movedim(-3, -1).cpu().numpy()
-
-
-def load_pipeline(checkpoint: str | Path | Checkpoint | None = None, device: str = "auto", backend: str = "eager",
-                  export_dir: str | Path | None = None, precision: str = "auto") -> Pipeline:
+def load_pipeline(checkpoint: str | Path | Checkpoint | None = None, device: str = "auto",
+                  backend: str | None = "eager", export_dir: str | Path | None = None,
+                  precision: str = "auto") -> Pipeline:
     """A pipeline for a checkpoint file (None: the embedded default in assets/) on "auto" | "cpu" | "cuda".
 
-    `precision` "auto" | "fp32" | "bf16" (see `resolve_device`); the exported backends run at the precision
-    they were exported with.
+    `precision` "auto" | "fp32" | "bf16" (see `engine.device.resolve_device`); the exported backends run at the
+    precision they were exported with.
 
     `backend` "compile" compiles the cached sampler's one-frame DiT call with torch.compile (seconds, at load;
-    engine.compiled); "aoti" | "onnx" | "tensorrt" sample with the graphs `ardiff-export` wrote to `export_dir`
-    (made from this same checkpoint), on the device they were exported for.
+    engine.backends.compiled); "aoti" | "onnx" | "tensorrt" sample with the graphs `ardiff-export` wrote to
+    `export_dir` (made from this same checkpoint), on the device they were exported for; None: the backend the
+    export in `export_dir` was made for.
     """
     check_precision(precision)
+    if backend is None:  # the backend the export in `export_dir` was made for; eager without one
+        from engine.backends.export import read_manifest
+
+        backend = read_manifest(export_dir)["backend"] if export_dir is not None else "eager"
     if backend in ("eager", "compile"):
         if export_dir is not None:
             raise ValueError(f"export_dir is for the exported backends (aoti, onnx, tensorrt), not {backend!r}")
         dev, dtype = resolve_device(device, precision)
     else:
-        from engine.export import check_backend_args
+        from engine.backends.export import check_backend_args
 
         manifest = check_backend_args(backend, export_dir, device)
         if precision not in ("auto", manifest["dtype"]):

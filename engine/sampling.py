@@ -72,8 +72,8 @@ class Sampler:
         self.grid = self.schedule.ddim_grid(self.scheduler.num_steps)
         self._timesteps = self.grid.timesteps.numpy()
 
-    def sample(self, context: torch.Tensor, noise: torch.Tensor, class_label: torch.Tensor | None = None,
-               cancel: threading.Event | None = None) -> Iterator[RowStep]:
+    def denoise(self, context: torch.Tensor, noise: torch.Tensor, class_label: torch.Tensor | None = None,
+                cancel: threading.Event | None = None) -> Iterator[RowStep]:
         """Continue `context` latents [B, C, L, D] (C may be 0) by noise.shape[1] frames, row by row.
 
         `noise` [B, N, L, D] is the starting point of the new frames. Stops early when `cancel` is set.

@@ -33,13 +33,13 @@ __all__ = [
     "VIDEO_EXTENSIONS",
     "FitReport",
     "VideoInfo",
-    "contact_sheet",
     "describe_fit",
     "fit_frames",
     "iter_frames",
     "list_frame_files",
     "natural_key",
     "open_video_stream",
+    "read_tail",
     "probe_video",
     "read_image",
     "read_video",
@@ -58,8 +58,6 @@ _H264_CRF = 18  # visually near-lossless; the model's output is small, files sta
 # FFmpeg demuxers that turn arbitrary bytes (text) into "video"; never a real clip.
 _REJECTED_FORMATS = {"tty", "ansi"}
 _FRAME_NAME = "frame_{:06d}.png"
-_CONTEXT_COLOUR = (66, 133, 244)  # blue: the user's clip
-_GENERATED_COLOUR = (255, 152, 0)  # orange: frames the model made
 
 
 # --------------------------------------------------------------------------- data classes
@@ -312,6 +310,24 @@ def iter_frames(
         max_frames,
         start,
     )
+
+
+def read_tail(path: str | os.PathLike[str], count: int, estimated_frames: int | None = None) -> np.ndarray:
+    """The last `count` (or fewer, when the clip is shorter) frames of a clip, uint8 [N, H, W, 3].
+
+    Frame counts from containers are estimates, so this seeks only near the end when `estimated_frames`
+    leaves a safe margin, and falls back to reading from the start; memory stays at `count` frames."""
+    from collections import deque
+
+    margin = 64
+    if estimated_frames and estimated_frames > count + 2 * margin:
+        try:
+            tail = deque(iter_frames(path, start=estimated_frames - count - margin), maxlen=count)
+            if len(tail) == count:
+                return np.stack(tail)
+        except VideoError:
+            pass
+    return np.stack(deque(iter_frames(path), maxlen=count))
 
 
 def _limited(
@@ -631,54 +647,7 @@ def fit_frames(frames: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-# --------------------------------------------------------------------------- contact sheet
-
-
-def _thumbnails(frames: np.ndarray, thumb: int) -> np.ndarray:
-    height, width = frames.shape[1:3]
-    scale = thumb / max(height, width)
-    if scale >= 1:
-        return frames
-    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
-    return np.stack(
-        [np.asarray(Image.fromarray(f).resize((new_w, new_h), Image.Resampling.BOX)) for f in frames]
-    )
-
-
-def contact_sheet(
-    frames: np.ndarray,
-    columns: int = 8,
-    context: int = 0,
-    path: str | os.PathLike[str] | None = None,
-    thumb: int = 128,
-    border: int = 2,
-) -> np.ndarray:
-    """A grid of thumbnails (at most ``thumb`` px on the long side), ``columns`` per row.
-
-    Each thumbnail gets a ``border``-px frame: blue for the first ``context`` frames (the
-    user's clip), orange for the rest (generated), so a reader sees where the model took
-    over. Returns the uint8 RGB image; also saves it as PNG (atomically) when ``path`` is given.
-    """
-    frames = _thumbnails(_check_frames(frames, str(path) if path else "contact_sheet"), thumb)
-    if columns < 1:
-        raise ValueError(f"columns must be >= 1 (got {columns})")
-    count, height, width = frames.shape[:3]
-    rows, columns = -(-count // columns), min(columns, count)
-    cell_h, cell_w = height + 2 * border, width + 2 * border
-    gap = 2
-    sheet = np.full((rows * (cell_h + gap) + gap, columns * (cell_w + gap) + gap, 3), 24, dtype=np.uint8)
-    for i, frame in enumerate(frames):
-        top = gap + (i // columns) * (cell_h + gap)
-        left = gap + (i % columns) * (cell_w + gap)
-        sheet[top : top + cell_h, left : left + cell_w] = (
-            _CONTEXT_COLOUR if i < context else _GENERATED_COLOUR
-        )
-        sheet[top + border : top + border + height, left + border : left + border + width] = frame
-    if path is not None:
-        with OutputSet() as outputs:
-            outputs.add(stage_png(Path(path), sheet), path)
-            _commit(outputs, Path(path))
-    return sheet
+# --------------------------------------------------------------------------- staged PNGs
 
 
 def stage_png(path: str | os.PathLike[str], image: np.ndarray) -> Path:

@@ -1,4 +1,8 @@
-"""Small pictures for people: the AD schedule as a heat map (PIL only, no plotting library)."""
+"""Small pictures for people: the AD schedule as a heat map and a video as a contact sheet (PIL only).
+
+The colours live here, so the GUI, the TUI and the files the CLI writes agree: viridis for noise levels,
+blue for the person's own frames and orange for the frames the model made.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from engine.atomic import atomic_path
+from engine.errors import VideoError
+from engine.video_io import _check_frames
+
+CONTEXT_COLOUR = (66, 133, 244)  # blue: the user's clip
+NEW_COLOUR = (255, 152, 0)  # orange: frames the model made
 
 # Viridis at five stops: dark purple (clean) to yellow (pure noise); readable in grey and by the colour-blind.
 _STOPS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float64)
@@ -48,3 +57,52 @@ def schedule_heatmap(levels: np.ndarray, num_steps: int, path: str | os.PathLike
     with atomic_path(path) as tmp:
         canvas.save(tmp, format="PNG")
     return Path(path)
+
+
+def _thumbnails(frames: np.ndarray, thumb: int) -> np.ndarray:
+    height, width = frames.shape[1:3]
+    scale = thumb / max(height, width)
+    if scale >= 1:
+        return frames
+    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    return np.stack(
+        [np.asarray(Image.fromarray(f).resize((new_w, new_h), Image.Resampling.BOX)) for f in frames]
+    )
+
+
+def contact_sheet(
+    frames: np.ndarray,
+    columns: int = 8,
+    context: int = 0,
+    path: str | os.PathLike[str] | None = None,
+    thumb: int = 128,
+    border: int = 2,
+) -> np.ndarray:
+    """A grid of thumbnails (at most ``thumb`` px on the long side), ``columns`` per row.
+
+    Each thumbnail gets a ``border``-px frame: blue for the first ``context`` frames (the
+    user's clip), orange for the rest (generated), so a reader sees where the model took
+    over. Returns the uint8 RGB image; also saves it as PNG (atomically) when ``path`` is given.
+    """
+    frames = _thumbnails(_check_frames(frames, str(path) if path else "contact_sheet"), thumb)
+    if columns < 1:
+        raise ValueError(f"columns must be >= 1 (got {columns})")
+    count, height, width = frames.shape[:3]
+    rows, columns = -(-count // columns), min(columns, count)
+    cell_h, cell_w = height + 2 * border, width + 2 * border
+    gap = 2
+    sheet = np.full((rows * (cell_h + gap) + gap, columns * (cell_w + gap) + gap, 3), 24, dtype=np.uint8)
+    for i, frame in enumerate(frames):
+        top = gap + (i // columns) * (cell_h + gap)
+        left = gap + (i % columns) * (cell_w + gap)
+        sheet[top : top + cell_h, left : left + cell_w] = (
+            CONTEXT_COLOUR if i < context else NEW_COLOUR
+        )
+        sheet[top + border : top + border + height, left + border : left + border + width] = frame
+    if path is not None:
+        try:
+            with atomic_path(path) as tmp:
+                Image.fromarray(sheet).save(tmp, format="PNG")
+        except OSError as err:
+            raise VideoError(f"{path}: cannot write image ({err.strerror or err})") from err
+    return sheet

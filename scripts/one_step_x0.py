@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from engine.metrics.image import psnr
-from engine.pipeline import load_pipeline, to_uint8_frames
+from engine.frames import tensor_to_frames as to_uint8_frames
+from engine.pipeline import load_pipeline
 from engine.video_io import read_video
 
 CONTEXT = 8

@@ -51,10 +51,10 @@ def test_generate_to_png_folder_and_gif(tmp_path, capsys, tiny_checkpoint):
     [
         (["continue", "{missing}", "-o", "{out}"], "no such file"),
         (["continue", "{text}", "-o", "{out}"], "notes.txt"),
-        (["continue", "{demo}", "-o", "{out}", "--frames", "0"], "--frames must be at least 1"),
-        (["continue", "{demo}", "-o", "{out}", "--s", "-1"], "s must be an integer >= 0"),
+        (["continue", "{demo}", "-o", "{out}", "--frames", "0"], "--frames: new frames must be at least 1"),
+        (["continue", "{demo}", "-o", "{out}", "--s", "-1"], "--s: s must be at least 0"),
         (["continue", "{demo}", "-o", "{out}", "--history-guidance", "-1"], "history guidance must be a number >= 0"),
-        (["continue", "{demo}", "-o", "{out}", "--context", "20"], "--context 20 is longer"),
+        (["continue", "{demo}", "-o", "{out}", "--context", "20"], "--context: context must be 1..15 frames"),
         (["continue", "{demo}", "-o", "{out}", "--checkpoint", "{pickle}"], "never unpickles"),
         (["continue", "{demo}", "-o", "{out}", "--checkpoint", "{text}"], "not a safetensors"),
         (["continue", "{empty_dir}", "-o", "{out}"], "no PNG/JPG frames"),

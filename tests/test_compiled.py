@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from engine import compiled
+from engine.backends import compiled
 from engine.cli import main
-from engine.compiled import CompiledDiT, CompileError
+from engine.backends.compiled import CompiledDiT, CompileError
 from engine.models import build_models, get_preset
 from engine.models.dit import KVCache
 from engine.pipeline import Done, load_pipeline
-from engine.step_dit import StepDiT
+from engine.backends.step_dit import StepDiT
 from tests.helpers import randomize_
 from tests.test_cli import DEMO
 from tests.test_sampling import STEPS, run, tiny_dit

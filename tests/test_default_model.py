@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from engine.checkpoint import ASSETS_DIR, DEFAULT_CHECKPOINT_NAME, load_checkpoint
-from engine.evaluate import score_frames
+from engine.metrics.image import score_frames
 from engine.video_io import fit_frames, read_video
 
 MODEL = ASSETS_DIR / DEFAULT_CHECKPOINT_NAME
@@ -35,7 +35,7 @@ def test_assets_fit_the_budget_and_hold_what_the_card_says():
 
 
 def test_embedded_model_is_found_and_reconstructs_the_demo_clip(pipe):
-    from engine.reconstruction import reconstruct
+    from engine.evaluation.reconstruction import reconstruct
 
     assert pipe.checkpoint.path.resolve() == MODEL.resolve()
     real, fake = reconstruct(pipe, read_video(ASSETS_DIR / "demo.mp4"))

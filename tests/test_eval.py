@@ -1,4 +1,4 @@
-"""`ardiff eval` and engine.evaluate: alignment of the comparison, reports, FVD plumbing (stand-in I3D)."""
+"""`ardiff eval` and engine.evaluation: alignment of the comparison, reports, FVD plumbing (stand-in I3D)."""
 
 import json
 import math
@@ -11,17 +11,16 @@ from PIL import Image
 
 from engine.cli import main
 from engine.errors import ArdiffError
-from engine.evaluate import (
+from engine.evaluation.clips import Clip
+from engine.evaluation.continuation import (
     AUTOENCODER_NAME,
     BASELINE_NAME,
-    Clip,
     evaluate_continuation,
-    fvd_between_files,
     horizons_for,
     parse_s_values,
-    video_features,
-    write_reports,
 )
+from engine.evaluation.fvd_runs import fvd_between_files, video_features
+from engine.evaluation.reports import write_reports
 from engine.video_io import fit_frames, write_video
 from trainer.synthetic import bouncing_clip
 
@@ -202,7 +201,7 @@ def test_eval_continue_no_fvd_and_inf_psnr_in_json(tmp_path, capsys, tiny_checkp
     ("empty", "holds no videos"),
     ("missing", "no such file or folder"),
     ("s", "--s takes comma-separated integers"),
-    ("context", "--context 16 is longer than the model allows"),
+    ("context", "--context: context must be 1..15 frames"),
     ("output", "is a file; eval writes a folder"),
 ])
 def test_eval_continue_errors(tmp_path, capsys, tiny_checkpoint, clip_dir, case, message):
@@ -333,7 +332,7 @@ def test_reports_from_python(tmp_path, tiny_pipe):
 
 
 def test_load_clips_per_video_takes_consecutive_non_overlapping_clips(tmp_path):
-    from engine.evaluate import load_clips
+    from engine.evaluation.clips import load_clips
 
     frames = np.stack([np.full((16, 16, 3), i * 9, np.uint8) for i in range(25)])  # frame i has value 9 i
     write_video(tmp_path / "a", frames)
@@ -349,7 +348,7 @@ def test_load_clips_per_video_takes_consecutive_non_overlapping_clips(tmp_path):
 def test_autoencoder_row_scores_the_round_trip_of_the_truth(tiny_pipe, monkeypatch):
     """The AR-VAE row is the real clip encoded and decoded, scored on the new frames only: it equals
     `reconstruct` on the fitted clip, and a VAE that hands back its input scores perfectly."""
-    from engine.reconstruction import reconstruct
+    from engine.evaluation.reconstruction import reconstruct
     from engine.video_io import fit_frames
 
     clips = [bouncing_clip(seed, 14, size=32) for seed in (1, 2)]
@@ -361,14 +360,14 @@ def test_autoencoder_row_scores_the_round_trip_of_the_truth(tiny_pipe, monkeypat
     expected = 10 * np.log10(255**2 / np.mean((real[4 + 2].astype(float) - recon[4 + 2].astype(float)) ** 2))
     assert row.psnr.shape == (2, 10) and row.psnr[1, 2] == pytest.approx(expected, rel=1e-6)
     assert np.isfinite(row.psnr).all() and row.fvd["fvd"] > 1e-3
-    monkeypatch.setattr("engine.reconstruction.reconstruct", lambda pipe, frames: (frames, frames))
+    monkeypatch.setattr("engine.evaluation.reconstruction.reconstruct", lambda pipe, frames: (frames, frames))
     perfect = evaluate_continuation(tiny_pipe, clips, context=4, frames=10, s_values=[0], steps=1, seed=0,
                                     i3d=_StubI3D(), warmup=False)
     assert np.isinf(perfect.runs[-1].psnr).all() and perfect.runs[-1].fvd["fvd"] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_reconstruction_scores_the_vae_and_a_perfect_vae_scores_inf(tiny_pipe, monkeypatch):
-    from engine.reconstruction import evaluate_reconstruction, reconstruct
+    from engine.evaluation.reconstruction import evaluate_reconstruction, reconstruct
 
     clip = bouncing_clip(5, 6, size=tiny_pipe.resolution)
     fitted, out = reconstruct(tiny_pipe, clip)

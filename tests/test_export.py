@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine import export as E
+from engine.backends import export as E
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.diffusion import DiffusionSchedule
-from engine.export_cli import main as export_main
+from engine.backends.export_cli import main as export_main
 from engine.models.dit import KVCache
 from engine.pipeline import Pipeline, load_pipeline
 from engine.sampling import make_sampler
@@ -166,7 +166,7 @@ def test_sampling_matches_eager(exported, live_checkpoint):
     for dit in (ck.dit, models.dit):
         sampler = make_sampler("cached", dit, DiffusionSchedule(), ADScheduler(6, 2, 16, 1))
         with torch.no_grad():
-            rows = [step.latents.clone() for step in sampler.sample(context, noise)]
+            rows = [step.latents.clone() for step in sampler.denoise(context, noise)]
         results.append((sampler.latents, rows, sampler.stats))
     (want, want_rows, stats), (got, got_rows, got_stats) = results
     assert len(got_rows) == len(want_rows) and stats == got_stats

@@ -19,9 +19,10 @@ except ImportError:  # the gui extra is not installed
 
 from app_gui.heatmap import schedule_levels
 from app_gui.settings import Settings, config_path
+import app_gui.model_control as model_mod  # noqa: E402
 import app_gui.window as window_mod  # noqa: E402
 from app_gui.window import MainWindow
-import engine.pipeline as pipeline_mod
+import engine.device as device_mod
 from engine.pipeline import Done, FrameReady, Progress
 from engine.video_io import list_frame_files, read_video, write_video
 
@@ -108,7 +109,7 @@ def choose(qtbot, combo, value: str, signal) -> list:
 def native_bf16(monkeypatch, native: bool) -> None:
     """Pretend this CPU has (or lacks) native bfloat16, so "auto" would pick the other precision than the
     one a test chooses: the choice, not the machine, must decide."""
-    monkeypatch.setattr(pipeline_mod, "cpu_supports_bf16", lambda: native)
+    monkeypatch.setattr(device_mod, "cpu_supports_bf16", lambda: native)
 
 
 # --------------------------------------------------------------------------- the main path
@@ -409,13 +410,13 @@ def test_screenshot_mid_generation(qapp, tmp_path, tiny_checkpoint, capsys):
 
 def test_sampling_with_an_export_dir(qtbot, make_window, tiny_checkpoint, tmp_path, monkeypatch):
     """Model > Open export dir: the pipeline runs the exported graphs (ONNX: the quickest export here)."""
-    from engine.export import export
+    from engine.backends.export import export
 
     out = tmp_path / "onnx"
     export(tiny_checkpoint, out, "onnx", device="cpu", dtype="fp32", log=lambda _: None)
     w = make_window()
     choose(qtbot, w.model_panel.precision_combo, "bf16", w.modelLoaded)  # not what the graphs were made in
-    monkeypatch.setattr(window_mod.QFileDialog, "getExistingDirectory", lambda *a, **k: str(out))
+    monkeypatch.setattr(model_mod.QFileDialog, "getExistingDirectory", lambda *a, **k: str(out))
     with qtbot.waitSignal(w.modelLoaded, timeout=WAIT) as blocker:
         w.act_open_export.trigger()
     assert "backend onnx" in blocker.args[0]
@@ -427,7 +428,7 @@ def test_sampling_with_an_export_dir(qtbot, make_window, tiny_checkpoint, tmp_pa
     assert len(done.video) == 5 and w.pipeline.exported.dit.runner.calls > 0
     other = tmp_path / "not-an-export"
     other.mkdir()
-    monkeypatch.setattr(window_mod.QFileDialog, "getExistingDirectory", lambda *a, **k: str(other))
+    monkeypatch.setattr(model_mod.QFileDialog, "getExistingDirectory", lambda *a, **k: str(other))
     with qtbot.waitSignal(w.errorShown, timeout=WAIT) as blocker:
         w.act_open_export.trigger()
     assert "not an ardiff export" in blocker.args[1]
@@ -464,12 +465,12 @@ def test_precision_choice_reloads_the_model_and_is_kept(qtbot, make_window, monk
         raise ValueError("cannot load at this precision")
 
     pipeline = w.pipeline
-    monkeypatch.setattr(window_mod, "load_model", broken)
+    monkeypatch.setattr(model_mod, "load_model", broken)
     title, message = choose(qtbot, combo, "fp32", w.errorShown)
     close_dialogs(w)
     assert "model" in title and "cannot load at this precision" in message
     assert w.pipeline is pipeline and panel.precision() == "bf16" and w.settings.precision == "bf16"
-    monkeypatch.setattr(window_mod, "load_model", load_model)
+    monkeypatch.setattr(model_mod, "load_model", load_model)
 
     w.close()
     assert Settings.load().precision == "bf16"

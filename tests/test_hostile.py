@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 
 from engine import pipeline as pipeline_module
 from engine.cli import main as ardiff_main
-from engine.export_cli import main as export_main
+from engine.backends.export_cli import main as export_main
 from engine.video_io import write_video
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,7 +106,7 @@ CASES = [
     Case("bad-format-version", ["info", "{dir}/version.safetensors"], 2, ["version.safetensors",
                                                                         "format_version"]),
     Case("huge-seed", ["generate", "-o", "{dir}/x.mp4", "--seed", str(2**70)] + SAMPLE, 2,
-         ["seed must be an integer in", str(2**64 - 1)]),
+         ["--seed", "seed must be in 0..", str(2**64 - 1)]),
     # 8: stale temp files of a killed run are swept on the next write; a live run's are kept
     Case("stale-temp-swept", ["generate", "-o", "{dir}/fresh.mp4"] + SAMPLE, 0,
          exists=["fresh.mp4", "fresh_sheet.png", "{live_temp}"], absent=["{stale_temp}"], samples=True, temps=True),
@@ -378,7 +378,7 @@ def test_atomic_folder_replace_never_deletes_foreign_contents(tmp_path):
 def test_export_to_read_only_folder_is_one_line(tmp_path, capsys, monkeypatch, tiny_checkpoint):
     """Item 9 (exporter): `-o` on a read-only mount gave a traceback; now it is refused before any work, and an
     OSError raised later (the mount turning read-only mid-export, a full disk) is one line too."""
-    import engine.export as E
+    import engine.backends.export as E
     import engine.outputs as O
 
     monkeypatch.setattr(O.os, "access", lambda path, mode: False)

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-import engine.pipeline as pipeline_mod
-from engine.pipeline import Done, FrameReady, Progress, load_pipeline, resolve_device
+import engine.device as device_mod
+from engine.device import resolve_device
+from engine.pipeline import Done, FrameReady, Progress, load_pipeline
 
 
 @pytest.fixture
@@ -73,7 +74,7 @@ def test_cancel_ends_stream_within_one_row(pipe):
 
 
 def test_bad_arguments_fail_at_the_call(pipe):
-    with pytest.raises(ValueError, match="num_new_frames"):
+    with pytest.raises(ValueError, match="new frames must be at least 1"):
         pipe.continue_video(clip(), num_new_frames=0)
     with pytest.raises(ValueError, match="s must"):
         pipe.continue_video(clip(), s=-1)
@@ -91,10 +92,10 @@ def test_bad_arguments_fail_at_the_call(pipe):
 
 def test_device_choice(monkeypatch, tiny_checkpoint):
     assert resolve_device("cpu")[0].type == "cpu"
-    monkeypatch.setattr(pipeline_mod, "cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr(device_mod, "cpu_supports_bf16", lambda: False)
     assert resolve_device("auto") == (torch.device("cpu"), None) or torch.cuda.is_available()
     assert "float32" in load_pipeline(tiny_checkpoint, "cpu").describe()
-    monkeypatch.setattr(pipeline_mod, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(device_mod, "cpu_supports_bf16", lambda: True)
     pipe = load_pipeline(tiny_checkpoint, "cpu")
     assert pipe.autocast_dtype == torch.bfloat16 and "bfloat16 autocast" in pipe.describe()
     events = list(pipe.generate(num_frames=2, s=1, steps=2))  # bf16 autocast runs end to end
@@ -108,7 +109,7 @@ def test_device_choice(monkeypatch, tiny_checkpoint):
 
 @pytest.mark.parametrize("native", [False, True])
 def test_precision_choice_overrides_the_cpu_default(monkeypatch, tiny_checkpoint, native):
-    monkeypatch.setattr(pipeline_mod, "cpu_supports_bf16", lambda: native)
+    monkeypatch.setattr(device_mod, "cpu_supports_bf16", lambda: native)
     fp32 = load_pipeline(tiny_checkpoint, "cpu", precision="fp32")
     assert fp32.autocast_dtype is None and "float32" in fp32.describe()
     assert ("no native bfloat16" in fp32.describe()) == (not native)  # the reason only where it is the CPU's
@@ -119,7 +120,7 @@ def test_precision_choice_overrides_the_cpu_default(monkeypatch, tiny_checkpoint
     assert auto.autocast_dtype == (torch.bfloat16 if native else None)
     # fp32 is the same on every CPU: a seeded run does not depend on the CPU's matrix units
     frames = [e.video for e in fp32.generate(num_frames=2, s=1, steps=2) if isinstance(e, Done)][0]
-    monkeypatch.setattr(pipeline_mod, "cpu_supports_bf16", lambda: not native)
+    monkeypatch.setattr(device_mod, "cpu_supports_bf16", lambda: not native)
     again = load_pipeline(tiny_checkpoint, "cpu", precision="fp32")
     assert np.array_equal([e.video for e in again.generate(num_frames=2, s=1, steps=2) if isinstance(e, Done)][0],
                           frames)

@@ -28,7 +28,7 @@ def run(name, dit, s, N, C, guidance=1.0, label=None, window=16, seed=0, history
     sampler = make_sampler(name, dit, DiffusionSchedule(), ADScheduler(STEPS, s, window, 1),
                            guidance_scale=guidance, history_guidance=history)
     with torch.no_grad():
-        steps = list(sampler.sample(context, noise, label))
+        steps = list(sampler.denoise(context, noise, label))
     return sampler, steps
 
 
@@ -121,7 +121,7 @@ def test_cancel_stops_within_one_row():
     noise = torch.randn(1, 10, 4, 4)
     rows = 0
     with torch.no_grad():
-        for step in sampler.sample(torch.zeros(1, 0, 4, 4), noise, cancel=cancel):
+        for step in sampler.denoise(torch.zeros(1, 0, 4, 4), noise, cancel=cancel):
             rows += 1
             if rows == 5:
                 cancel.set()
@@ -142,7 +142,7 @@ def test_other_predictions_convert_to_x0(prediction, s, N, C):
         sampler = make_sampler("reference" if name == "x0" else name, dit, sched, ADScheduler(STEPS, s, 16),
                                prediction=kind)
         with torch.no_grad():
-            list(sampler.sample(context, noise))
+            list(sampler.denoise(context, noise))
         runs[name] = sampler.latents
     assert (runs["reference"] - runs["cached"]).abs().max() <= 1e-4
     assert (runs["reference"] - runs["x0"]).abs().max() > 1e-3
@@ -158,7 +158,7 @@ def test_x0_prev_with_a_silent_network_repeats_the_last_context_frame(sampler):
     context, noise = torch.randn(1, 3, 4, 4, generator=g), torch.randn(1, 20, 4, 4, generator=g)
     run = make_sampler(sampler, dit, DiffusionSchedule(), ADScheduler(STEPS, 2, 16), prediction="x0-prev")
     with torch.no_grad():
-        list(run.sample(context, noise))
+        list(run.denoise(context, noise))
     torch.testing.assert_close(run.latents[:, 3:], context[:, -1:].expand(-1, 20, -1, -1))
 
 

@@ -17,9 +17,10 @@ import pytest
 import torch
 
 from trainer import cli
+from trainer import stages as stages_mod
 from trainer import state as state_mod
-from trainer import train as train_mod
 from trainer.config import ConfigError, TrainConfig, load_config
+from trainer.latent_stats import init_vae_from_pca, normalize_latent_channels
 from trainer.state import latest_checkpoint, load_run, read_checkpoint
 from trainer.train import train
 
@@ -162,7 +163,7 @@ def test_diffusion_trains_on_fopp_compositions_by_default(vae_run, tmp_path, mon
 
     monkeypatch.setattr(fopp.FoPPScheduler, "sample", spy)
     seen = []
-    monkeypatch.setattr(train_mod, "diffusion_loss",
+    monkeypatch.setattr(stages_mod, "diffusion_loss",
                         lambda dit, sched, z0, t, noise, pred: (seen.append(t.clone()), _real_loss(dit, sched, z0, t,
                                                                                                    noise, pred))[1])
     cfg = load_config("diffusion", None, [*FAST, f"vae={vae_run.run_dir}", "max_steps=6", "batch_size=8"])
@@ -218,7 +219,7 @@ def _real_loss(*args):
 ])
 def test_ablation_switches_are_real_code_paths(sets, vae_run, tmp_path, monkeypatch):
     seen = []
-    monkeypatch.setattr(train_mod, "diffusion_loss",
+    monkeypatch.setattr(stages_mod, "diffusion_loss",
                         lambda dit, sched, z0, t, noise, pred: (seen.append((dit, t.clone(), pred)),
                                                                 _real_loss(dit, sched, z0, t, noise, pred))[1])
     cfg = cfg_for("diffusion", f"vae={vae_run.run_dir}", "max_steps=2", *sets)
@@ -531,7 +532,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(vae_r
         loss, per_frame = _real_loss(*args)
         return (loss * float("nan") if calls["n"] > 5 else loss), per_frame
 
-    monkeypatch.setattr(train_mod, "diffusion_loss", poisoned)
+    monkeypatch.setattr(stages_mod, "diffusion_loss", poisoned)
     run = tmp_path / "d"
     code, err = run_cli(["diffusion", "--config", "tiny", "--set", f"vae={vae_run.run_dir}", "--set",
                          "checkpoint_every=5", "--set", "max_steps=20", "--set", "progress=false",
@@ -634,7 +635,7 @@ def test_latent_cache_trains_like_encoding_on_the_fly(vae_run, tmp_path):
 
 
 def test_precision_auto_follows_the_hardware_and_bf16_runs(vae_run, tmp_path, capsys):
-    from engine.pipeline import cpu_supports_bf16
+    from engine.device import cpu_supports_bf16
 
     train(load_config("vae-image", "tiny", ["progress=false", "max_steps=2", "disc_start=1"]), tmp_path / "auto")
     err = capsys.readouterr().err
@@ -665,7 +666,7 @@ def test_pca_init_starts_the_vae_as_its_linear_code(tmp_path):
     x = torch.stack(frames)  # [32, 1, 3, 16, 16]
     before = (vae.decode(vae.encode(x)) - x).abs().mean().item()
     messages = []
-    train_mod.init_vae_from_pca(vae, frames, 16, seed=0, info=messages.append)
+    init_vae_from_pca(vae, frames, 16, seed=0, info=messages.append)
     after = (vae.decode(vae.encode(x)) - x).abs().mean().item()
     assert after < 0.5 * before and "16 training frames" in messages[0]
     with pytest.raises(ConfigError, match="local latents"):
@@ -691,7 +692,7 @@ def test_latent_norm_channel_gives_every_latent_channel_unit_std(tmp_path):
     x = torch.stack(data)
     before = vae.decode(vae.encode(x))
     cfg = cfg_for("diffusion", "vae=x", "latent_scale_samples=24", "batch_size=8", "latent_norm=channel")
-    factors = train_mod.normalize_latent_channels(vae, data, cfg, torch.device("cpu"))
+    factors = normalize_latent_channels(vae, data, cfg, torch.device("cpu"))
     z = vae.encode(x).reshape(-1, vae.cfg.latent_dim)
     assert z.std(0).numpy() == pytest.approx(1.0, rel=0.05)
     assert max(factors) / min(factors) > 10 and float(vae.latent_scale) == 1.0

@@ -17,6 +17,7 @@ from rich.segment import Segment  # noqa: E402
 from textual import events  # noqa: E402
 from textual.widgets import Footer, Header, Input  # noqa: E402
 
+import engine.device as device_mod  # noqa: E402
 import engine.pipeline as pipeline_mod  # noqa: E402
 from app_tui.app import ArdiffApp  # noqa: E402
 from app_tui.render import ASCII_RAMP  # noqa: E402
@@ -326,7 +327,7 @@ async def test_precision_from_the_command_line_and_the_form(tiny_checkpoint, mon
     assert main([*args, "--precision", "fp32", str(DEMO)]) == 0
     (app,) = made
     # Pretend the CPU has native bfloat16, so "auto" would not be float32: the choice must decide.
-    monkeypatch.setattr(pipeline_mod, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(device_mod, "cpu_supports_bf16", lambda: True)
     async with app.run_test(size=(120, 36)) as pilot:
         await app.load_worker.wait()
         assert app.query_one("#set-precision").value == "fp32" and app.read_settings().precision == "fp32"
@@ -335,7 +336,7 @@ async def test_precision_from_the_command_line_and_the_form(tiny_checkpoint, mon
         assert app.pipes._pipe.autocast_dtype is None
         assert any("on cpu, float32," in m for m in app.messages)  # describe(), in the log
 
-        monkeypatch.setattr(pipeline_mod, "cpu_supports_bf16", lambda: False)  # now "auto" is float32
+        monkeypatch.setattr(device_mod, "cpu_supports_bf16", lambda: False)  # now "auto" is float32
         app.query_one("#set-precision").value = "bf16"
         seen = len(app.messages)
         await generate(pilot)  # a new precision loads the model again
@@ -346,19 +347,14 @@ async def test_precision_from_the_command_line_and_the_form(tiny_checkpoint, mon
 
 
 async def test_history_guidance_from_the_form_reaches_the_pipeline(tiny_checkpoint, monkeypatch):
-    calls: list[tuple[str, object]] = []  # (pipeline method, its history_guidance argument)
+    calls: list[tuple[str, object]] = []  # (pipeline method, its request's history_guidance)
+    original = pipeline_mod.Pipeline.run
 
-    def spy_on(name: str):
-        original = getattr(pipeline_mod.Pipeline, name)
+    def spy(self, request, *args, **kwargs):
+        calls.append(("run", request.history_guidance))
+        return original(self, request, *args, **kwargs)
 
-        def spy(self, *args, **kwargs):
-            calls.append((name, kwargs.get("history_guidance", "not passed")))
-            return original(self, *args, **kwargs)
-
-        return spy
-
-    for name in ("continue_video", "generate"):
-        monkeypatch.setattr(pipeline_mod.Pipeline, name, spy_on(name))
+    monkeypatch.setattr(pipeline_mod.Pipeline, "run", spy)
     app = make_app(tiny_checkpoint, DEMO)
     async with app.run_test(size=(120, 36)) as pilot:
         await app.load_worker.wait()
@@ -366,7 +362,7 @@ async def test_history_guidance_from_the_form_reaches_the_pipeline(tiny_checkpoi
         assert field.value == "" and field.placeholder == "model default"
         assert "x0 = free + W (x0 - free)" in str(field.tooltip)  # the CLI's --history-guidance wording
         await generate(pilot)
-        assert app.errors == [] and calls == [("continue_video", None)]  # blank: the model's own
+        assert app.errors == [] and calls == [("run", None)]  # blank: the model's own
         plain = app.last_done.video
         assert app.pipes._pipe.history_guidance == 1.0
         assert not any("history guidance" in m for m in app.messages)  # describe() names it when not 1
@@ -374,7 +370,7 @@ async def test_history_guidance_from_the_form_reaches_the_pipeline(tiny_checkpoi
         await type_into(pilot, "#set-history_guidance", "3")
         await pilot.press("escape")
         await generate(pilot)
-        assert app.errors == [] and calls[-1] == ("continue_video", 3.0)
+        assert app.errors == [] and calls[-1] == ("run", 3.0)
         assert not np.array_equal(app.last_done.video, plain)  # the run used it: other frames, same seed
         assert any(m.endswith("; history guidance 3 (the model's own: 1)") for m in app.messages)  # the log
 
@@ -397,7 +393,7 @@ async def test_history_guidance_from_the_form_reaches_the_pipeline(tiny_checkpoi
     async with app.run_test(size=(120, 36)) as pilot:
         assert app.query_one("#set-history_guidance", Input).value == "0.5"
         await generate(pilot)
-        assert app.errors == [] and calls == [("generate", 0.5)] and len(app.last_done.video) == 6
+        assert app.errors == [] and calls == [("run", 0.5)] and len(app.last_done.video) == 6
 
 
 def test_history_guidance_the_pipeline_refuses_is_a_failed_on_the_field(tiny_checkpoint):
@@ -429,7 +425,7 @@ def test_screenshot_cli_writes_svg(tmp_path):
 
 
 def test_settings_and_heatmap_helpers():
-    good = {"s": "5", "frames": "32", "steps": "50", "context": "8", "seed": "0", "checkpoint": " ",
+    good = {"s": "5", "frames": "16", "steps": "50", "context": "8", "seed": "0", "checkpoint": " ",
             "device": "cpu"}
     ok = parse_settings(good)
     assert ok == Settings(device="cpu")

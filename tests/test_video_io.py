@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 from engine import video_io
+from engine import visualize
 from engine.errors import VideoError
 from engine.video_io import (
     FitReport,
-    contact_sheet,
     describe_fit,
     fit_frames,
     iter_frames,
@@ -23,6 +23,7 @@ from engine.video_io import (
     read_video,
     write_video,
 )
+from engine.visualize import contact_sheet
 
 
 def indexed_frames(n: int, h: int = 24, w: int = 32) -> np.ndarray:
@@ -380,8 +381,8 @@ def test_contact_sheet_marks_context_and_generated_frames(tmp_path: Path) -> Non
     cell, gap = 16 + 4, 2
     assert sheet.shape == (3 * (cell + gap) + gap, 4 * (cell + gap) + gap, 3)
     corner = lambda i: tuple(sheet[gap + (i // 4) * (cell + gap), gap + (i % 4) * (cell + gap)])
-    assert corner(0) == corner(2) == video_io._CONTEXT_COLOUR
-    assert corner(3) == corner(9) == video_io._GENERATED_COLOUR
+    assert corner(0) == corner(2) == visualize.CONTEXT_COLOUR
+    assert corner(3) == corner(9) == visualize.NEW_COLOUR
     inner = sheet[gap + 2 : gap + 18, gap + 2 : gap + 18]
     np.testing.assert_array_equal(inner, frames[0])
     np.testing.assert_array_equal(np.asarray(Image.open(path)), sheet)

@@ -24,7 +24,7 @@ from typing import Any
 import tomllib
 
 from engine.errors import ArdiffError
-from engine.models.presets import PREDICTIONS
+from engine.models.presets import PREDICTIONS, PRESETS
 
 STAGES = ("vae-image", "vae-temporal", "diffusion")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -39,7 +39,7 @@ class TrainConfig:
     """Everything one training run needs. Field comments are the documentation of the config keys."""
 
     stage: str = "diffusion"  # vae-image | vae-temporal | diffusion (set by the CLI sub-command)
-    preset: str = "tiny"  # model preset: tiny | default | paper (engine.models.presets)
+    preset: str = "tiny"  # model preset: tiny | default | wide | paper (engine.models.presets)
     # ---- data
     data: str = "synthetic:bouncing"  # a folder / file of videos, or synthetic:bouncing
     data_cache: str = ""  # where the video index is cached ("" = the user cache dir)
@@ -114,7 +114,7 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _TYPES = {f.name: type(f.default) for f in dataclasses.fields(TrainConfig)}
 _CHOICES = {
     "stage": STAGES,
-    "preset": ("tiny", "default", "paper"),
+    "preset": tuple(PRESETS),
     "lr_schedule": ("constant", "cosine"),
     "precision": ("auto", "fp32", "bf16"),
     "device": ("auto", "cpu", "cuda"),

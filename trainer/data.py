@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from engine.errors import VideoError
+from engine.frames import frames_to_tensor, tensor_to_frames
 from engine.video_io import (
     IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
@@ -72,18 +73,6 @@ class DatasetWarning(UserWarning):
 
 
 # --------------------------------------------------------------------------- tensors
-
-
-def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """uint8 ``[F, H, W, 3]`` -> float32 ``[F, 3, H, W]`` in [-1, 1] (the models' input range)."""
-    tensor = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
-    return tensor.to(torch.float32).div_(127.5).sub_(1.0)
-
-
-def tensor_to_frames(tensor: torch.Tensor) -> np.ndarray:
-    """float ``[F, 3, H, W]`` in [-1, 1] -> uint8 ``[F, H, W, 3]`` (rounded, clipped)."""
-    scaled = (tensor.detach().float().cpu().clamp(-1, 1) + 1) * 127.5
-    return scaled.round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
 
 # --------------------------------------------------------------------------- shot cuts
@@ -576,7 +565,7 @@ def make_dataset(
     ``num_items`` sizes synthetic datasets; other ``kwargs`` go to the dataset class.
     """
     if spec.startswith("synthetic:"):
-        from trainer.synthetic import SYNTHETIC_DATASETS  # lazy: synthetic imports this module
+        from trainer.synthetic import SYNTHETIC_DATASETS  # only synthetic specs need the generators
 
         name = spec.removeprefix("synthetic:")
         if name not in SYNTHETIC_DATASETS:

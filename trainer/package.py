@@ -14,7 +14,8 @@ import torch
 from engine.checkpoint import read_checkpoint_header, sampling_defaults, save_checkpoint
 from engine.errors import CheckpointError
 from engine.models.dit import DiT
-from trainer.train import load_diffusion_source, load_vae_source
+from trainer.provenance import VAEProvenance
+from trainer.sources import load_diffusion_source, load_vae_source
 
 DTYPES = {"fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
@@ -32,44 +33,43 @@ def package(diffusion_run: str, output: str, vae: str | None = None, dtype: str 
     if dtype not in DTYPES:
         raise CheckpointError(f"--dtype must be one of fp32, bf16, fp16; got {dtype!r}")
     diff = load_diffusion_source(diffusion_run)
-    used = diff.meta.get("vae_source") or {}
-    vae_path = vae or used.get("path")
+    used = diff.vae_source or VAEProvenance()
+    vae_path = vae or used.path
     if not vae_path:
         raise CheckpointError("--vae is needed: the diffusion run does not record its VAE")
     src = load_vae_source(vae_path)
-    other_vae = bool(used.get("digest")) and src.info["digest"] != used["digest"]
-    same_latents = (used.get("encoder_digest") == src.info["encoder_digest"]
-                    and used.get("latent_scale") == src.info["latent_scale"])
-    if other_vae and not same_latents:
+    got = src.provenance
+    other_vae = bool(used.digest) and got.digest != used.digest
+    if other_vae and not used.same_latents(got):
         raise CheckpointError(
-            f"the diffusion run {diffusion_run} was trained on the latents of the VAE at {used.get('path')} "
-            f"(step {used.get('step')}, weights {used['digest']}), but --vae {vae_path} holds different weights "
-            f"({src.info['digest']}, step {src.info['step']}) and another encoder or latent scale: package the "
+            f"the diffusion run {diffusion_run} was trained on the latents of the VAE at {used.path} "
+            f"(step {used.step}, weights {used.digest}), but --vae {vae_path} holds different weights "
+            f"({got.digest}, step {got.step}) and another encoder or latent scale: package the "
             f"VAE the diffusion model was trained on, or one fine-tuned from it with train_encoder = false")
     if src.model_config.vae != diff.model_config.vae:
         raise CheckpointError(f"--vae {vae_path} has a different VAE config than the diffusion run's model")
-    if used.get("latent_channel_scale") is not None:  # latent_norm=channel: the same fold as in training
-        src.vae.scale_latent_channels(torch.tensor(used["latent_channel_scale"], dtype=torch.float64))
-    scale = float(used.get("latent_scale", src.info["latent_scale"]))
+    if used.latent_channel_scale is not None:  # latent_norm=channel: the same fold as in training
+        src.vae.scale_latent_channels(torch.tensor(used.latent_channel_scale, dtype=torch.float64))
+    scale = float(used.latent_scale if used.latent_scale is not None else got.latent_scale)
     src.vae.latent_scale.fill_(scale)  # the scale the diffusion model saw its latents at
     dit = DiT(diff.model_config)
     dit.load_state_dict(diff.ema)
-    recipe = list(diff.meta.get("recipe", []))
+    recipe = list(diff.recipe)
     if other_vae:
-        recipe += src.info["recipe"][-1:]  # the decoder fine-tune, after the stages the DiT's VAE went through
+        recipe += got.recipe[-1:]  # the decoder fine-tune, after the stages the DiT's VAE went through
     meta = {
         "recipe": recipe,
         "steps": steps_by_stage(recipe),
-        "data": {"vae": src.info.get("data"), "diffusion": diff.data},
+        "data": {"vae": got.data, "diffusion": diff.data},
         "latent_scale": scale,
-        "latent_norm": "channel" if used.get("latent_channel_scale") is not None else "global",
+        "latent_norm": "channel" if used.latent_channel_scale is not None else "global",
         "weights": "ema",
         "ema_decay": diff.ema_decay,
-        "sources": {"vae": src.info["path"], "vae_step": src.info["step"],
+        "sources": {"vae": got.path, "vae_step": got.step,
                     "diffusion": str(Path(diffusion_run).resolve()), "diffusion_step": diff.step},
         "packaged_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    sampling = dict(diff.meta.get("sampling") or {})
+    sampling = dict(diff.sampling)
     if history_guidance is not None:
         sampling["history_guidance"] = history_guidance
     if sampling:

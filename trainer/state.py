@@ -1,8 +1,11 @@
 """A training run's directory on disk: atomic checkpoints of the whole training state, without pickles.
 
     checkpoints/step-00000100/   state.safetensors (weights, EMA, optimiser tensors, RNG tensors)
-                                 state.json (step, data position, RNG, optimiser index, configs)
+                                 state.json (step, data position, RNG, optimiser index, configs, provenance)
     checkpoints/latest.json      pointer to the newest complete checkpoint (written last, atomically)
+
+The one place a run's state is written and read back: `TrainingState.save` / `restore`, `open_run_dir`
+for a fresh or resumed run, `load_run` for a finished one.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import hashlib
 import json
 import os
 import random
+import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,10 +28,13 @@ from safetensors.torch import save_file
 from engine.atomic import atomic_path
 from engine.errors import CheckpointError
 from engine.models.presets import ModelConfig
-from trainer.config import TrainConfig, config_from_dict
+from trainer.config import RESUME_MUTABLE, ConfigError, TrainConfig, config_from_dict
+from trainer.ema import EMA
+from trainer.provenance import DataRecord, VAEProvenance
 
 STATE_FORMAT = "ardiff-train-state"
 STATE_VERSION = 1
+
 
 def flatten_optimizer(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, torch.Tensor], dict]:
     """Optimizer state -> (tensors for safetensors, JSON index). No pickles."""
@@ -178,3 +186,130 @@ def weights_digest(state: dict[str, torch.Tensor]) -> str:
         h.update(k.encode())
         h.update(state[k].detach().cpu().contiguous().float().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+# =========================================================================== a run's state in training
+
+
+@dataclass
+class Position:
+    """Where the loop is: optimizer steps done, and the data position (epoch, batches read in it)."""
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+
+
+@dataclass
+class Lineage:
+    """What a run was made from, saved beside its state: the VAE its latents come from (or that it continues),
+    its data, and the stages before this run (its own stage is added at every save)."""
+
+    vae_source: VAEProvenance | None
+    data: DataRecord
+    recipe: list[dict]
+
+
+@dataclass
+class Saved:
+    """A checkpoint read back to resume from."""
+
+    path: Path
+    meta: dict
+    tensors: dict[str, torch.Tensor]
+
+
+@dataclass
+class TrainingState:
+    """Everything a checkpoint restores: the trained model, its EMA and optimiser, the discriminator and its
+    optimiser (VAE stages with the GAN), the RNGs (global ones and `gen`, the per-sample draws), and whether the
+    VAE's latent scale was measured."""
+
+    model: torch.nn.Module
+    ema: EMA
+    opt: torch.optim.Optimizer
+    gen: torch.Generator
+    disc: torch.nn.Module | None = None
+    d_opt: torch.optim.Optimizer | None = None
+    latent_scale_measured: bool = False
+
+    def save(self, run_dir: Path, at: Position, cfg: TrainConfig, model_cfg: ModelConfig, world: int,
+             lineage: Lineage, stage_record: dict, latent_scale: float | None, last_lr: float) -> Path:
+        """Write checkpoints/step-N (atomically, then the pointer) and prune old ones; return its path.
+        `stage_record` is this run's entry of the recipe; `last_lr` the learning rate of the last step."""
+        tensors: dict[str, torch.Tensor] = {}
+        tensors.update({f"model.{k}": v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()})
+        tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in self.ema.state_dict().items()})
+        opt_t, opt_index = flatten_optimizer(self.opt, "opt")
+        tensors.update(opt_t)
+        optimizers = {"opt": opt_index}
+        if self.disc is not None:
+            tensors.update({f"disc.{k}": v.detach().cpu().contiguous() for k, v in self.disc.state_dict().items()})
+            d_t, d_index = flatten_optimizer(self.d_opt, "d_opt")
+            tensors.update(d_t)
+            optimizers["d_opt"] = d_index
+        rng_t, rng_meta = rng_state(self.gen)
+        tensors.update(rng_t)
+        meta = {
+            "format": STATE_FORMAT, "version": STATE_VERSION, "stage": cfg.stage, "step": at.step,
+            "data_position": {"epoch": at.epoch, "batch": at.batch},
+            "train_config": cfg.to_dict(), "model_config": model_cfg.to_dict(),
+            "optimizers": optimizers, "ema_updates": self.ema.num_updates, "rng": rng_meta,
+            "lr_scheduler": {"kind": cfg.lr_schedule, "warmup_steps": cfg.warmup_steps,
+                             "last_step": at.step, "last_lr": last_lr},
+            "world_size": world, "latent_scale_measured": self.latent_scale_measured,
+            "latent_scale": latent_scale,
+            "vae_source": lineage.vae_source.to_json() if lineage.vae_source is not None else None,
+            "data": lineage.data.to_json(), "recipe": lineage.recipe + [stage_record], "time": time.time(),
+        }
+        return write_checkpoint(run_dir, at.step, tensors, meta, cfg.keep_checkpoints)
+
+    def restore(self, saved: Saved, device: torch.device) -> Position:
+        """Load a checkpoint's state into this one; return where its loop was."""
+        meta, tensors = saved.meta, saved.tensors
+        self.model.load_state_dict(prefixed(tensors, "model."))
+        self.ema.load_state_dict({k: v.to(device) for k, v in prefixed(tensors, "ema.").items()},
+                                 meta["ema_updates"])
+        self.opt.load_state_dict(unflatten_optimizer(meta["optimizers"]["opt"], tensors))
+        if self.disc is not None:
+            self.disc.load_state_dict(prefixed(tensors, "disc."))
+            self.d_opt.load_state_dict(unflatten_optimizer(meta["optimizers"]["d_opt"], tensors))
+        restore_rng(tensors, meta["rng"], self.gen)
+        self.latent_scale_measured = meta.get("latent_scale_measured", False)
+        return Position(meta["step"], meta["data_position"]["epoch"], meta["data_position"]["batch"])
+
+
+def open_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool) -> Saved | None:
+    """The checkpoint to resume from (`resume`), or None for a fresh run; refuses a resume without a
+    checkpoint, of another stage or with a changed config, and a fresh run in a used directory."""
+    path = latest_checkpoint(run_dir) if run_dir.is_dir() else None
+    if not resume:
+        if path is not None:
+            raise ConfigError(f"{run_dir} already holds a run (checkpoint {path.name}); pass --resume to "
+                              f"continue it or choose a new --run-dir")
+        return None
+    if path is None:
+        raise ConfigError(f"--resume: {run_dir} has no checkpoint to resume from")
+    meta, tensors = read_checkpoint(path)
+    if meta["stage"] != cfg.stage:
+        raise ConfigError(f"--resume: {run_dir} is a {meta['stage']} run, not {cfg.stage}")
+    a, b = config_from_dict(meta["train_config"]).to_dict(), cfg.to_dict()
+    changed = [k for k in a if a[k] != b[k] and k not in RESUME_MUTABLE]
+    if changed:
+        raise ConfigError(f"--resume cannot change {', '.join(f'{k} ({a[k]!r} -> {b[k]!r})' for k in changed)}; "
+                          f"only {', '.join(sorted(RESUME_MUTABLE))} may change on resume")
+    return Saved(path, meta, tensors)
+
+
+def make_run_dir(run_dir: Path) -> None:
+    """Create the run dir and drop checkpoint writes killed half-way (SIGKILL, power loss)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in checkpoints_dir(run_dir).glob(".step-*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def write_run_config(run_dir: Path, cfg: TrainConfig, model_cfg: ModelConfig, world: int) -> None:
+    """config.json: the resolved training and model configs of the run (rewritten on every start)."""
+    with atomic_path(run_dir / "config.json") as tmp:
+        tmp.write_text(json.dumps({"train_config": cfg.to_dict(), "model_config": model_cfg.to_dict(),
+                                   "world_size": world}, indent=1))

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from trainer.data import frames_to_tensor
+from engine.frames import frames_to_tensor
 
 __all__ = ["SYNTHETIC_DATASETS", "BouncingShapesDataset", "Scene", "Shape", "bouncing_clip"]
 

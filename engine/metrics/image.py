@@ -86,3 +86,12 @@ def copy_last_frame_baseline(context, num_new: int) -> np.ndarray:
     if int(num_new) != num_new or num_new < 0:
         raise ArdiffError(f"num_new must be a non-negative integer, got {num_new!r}")
     return np.repeat(context[-1:], int(num_new), axis=0)
+
+
+def score_frames(real: np.ndarray, fake: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """PSNR (dB) and SSIM per frame of uint8 [T, H, W, 3] videos (SSIM NaN where frames are below its window)."""
+    p = psnr(real, fake)
+    if min(real.shape[1:3]) < SSIM_WINDOW:
+        return p, np.full(len(real), np.nan)
+    return p, ssim(real, fake)
+

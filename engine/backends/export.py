@@ -47,8 +47,8 @@ from torch import nn
 from engine.atomic import atomic_path
 from engine.checkpoint import Checkpoint, load_checkpoint
 from engine.errors import ArdiffError
-from engine.pipeline import parse_device
-from engine.step_dit import StepDiT
+from engine.device import parse_device
+from engine.backends.step_dit import StepDiT
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "ardiff-export"
@@ -450,7 +450,7 @@ def export(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, backend: s
     if dev.type == "cpu" and dtype == "fp16":
         raise ExportError("--dtype fp16 on CPU: half-precision matmuls are emulated on CPUs; use fp32 or bf16")
     if dev.type == "cpu" and dtype == "bf16":
-        from engine.pipeline import cpu_supports_bf16
+        from engine.device import cpu_supports_bf16
 
         if not cpu_supports_bf16():
             log("note: this CPU has no native bfloat16 (no AMX / AVX512-BF16): bf16 graphs run slower than fp32 here")

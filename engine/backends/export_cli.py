@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     written: list[Path] = []
 
     def body() -> int:
-        from engine.export import export
+        from engine.backends.export import export
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.export / onnx exporter chatter; errors still raise
@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     return run_entry("ardiff-export", body, written)
+
 
 if __name__ == "__main__":
     sys.exit(main())

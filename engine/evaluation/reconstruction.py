@@ -51,17 +51,18 @@ class ReconstructionResult:
 @torch.no_grad()
 def reconstruct(pipe, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """uint8 [N, H, W, 3] at any size -> (fitted frames, their reconstruction), both uint8 at the model size."""
-    from engine.pipeline import to_uint8_frames
+    from engine.frames import tensor_to_frames
 
     fitted, latents = pipe.encode_frames(frames)
-    with pipe._autocast():
-        return fitted, to_uint8_frames(pipe.vae.decode(latents)[0])
+    with pipe.autocast():
+        return fitted, tensor_to_frames(pipe.vae.decode(latents)[0])
 
 
 def evaluate_reconstruction(pipe, clips: Sequence, progress: Callable[[int, int, str], None] | None = None
                             ) -> ReconstructionResult:
     """Reconstruct every clip (``Clip`` objects or uint8 arrays of equal length) and score each frame."""
-    from engine.evaluate import Clip, score_frames
+    from engine.evaluation.clips import Clip
+    from engine.metrics.image import score_frames
 
     clips = [c if isinstance(c, Clip) else Clip(f"clip{i}", np.asarray(c)) for i, c in enumerate(clips)]
     if not clips:

@@ -25,15 +25,14 @@ from torch._inductor import config as inductor_config
 
 from engine.errors import ArdiffError, one_line
 from engine.models.dit import ConditioningTable, KVCache
-from engine.step_dit import StepDiT
+from engine.backends.step_dit import StepDiT
 
 # Weights become constants (folded, pre-packed for the CPU GEMM kernels), GEMMs are autotuned among ATen,
 # Inductor's C++ micro-kernels and (on CUDA) Triton, and the graph's wrapper is C++ (no Python between its ~50
 # kernels). These are patched around the compiling call rather than passed in torch.compile's options: passed
 # there, freezing did not reach the GEMM lowering and the autotuner never ran. Once a graph exists for a call's
-# shapes and autocast state, calls skip the patching (dynamo does not guard on Inductor's config). Measured per
-# one-frame call on the default preset: 2.1 ms with the options, 1.65-1.85 ms patched, 1.55 ms with the C++
-# wrapper (eager 3.4-3.9).
+# shapes and autocast state, calls skip the patching (dynamo does not guard on Inductor's config). What each
+# choice gains: bench/RESULTS.md, "Inductor's options for the one-frame call".
 COMPILE_MODE = "max-autotune-no-cudagraphs"
 INDUCTOR_CONFIG = {
     "freezing": True,
@@ -62,10 +61,10 @@ class CompiledDiT(StepDiT):
             # changed it must take the guarded path below (a recompile), not the unguarded one (dynamo raises)
             key = (torch.is_autocast_enabled(args[0].device.type), torch.get_autocast_dtype(args[0].device.type),
                    torch.get_num_threads(), *((a.shape, a.dtype) for a in args))
-            if key in built:  # the hot path: no config patching, no warning filters (~0.1 ms a call)
+            if key in built:  # the hot path: no config patching, no warning filters
                 # A graph for exactly this call exists (the key above), so dynamo need only tell its graphs
                 # apart (this model's from another's, one batch size from another) instead of re-checking every
-                # guard: ~5% of a one-frame call (bench/RESULTS.md).
+                # guard (what that saves: bench/RESULTS.md, "dynamo's guards on the compiled one-frame call").
                 with torch.no_grad(), torch.compiler.set_stance(skip_guard_eval_unsafe=True):
                     return compiled(*args)
             with torch.no_grad(), inductor_config.patch(INDUCTOR_CONFIG), warnings.catch_warnings():

@@ -1,0 +1,1 @@
+"""Evaluation: clip loading, FVD runs, continuation quality per s, AR-VAE reconstruction, reports and plots."""

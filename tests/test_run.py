@@ -1,0 +1,158 @@
+"""engine.run: the run request's one set of defaults and checks, and the plan every surface draws being the
+rows the pipeline runs (pipeline, TUI worker, GUI preview, `ardiff schedule`)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+
+import numpy as np
+import pytest
+
+from engine.errors import ArdiffError, RunError
+from engine.pipeline import Done, Planned, Progress, load_pipeline
+from engine.run import DEVICES, PRECISIONS, RunRequest, clock
+
+WINDOW = 16  # the tiny preset's
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_checkpoint):
+    return load_pipeline(tiny_checkpoint, device="cpu", precision="fp32")
+
+
+def test_one_set_of_defaults_everywhere():
+    from app_tui.main import build_parser as tui_parser
+    from app_tui.settings import Settings as TuiSettings
+    from engine.cli import build_parser
+
+    r = RunRequest()
+    assert (r.new_frames, r.s, r.steps, r.seed, r.context, r.min_context) == (16, 5, 50, 0, 8, 1)
+    assert r.history_guidance is None and r.fps == 8.0 and (r.device, r.precision) == ("auto", "auto")
+    cli = build_parser()
+    for command in (["continue", "clip.mp4", "-o", "x.mp4"], ["generate", "-o", "x.mp4"]):
+        args = cli.parse_args(command)
+        assert (args.frames, args.s, args.steps, args.seed, args.min_context) == (16, 5, 50, 0, 1), command
+        assert args.history_guidance is None and args.device == "auto" and args.precision == "auto"
+    assert cli.parse_args(["generate", "-o", "x.mp4"]).fps == 8.0
+    assert cli.parse_args(["continue", "clip.mp4", "-o", "x.mp4"]).context == 8
+    tui = TuiSettings()
+    assert (tui.frames, tui.s, tui.steps, tui.seed, tui.context) == (16, 5, 50, 0, 8)
+    args = tui_parser().parse_args([])
+    assert (args.frames, args.s, args.steps, args.context) == (16, 5, 50, 8)
+    gui = pytest.importorskip("app_gui.settings").Settings()  # PySide6 is the gui extra
+    assert (gui.new_frames, gui.s, gui.steps, gui.seed, gui.context) == (16, 5, 50, 0, 8)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("new_frames", 0, "new frames must be at least 1, got 0"),
+    ("s", -1, "s must be at least 0, got -1"),
+    ("s", True, "s must be a whole number, got True"),  # bool is an int to Python, not to a person
+    ("steps", 2.0, "steps must be a whole number, got 2.0"),
+    ("context", 0, "context must be at least 1, got 0"),
+    ("history_guidance", -0.5, "history guidance must be a number >= 0, got -0.5"),
+    ("history_guidance", math.nan, "history guidance must be a number >= 0, got nan"),
+    ("fps", 0.0, "fps must be a number > 0, got 0.0"),
+    ("device", "tpu", "device must be auto, cpu or cuda, got 'tpu'"),
+    ("precision", "fp16", "precision must be one of auto, fp32, bf16, got 'fp16'"),
+    ("backend", "jit", "backend must be one of eager, compile, aoti, onnx, tensorrt, got 'jit'"),
+])
+def test_one_validation_with_typed_one_line_errors(field, value, message):
+    with pytest.raises(RunError) as err:
+        RunRequest(**{field: value})
+    assert err.value.field == field and str(err.value) == message
+    assert isinstance(err.value, ArdiffError) and isinstance(err.value, ValueError)  # the CLIs' exit-2 path
+
+
+def test_shared_lists_and_clock():
+    assert DEVICES == ("auto", "cpu", "cuda") and PRECISIONS == ("auto", "fp32", "bf16")
+    RunRequest(device="cuda:1")  # a numbered GPU is a device name
+    assert [clock(t) for t in (4.24, 75, 3900)] == ["4.2 s", "1:15", "1h05"]
+
+
+def test_the_model_checks_run_at_the_call(pipe):
+    with pytest.raises(RunError, match=r"context must be 1..15 frames") as err:
+        pipe.plan(RunRequest(context=16), np.zeros((16, 8, 8, 3), np.uint8))
+    assert err.value.field == "context"
+    with pytest.raises(RunError, match="only 3 frame"):
+        pipe.plan(RunRequest(context=4), np.zeros((3, 8, 8, 3), np.uint8))
+    with pytest.raises(RunError, match="steps must be <= 1000"):
+        pipe.run(RunRequest(steps=1001))  # before the first event: run() raises, it does not yield
+
+
+# s, new frames, context (0: from nothing), steps: s = 0 (synchronous), s between, s >= steps (one by one);
+# runs that fit the window and runs that slide it, with no context, a little, and the most the model takes.
+GRID = [(s, new, ctx, steps) for s, new, ctx, steps in itertools.product((0, 2, 6), (1, 7, 22), (0, 4, 15), (1, 5))
+        if not (new == 22 and steps == 1 and s == 2)]  # an equivalent of (0, 22, *, 1): keeps the test short
+# synchronous chunks past two windows: where min context 1 (not 0) decides the chunks even from nothing
+GRID += [(0, 40, 0, 5), (0, 40, 4, 1)]
+
+
+def _cli_schedule_levels(capsys, request: RunRequest, num_context: int) -> np.ndarray:
+    from engine.cli import main
+
+    argv = ["schedule", "--frames", request.new_frames, "--steps", request.steps, "--s", request.s,
+            "--context", num_context, "--window", WINDOW, "--text"]
+    assert main([str(a) for a in argv]) == 0
+    out = capsys.readouterr().out
+    return np.array([[int(v) for v in line.split()[1:]] for line in out.splitlines()
+                     if line.split() and line.split()[0].isdigit()])
+
+
+@pytest.mark.parametrize("s, new, ctx, steps", GRID)
+def test_the_plan_every_surface_draws_is_the_rows_the_pipeline_runs(pipe, capsys, s, new, ctx, steps):
+    from app_tui.settings import Settings
+    from app_tui.worker import Job, Started, run_job
+
+    request = RunRequest(new_frames=new, s=s, steps=steps, seed=3, context=max(ctx, 1))
+    clip = np.random.default_rng(ctx).integers(0, 256, (ctx + 2, 20, 24, 3), dtype=np.uint8) if ctx else None
+    events = list(pipe.run(request, clip))
+    assert isinstance(events[0], Planned) and sum(isinstance(e, Planned) for e in events) == 1
+    plan, done = events[0].plan, events[-1]
+    rows = [e for e in events if isinstance(e, Progress)]
+    assert isinstance(done, Done) and not done.cancelled and plan.num_context == ctx == done.num_context
+    # the plan is the run: every row's levels, the row count, the work
+    assert plan.total_rows == len(rows) == rows[-1].total_rows == done.stats.rows
+    assert np.array_equal(plan.levels[1:], np.stack([r.levels for r in rows]))
+    assert (plan.levels[0][ctx:] == steps).all() and (plan.levels[0][:ctx] == 0).all()
+    assert int(plan.frame_evaluations.sum()) == done.stats.frame_forwards
+    if ctx:
+        assert np.array_equal(plan.context, done.video[:ctx])  # the frames it planned with are the ones shown
+
+    # the TUI draws the Started event's schedule (cancelled at once: only the plan is wanted here)
+    class Cache:
+        def get(self, checkpoint, device, precision="auto"):
+            return pipe
+
+    settings = Settings(s=s, frames=new, steps=steps, seed=3, context=max(ctx, 1), device="cpu", precision="fp32")
+    job = Job(settings, clip, cancel=threading.Event())
+    started = []
+
+    def emit(event):
+        if isinstance(event, Started):
+            started.append(event)
+            job.cancel.set()
+
+    run_job(job, Cache(), emit)
+    assert len(started) == 1 and np.array_equal(started[0].plan.levels, plan.levels)
+
+    # `ardiff schedule` and the GUI's preview (before a model is loaded) plan the same rows
+    assert np.array_equal(_cli_schedule_levels(capsys, request, ctx), plan.levels)
+    heatmap = pytest.importorskip("app_gui.heatmap")
+    assert np.array_equal(heatmap.schedule_levels(new, ctx, steps, s, WINDOW), plan.levels)
+
+
+@pytest.mark.parametrize("sampler, history", [("reference", None), ("cached", 2.0)])
+def test_the_plans_work_is_what_the_sampler_computes(pipe, sampler, history):
+    """The ETA weighs rows by their work; it must be the sampler's own count, guidance calls included."""
+    frames = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    request = RunRequest(new_frames=20, s=2, steps=3, context=4, sampler=sampler, history_guidance=history)
+    events = list(pipe.run(request, frames))
+    plan, done = events[0].plan, events[-1]
+    assert int(plan.frame_evaluations.sum()) == done.stats.frame_forwards
+    assert plan.history_guidance == (pipe.history_guidance if history is None else history)
+    assert plan.seconds_left(0, 0.0) is None
+    half = plan.total_rows // 2
+    expected = 10.0 * plan.frame_evaluations[half:].sum() / plan.frame_evaluations[:half].sum()
+    assert plan.seconds_left(half, 10.0) == pytest.approx(expected)
