@@ -26,8 +26,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from engine import pipeline as pipeline_module
-from engine.cli import main as ardiff_main
 from engine.backends.export_cli import main as export_main
+from engine.cli import main as ardiff_main
 from engine.video_io import write_video
 
 ROOT = Path(__file__).resolve().parents[1]
