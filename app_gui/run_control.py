@@ -11,13 +11,14 @@ A mixin of `MainWindow` (which sets up all the state): it keeps `generation` and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from app_gui.heatmap import schedule_levels
 from app_gui.worker import Generation, Job
 
-GENERATE_FPS = 8.0  # a video made from nothing has no rate of its own; the CLI's default
+from engine.run import DEFAULT_FPS as GENERATE_FPS  # a video made from nothing has no rate of its own
 
 
 @dataclass
@@ -30,6 +31,7 @@ class RunState:
     fps: float
     num_new: int
     head: int  # frames in front of the first new one (earlier result + context)
+    plan: Any = None  # the engine's Plan of this run: its rows, and the work the ETA weighs them by
 
 
 class RunControl:
@@ -108,22 +110,18 @@ class RunControl:
         job = Job(context=context, num_new=p.new_frames.value(), s=p.s_spin.value(), steps=p.steps.value(),
                   seed=p.seed.value(), class_label=p.class_value(), guidance_scale=p.guidance.value(),
                   history_guidance=p.history_guidance_value())
-        from engine.video_io import fit_frames
-
         try:
-            fitted = (np.zeros((0, pipe.resolution, pipe.resolution, 3), np.uint8) if context is None
-                      else fit_frames(context, pipe.resolution))
-            num_context = len(fitted)
-            levels = schedule_levels(job.num_new, num_context, job.steps, job.s, pipe.window)
+            plan = pipe.plan(job.request(), context)  # the rows the sampler will run, checked up front
         except ValueError as err:
             self.show_error("Cannot start", str(err))
             return False
+        fitted, num_context, levels = plan.context, plan.num_context, plan.levels
         head = fitted if prefix is None or not len(prefix) else np.concatenate([prefix, fitted])
         offset = len(head) - num_context
         marker = num_context if marker is None else marker
         total = len(head) + job.num_new
         self._run = RunState(offset=offset, frames=list(head), marker=marker, fps=fps, num_new=job.num_new,
-                              head=len(head))
+                             head=len(head), plan=plan)
 
         self.result_player.set_frames(list(head), fps, marker=marker, total=total)
         self.result_player.seek(max(0, len(head) - 1))
@@ -133,7 +131,7 @@ class RunControl:
             self.filmstrip.set_frame(i, frame)
         self.heatmap.set_schedule(levels, job.steps, num_context)
         self.tabs.setCurrentWidget(self.result_player)
-        self.run_panel.start(job.num_new, len(levels) - 1)
+        self.run_panel.start(job.num_new, plan.total_rows)
         self.statusBar().showMessage("Sampling… (Esc cancels and keeps the frames made so far)")
 
         self.generation = Generation(pipe, job)
@@ -165,7 +163,7 @@ class RunControl:
         elif isinstance(event, Progress):
             self.heatmap.set_row(event.row, event.levels)
             self.run_panel.show_progress(event.row, event.total_rows, event.frames_done, run.num_new,
-                                         event.elapsed)
+                                         event.elapsed, run.plan.seconds_left(event.row, event.elapsed))
         elif isinstance(event, Done):
             self._finish(event)
             return  # generationFinished follows

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from engine.checkpoint import Checkpoint, load_checkpoint, sampling_defaults
-from engine.device import cpu_supports_bf16, describe_precision, resolve_device  # noqa: F401 (trainer/train.py)
+from engine.device import describe_precision, resolve_device
 from engine.diffusion import DiffusionSchedule
 from engine.errors import RunError
 from engine.frames import frames_to_tensor, tensor_to_frames

@@ -6,6 +6,7 @@ import torch
 from engine.models.arvae import ARVAE
 from engine.models.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss
 from engine.models.presets import get_preset
+from tests.tolerance import assert_reorder_close, vae_stages
 
 
 def tiny_cfg(**changes):
@@ -56,7 +57,7 @@ def test_frame_depends_only_on_its_window():
     full = vae.decode(z)
     for i in range(N):
         alone = vae.decode(z[:, max(0, i - W + 1): i + 1])[:, -1]
-        torch.testing.assert_close(alone, full[:, i], atol=1e-5, rtol=0)
+        assert_reorder_close(alone, full[:, i], *vae_stages(vae.cfg))  # other kernel orders: tests/tolerance.py
 
 
 @torch.no_grad()
@@ -65,7 +66,7 @@ def test_zero_gate_decodes_each_frame_like_an_image():
     z = latents(vae, 2, 5)
     full = vae.decode(z)
     for i in range(5):
-        torch.testing.assert_close(vae.decode(z[:, i: i + 1])[:, 0], full[:, i], atol=1e-6, rtol=0)
+        assert_reorder_close(vae.decode(z[:, i: i + 1])[:, 0], full[:, i], *vae_stages(vae.cfg))  # other shapes
 
 
 @torch.no_grad()
@@ -92,7 +93,7 @@ def test_incremental_decode_matches_batch_decode(window, local):
         z = latents(vae, 2, N)
         state = vae.start_decode(batch_size=2, device="cpu", dtype=torch.float32)
         steps = torch.stack([vae.decode_next(z[:, i], state) for i in range(N)], dim=1)
-        torch.testing.assert_close(steps, vae.decode(z), atol=1e-5, rtol=0)
+        assert_reorder_close(steps, vae.decode(z), *vae_stages(vae.cfg))  # other kernel orders: tests/tolerance.py
         assert state.num_frames == N
         for mem in state.memory:  # bounded: at most W - 1 frames per layer
             if window == 1:
@@ -120,7 +121,7 @@ def test_shapes_unit_norm_and_latent_scale():
     x = frames(2, 3)
     z = vae.encode(x)
     assert z.shape == (2, 3, cfg.num_latent_tokens, cfg.latent_dim) and z.dtype == torch.float32
-    torch.testing.assert_close(z.norm(dim=-1), torch.ones(2, 3, cfg.num_latent_tokens))
+    torch.testing.assert_close(z.norm(dim=-1), torch.ones(2, 3, cfg.num_latent_tokens))  # default: a 4-term norm
     recon = vae.decode(z)
     assert recon.shape == x.shape and recon.dtype == torch.float32
     assert torch.equal(vae(x), recon)
@@ -129,7 +130,7 @@ def test_shapes_unit_norm_and_latent_scale():
     z_scaled = vae.encode(x)
     torch.testing.assert_close(z_scaled.norm(dim=-1), torch.full((2, 3, cfg.num_latent_tokens), 2.5))
     torch.testing.assert_close(z_scaled, 2.5 * z)
-    torch.testing.assert_close(vae.decode(z_scaled), recon, atol=1e-5, rtol=0)  # decode undoes the scale
+    assert_reorder_close(vae.decode(z_scaled), recon, *vae_stages(cfg))  # decode undoes the scale
 
     vae.latent_scale.fill_(0.37)
     sd = vae.state_dict()
@@ -296,7 +297,7 @@ def test_local_pca_init_reconstructs_as_the_top_principal_directions():
     top = torch.linalg.svd(regions, full_matrices=False).Vh[: vae.cfg.latent_dim]
     projected = torch.nn.functional.fold((regions @ top.T @ top).float().reshape(64, 4, 192).transpose(1, 2),
                                          16, 8, stride=8)
-    assert torch.allclose(recon, projected, atol=1e-4)
+    assert_reorder_close(recon, projected, *vae_stages(vae.cfg))  # float32 weights of a float64 SVD: tests/tolerance.py
     q = torch.linalg.qr(torch.randn(192, vae.cfg.latent_dim, dtype=torch.float64, generator=gen))[0]
     other = (regions - regions @ q @ q.T).pow(2).mean()  # another orthogonal linear code of the same size
     assert (regions - regions @ top.T @ top).pow(2).mean() < 0.6 * other
@@ -321,8 +322,10 @@ def test_scale_latent_channels_rescales_latents_and_keeps_reconstruction():
         z, recon = vae.encode(frames), vae.decode(vae.encode(frames))
         vae.scale_latent_channels(scale)
         z2, recon2 = vae.encode(frames), vae.decode(vae.encode(frames))
-    assert torch.allclose(z2, z * scale, atol=1e-5, rtol=1e-5)
-    assert (recon2 - recon).abs().max() <= 1e-4 and recon.abs().max() > 0.1
+    # the folded layers are rounded once more than the originals: float32 reordering, tests/tolerance.py
+    assert_reorder_close(z2, z * scale, *vae_stages(vae.cfg))
+    assert_reorder_close(recon2, recon, *vae_stages(vae.cfg))
+    assert recon.abs().max() > 0.1
     with pytest.raises(ValueError, match="positive"):
         vae.scale_latent_channels(torch.zeros(vae.cfg.latent_dim))
     with pytest.raises(ValueError, match="local latents"):

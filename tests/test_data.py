@@ -131,6 +131,23 @@ def test_bad_files_are_skipped_with_one_warning_each(tmp_path: Path) -> None:
     assert "skipped" in str(ds.report)
 
 
+def test_symlink_loops_and_dangling_links_are_skipped_with_one_warning_each(tmp_path: Path) -> None:
+    root = tmp_path / "videos"
+    root.mkdir()
+    write_mp4(root / "good.mp4", shot(0, 20))
+    (root / "loop.mp4").symlink_to("loop.mp4")  # resolves to itself: ELOOP on any open
+    (root / "a").symlink_to("b")
+    (root / "b").symlink_to("a")  # a two-link cycle
+    (root / "gone.mp4").symlink_to(tmp_path / "deleted.mp4")
+    with pytest.warns(DatasetWarning) as record:
+        ds = VideoClipDataset(root, num_frames=8, size=16, cache_dir=tmp_path / "cache")
+    messages = [str(w.message) for w in record if issubclass(w.category, DatasetWarning)]
+    for name in ("loop.mp4", "a:", "b:", "gone.mp4"):
+        assert sum(name in m for m in messages) == 1, (name, messages)
+    assert ds.report.skipped == {"broken_link": 4} and ds.report.used == 1
+    assert all("\n" not in m for m in messages)
+
+
 def test_empty_dataset_names_the_root(tmp_path: Path) -> None:
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "readme.md").write_text("nothing here")

@@ -4,6 +4,7 @@ import torch
 from engine.models import build_models, get_preset
 from engine.models.dit import DiT, KVCache
 from tests.helpers import randomize_
+from tests.tolerance import assert_reorder_close, dit_stages
 
 
 @pytest.fixture
@@ -64,7 +65,7 @@ def test_timestep_conditioning_is_per_frame(cfg, dit):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(20))  # 13, 18, 19 miss atol=1e-5 even on an AMD EPYC
 def test_cache_equals_full_window(cfg, dit, seed):
     g = torch.Generator().manual_seed(seed)
     N = int(torch.randint(2, cfg.window + 1, (1,), generator=g))
@@ -77,11 +78,32 @@ def test_cache_equals_full_window(cfg, dit, seed):
     while pos < a:
         m = int(torch.randint(1, a - pos + 1, (1,), generator=g))
         x0, kv = dit.forward_cached(z[:, pos:pos + m], t[:, pos:pos + m], cache)
-        torch.testing.assert_close(x0, full[:, pos:pos + m], atol=1e-5, rtol=0)
+        assert_reorder_close(x0, full[:, pos:pos + m], *dit_stages(cfg))  # other kernel orders: tests/tolerance.py
         cache.append(kv, m, cfg.vae.num_latent_tokens)
         pos += m
     x0, _ = dit.forward_cached(z[:, a:], t[:, a:], cache)
-    torch.testing.assert_close(x0, full[:, a:], atol=1e-5, rtol=0)
+    assert_reorder_close(x0, full[:, a:], *dit_stages(cfg))
+
+
+@torch.no_grad()
+def test_the_reorder_tolerance_still_fails_small_real_bugs(cfg, dit):
+    """The cache tolerance (tests/tolerance.py) is far below what a subtle bug does: keys and values kept in
+    bfloat16, or the oldest cached frame lost, move the outputs by more than 10 times it."""
+    from tests.tolerance import reorder_tolerance
+
+    L = cfg.vae.num_latent_tokens
+    z, t = inputs(cfg, N=6)
+    full = dit(z, t)
+    tol = reorder_tolerance(full[:, 3:], *dit_stages(cfg))
+    _, kv = dit.forward_cached(z[:, :3], t[:, :3], KVCache())
+    for bug in ("bf16", "lost frame"):
+        cache = KVCache()
+        if bug == "bf16":
+            cache.append([(k.bfloat16().float(), v.bfloat16().float()) for k, v in kv], 3, L)
+        else:
+            cache.append([(k[:, :, L:], v[:, :, L:]) for k, v in kv], 2, L)
+        x0, _ = dit.forward_cached(z[:, 3:], t[:, 3:], cache)
+        assert float((x0 - full[:, 3:]).abs().max()) > 10 * tol, bug
 
 
 @torch.no_grad()
@@ -92,7 +114,7 @@ def test_cache_positions_are_window_relative(cfg, dit):
     x0, kv = dit.forward_cached(z[:, :3], t[:, :3], cache)
     cache.append(kv, 3, cfg.vae.num_latent_tokens)
     x1, _ = dit.forward_cached(z[:, 3:6], t[:, 3:6], cache)
-    torch.testing.assert_close(torch.cat([x0, x1], 1), dit(z[:, :6], t[:, :6]), atol=1e-5, rtol=0)
+    assert_reorder_close(torch.cat([x0, x1], 1), dit(z[:, :6], t[:, :6]), *dit_stages(cfg))  # tests/tolerance.py
 
 
 @torch.no_grad()
@@ -103,7 +125,7 @@ def test_class_conditioning_and_null_class(cfg):
     a = dit(z, t, torch.tensor([0, 1]))
     b = dit(z, t, torch.tensor([2, 1]))
     assert not torch.allclose(a[0], b[0]) and torch.equal(a[1], b[1])
-    torch.testing.assert_close(dit(z, t), dit(z, t, torch.tensor([3, 3])))  # None -> null class
+    assert_reorder_close(dit(z, t), dit(z, t, torch.tensor([3, 3])), *dit_stages(cfg))  # None -> null class
     with pytest.raises(ValueError, match="unconditional"):
         randomize_(DiT(cfg))(z, t, torch.tensor([0, 1]))
 
@@ -157,10 +179,11 @@ def test_conditioning_table_matches_direct_computation(cfg):
     table = dit.conditioning_table(grid, labels)
     z, _ = inputs(cfg, N=5)
     t = grid[torch.tensor([0, 1, 1, 3, 4])].expand(2, -1)
-    torch.testing.assert_close(dit(z, t, labels, table=table), dit(z, t, labels), atol=1e-6, rtol=0)
+    # the table's rows come from a matmul over the grid, not over B x N: another kernel order (tests/tolerance.py)
+    assert_reorder_close(dit(z, t, labels, table=table), dit(z, t, labels), *dit_stages(ccfg))
     cache = KVCache()
     x0, _ = dit.forward_cached(z, t, cache, labels, table=table)
-    torch.testing.assert_close(x0, dit(z, t, labels), atol=1e-6, rtol=0)
+    assert_reorder_close(x0, dit(z, t, labels), *dit_stages(ccfg))
     with pytest.raises(ValueError, match="outside the conditioning table"):
         dit(z, torch.full_like(t, 3), labels, table=table)
     with pytest.raises(ValueError, match="other class labels"):
@@ -180,8 +203,10 @@ def test_cache_filled_from_outside_keys_grows_and_follows_the_dtype(cfg, dit):
         cache.append([(k[:, :, f * L:(f + 1) * L], v[:, :, f * L:(f + 1) * L]) for k, v in kv], 1, L)
     assert cache.num_frames == 3 and cache.tokens == 3 * L
     x0, _ = dit.forward_cached(z[:, 3:], t[:, 3:], cache)
-    torch.testing.assert_close(x0, full[:, 3:], atol=1e-5, rtol=0)
+    assert_reorder_close(x0, full[:, 3:], *dit_stages(cfg))  # other kernel orders: tests/tolerance.py
     with torch.autocast("cpu", dtype=torch.bfloat16):
         x0_bf16, _ = dit.forward_cached(z[:, 3:], t[:, 3:], cache)
     assert cache.buffers[0][0].dtype == torch.bfloat16 and cache.tokens == 3 * L
+    # bf16 rounding (2^-9 relative per stage's inputs and outputs) dominates; every CPU's bf16 kernels accumulate in
+    # float32, so only float32 reordering, 1000 times smaller, differs between CPUs
     torch.testing.assert_close(x0_bf16.float(), full[:, 3:], atol=0.1, rtol=0.05)

@@ -104,6 +104,7 @@ def test_ground_truth_model_scores_perfectly_and_shift_by_one_does_not(tiny_pipe
         run = result.run(s)
         assert run.psnr.shape == run.ssim.shape == (3, 10)
         assert np.all(np.isinf(run.psnr)) and np.allclose(run.ssim, 1.0)
+        # identical sets: identical features, float64 from there (~1e-12 of round-off on any CPU)
         assert set(run.fvd) == {"fvd", "kvd"} and run.fvd["fvd"] == pytest.approx(0.0, abs=1e-6)
         assert run.fvd["kvd"] <= 1e-9  # unbiased: identical sets score at most 0
     # The moving baseline is imperfect, so the comparison really looks at the right frames.
@@ -254,6 +255,7 @@ def test_eval_fvd_two_folders(tmp_path, capsys, stub_i3d):
     assert json.loads(out)["FVD_16"] > 0
     code, out, _ = run_cli(capsys, "eval", "fvd", real, real, "--quiet")
     same = {name: float(value) for name, value in (line.split() for line in out.splitlines())}
+    # identical sets: identical features, float64 from there (~1e-12 of round-off on any CPU)
     assert code == 0 and same["FVD_16"] == pytest.approx(0.0, abs=1e-3) and same["KVD_16"] <= 1e-9
 
 
@@ -268,7 +270,7 @@ def test_streamed_features_equal_engine_fvd(tmp_path):
     _video_set(tmp_path / "f", [4, 5, 6])
     ours = fvd_between_files(tmp_path / "r", tmp_path / "f", stub, 16, with_128=False)
     assert set(ours) == {"FVD_16", "KVD_16"}
-    assert ours["FVD_16"] == pytest.approx(fvd(real, fake, stub), rel=1e-6)
+    assert ours["FVD_16"] == pytest.approx(fvd(real, fake, stub), rel=1e-6)  # the same features; float64 from there
     feats, seen = video_features(iter(real[0]), stub, [(0, 10), (4, 12), (8, 16)])
     assert seen == 16 and set(feats) == {(0, 10), (4, 12)}  # (8, 16) needs 24 frames
 
@@ -358,7 +360,7 @@ def test_autoencoder_row_scores_the_round_trip_of_the_truth(tiny_pipe, monkeypat
     assert row.kind == "autoencoder" and row.name == AUTOENCODER_NAME and result.baseline.kind == "baseline"
     real, recon = reconstruct(tiny_pipe, fit_frames(clips[1], tiny_pipe.resolution))
     expected = 10 * np.log10(255**2 / np.mean((real[4 + 2].astype(float) - recon[4 + 2].astype(float)) ** 2))
-    assert row.psnr.shape == (2, 10) and row.psnr[1, 2] == pytest.approx(expected, rel=1e-6)
+    assert row.psnr.shape == (2, 10) and row.psnr[1, 2] == pytest.approx(expected, rel=1e-6)  # float64 PSNR
     assert np.isfinite(row.psnr).all() and row.fvd["fvd"] > 1e-3
     monkeypatch.setattr("engine.evaluation.reconstruction.reconstruct", lambda pipe, frames: (frames, frames))
     perfect = evaluate_continuation(tiny_pipe, clips, context=4, frames=10, s_values=[0], steps=1, seed=0,
@@ -375,7 +377,7 @@ def test_reconstruction_scores_the_vae_and_a_perfect_vae_scores_inf(tiny_pipe, m
     result = evaluate_reconstruction(tiny_pipe, [clip, clip[::-1].copy()])
     assert result.psnr.shape == (2, 6) and np.isfinite(result.psnr).all()
     expected = 10 * np.log10(255**2 / np.mean((fitted[0].astype(float) - out[0].astype(float)) ** 2))
-    assert result.psnr[0, 0] == pytest.approx(expected, rel=1e-6)
+    assert result.psnr[0, 0] == pytest.approx(expected, rel=1e-6)  # float64 PSNR of uint8 frames
 
     # A VAE that hands back its input exactly must score inf dB and SSIM 1.
     monkeypatch.setattr(tiny_pipe.vae, "encode", lambda x: x)

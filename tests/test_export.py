@@ -27,6 +27,7 @@ from engine.sampling import make_sampler
 from engine.schedulers import ADScheduler
 from engine.video_io import read_video
 from tests.helpers import randomize_
+from tests.tolerance import dit_stages, relative_reorder_tolerance, reorder_tolerance, vae_stages
 
 STEP_TOL = 1e-4  # per-step outputs and final latents, float32 (measured: about 1e-6)
 
@@ -86,8 +87,9 @@ def test_step_equals_forward_cached(live_checkpoint):
             else:
                 pk = pv = torch.zeros(2, B, 2, 1, 4, 16)
             x0, nk, nv = dit.step(z, torch.stack(mods), final, pk, pv, torch.tensor([P]))
-        assert (x0 - want).abs().max() < 1e-5
-        assert max((nk[i] - kv[i][0]).abs().max() for i in range(2)) < 1e-5
+        stages = dit_stages(ck.config)  # another float32 kernel order (tests/tolerance.py)
+        assert (x0 - want).abs().max() <= reorder_tolerance(want, *stages)
+        assert all((nk[i] - kv[i][0]).abs().max() <= reorder_tolerance(kv[i][0], *stages) for i in range(2))
 
 
 def test_decode_step_equals_decode_next(live_checkpoint):
@@ -102,7 +104,7 @@ def test_decode_step_equals_decode_next(live_checkpoint):
             want = vae.decode_next(lat, state)
             got, memory = vae.decode_step(lat, memory, torch.tensor([n]))
             n = min(n + 1, S)
-            assert (got - want).abs().max() < 1e-5
+            assert (got - want).abs().max() <= reorder_tolerance(want, *vae_stages(vae.cfg))  # tests/tolerance.py
             frames.append(got)
     assert (frames[2] - frames[1]).abs().max() > 1e-3  # the decoder is live
 
@@ -121,7 +123,9 @@ def test_manifest_records_export(exported, live_checkpoint):
     assert dit["dims"] == {"batch": [1, 2], "frames": [1, 16], "cache_slots": [1, 15]}
     assert (out / dit["file"]).is_file() and (out / manifest["graphs"]["vae_decode_step"]["file"]).is_file()
     v = manifest["validation"]
-    assert v["passed"] and v["max_abs_err"] < 1e-4 and v["max_rel_err"] < 1e-5
+    # max_rel_err is relative to each output's scale: ONNX Runtime / AOTInductor kernels are another float32 order
+    limit = relative_reorder_tolerance(*dit_stages(load_checkpoint(live_checkpoint).config))
+    assert v["passed"] and v["max_rel_err"] <= limit
     shapes = {(c["active_frames"], c["cached_frames"]) for c in v["cases"] if c["graph"] == "dit_step"}
     assert {(1, 0), (16, 0), (1, 15)} <= shapes
     if backend == "onnx":
@@ -374,7 +378,8 @@ def test_tensorrt_path_exports_and_checks_the_graphs(fake_tensorrt, live_checkpo
     assert (z.min_shape, z.opt_shape, z.max_shape) == ([1, 1, 4, 4], [2, 2, 4, 4], [2, 8, 4, 4])
     assert past_k.min_shape[3] == 1 and past_k.max_shape[3] == 7 and past_len.dtype == torch.long
     assert all(fmt == "exported_program" for fmt, _ in fake_tensorrt["save"])
-    assert manifest["validation"]["passed"] and manifest["validation"]["max_abs_err"] < 1e-4
+    limit = relative_reorder_tolerance(*dit_stages(load_checkpoint(live_checkpoint).config))  # as above
+    assert manifest["validation"]["passed"] and manifest["validation"]["max_rel_err"] <= limit
     assert manifest["backend"] == "tensorrt" and manifest["backend_version"]["torch_tensorrt"] == "stand-in"
     assert manifest["graphs"]["dit_step"]["dims"]["frames"] == [1, 8]
     pipe = load_pipeline(live_checkpoint, device="cpu", backend="tensorrt", export_dir=out)

@@ -7,6 +7,9 @@ from engine.models.dit import DiT
 from engine.schedulers import ADScheduler
 from engine.sampling import CachedSampler, ReferenceSampler, make_sampler
 from tests.helpers import randomize_
+from tests.tolerance import dit_stages, reorder_tolerance
+
+STAGES = dit_stages(get_preset("tiny"))  # for the float32 reorder tolerance of one DiT call (tests/tolerance.py)
 
 STEPS = 8
 
@@ -38,7 +41,9 @@ def test_cached_equals_reference(s, N, C):
     dit, _ = tiny_dit()
     ref, ref_steps = run("reference", dit, s, N, C)
     fast, fast_steps = run("cached", dit, s, N, C)
-    assert (fast.latents - ref.latents).abs().max() <= 1e-4
+    # one DiT call's reorder tolerance for the whole chain: the updates damp older errors (measured at most 0.05
+    # of it, under three kernel sets)
+    assert (fast.latents - ref.latents).abs().max() <= reorder_tolerance(ref.latents, *STAGES)
     assert fast.stats.rows == ref.stats.rows == len(ref_steps)
     assert [st.clean_frames for st in fast_steps] == [st.clean_frames for st in ref_steps]
 
@@ -59,7 +64,7 @@ def test_cached_equals_reference_with_history_guidance(s, N, C):
     dit, _ = tiny_dit()
     ref, _ = run("reference", dit, s, N, C, history=2.5)
     fast, _ = run("cached", dit, s, N, C, history=2.5)
-    assert (fast.latents - ref.latents).abs().max() <= 1e-4
+    assert (fast.latents - ref.latents).abs().max() <= reorder_tolerance(ref.latents, *STAGES)  # as above
     plain, _ = run("cached", dit, s, N, C)
     assert (plain.latents - fast.latents).abs().max() > 1e-3
     assert plain.stats.network_calls < fast.stats.network_calls <= 2 * plain.stats.network_calls
@@ -73,7 +78,7 @@ def test_history_guidance_zero_ignores_every_clean_frame(sampler, s):
     dit, _ = tiny_dit()
     first, _ = run(sampler, dit, s, 20, 3, history=0.0)
     other, _ = run(sampler, dit, s, 20, 3, history=0.0, context_seed=7)
-    assert (first.latents[:, 3:] - other.latents[:, 3:]).abs().max() <= 1e-5
+    assert (first.latents[:, 3:] - other.latents[:, 3:]).abs().max() <= reorder_tolerance(first.latents, *STAGES)
     with_history, _ = run(sampler, dit, s, 20, 3, context_seed=7)
     assert (with_history.latents[:, 3:] - other.latents[:, 3:]).abs().max() > 1e-3
 
@@ -85,7 +90,7 @@ def test_cached_equals_reference_with_guidance(s, history):
     label = torch.tensor([0, 2])
     ref, _ = run("reference", dit, s, 20, 2, guidance=3.0, label=label, history=history)
     fast, _ = run("cached", dit, s, 20, 2, guidance=3.0, label=label, history=history)
-    assert (fast.latents - ref.latents).abs().max() <= 1e-4
+    assert (fast.latents - ref.latents).abs().max() <= reorder_tolerance(ref.latents, *STAGES)  # as above
     unguided, _ = run("cached", dit, s, 20, 2, guidance=1.0, label=label)
     assert (unguided.latents - fast.latents).abs().max() > 1e-3  # guidance changes the result
 
@@ -144,7 +149,7 @@ def test_other_predictions_convert_to_x0(prediction, s, N, C):
         with torch.no_grad():
             list(sampler.denoise(context, noise))
         runs[name] = sampler.latents
-    assert (runs["reference"] - runs["cached"]).abs().max() <= 1e-4
+    assert (runs["reference"] - runs["cached"]).abs().max() <= reorder_tolerance(runs["reference"], *STAGES)
     assert (runs["reference"] - runs["x0"]).abs().max() > 1e-3
 
 

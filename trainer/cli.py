@@ -14,8 +14,11 @@ and exit with 130 (resume with --resume).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+import warnings
 from typing import Sequence
 
 from engine.errors import ArdiffError, one_line
@@ -113,18 +116,38 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (a skipped data file, a stale lock taken over) as one line each, without a source line."""
+    print(f"ardiff-train: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM outside the training loop: unwind (releasing the run dir's lock) as Ctrl-C
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    old_show, old_term = warnings.showwarning, None
+    warnings.showwarning = _show_warning
+    with contextlib.suppress(ValueError):  # not the main thread: no handler
+        old_term = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return int(args.func(args) or 0)
-    except (ArdiffError, ValueError, FileNotFoundError) as err:
+    except (ArdiffError, ValueError, OSError) as err:
         print(f"ardiff-train: error: {one_line(err)}", file=sys.stderr)
+        return EXIT_USAGE
+    except MemoryError:
+        print("ardiff-train: error: out of memory; lower batch_size or num_frames, or use a smaller preset",
+              file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("ardiff-train: interrupted (no checkpoint written for the unfinished step)", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
+        warnings.showwarning = old_show
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():

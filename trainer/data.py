@@ -309,6 +309,9 @@ def scan_sources(
     indexes = []
     for path in discover_sources(root):
         report.files += 1
+        if path.is_symlink() and not path.exists():  # a loop or a dangling link: nothing to read
+            report.skip(path, "broken_link", "a symbolic link that leads nowhere (dangling, or a loop)")
+            continue
         try:
             index, cached = index_source(path, cache_dir)
         except VideoError as err:

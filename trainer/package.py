@@ -6,6 +6,7 @@ stage with its steps), the data provenance of each stage, the latent scale, and 
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -32,6 +33,7 @@ def package(diffusion_run: str, output: str, vae: str | None = None, dtype: str 
     """
     if dtype not in DTYPES:
         raise CheckpointError(f"--dtype must be one of fp32, bf16, fp16; got {dtype!r}")
+    check_output(output, [diffusion_run, vae])
     diff = load_diffusion_source(diffusion_run)
     used = diff.vae_source or VAEProvenance()
     vae_path = vae or used.path
@@ -78,6 +80,17 @@ def package(diffusion_run: str, output: str, vae: str | None = None, dtype: str 
     path = save_checkpoint(output, src.vae, dit, diff.model_config, meta=meta, dtype=DTYPES[dtype])
     read_checkpoint_header(path)  # what the engine reads first: fail here, not in the user's hands
     return path
+
+
+def check_output(output: str, inputs: list[str | None]) -> None:
+    """Refuse, before any work, an output that is a folder or one of the inputs (replacing it would lose it)."""
+    out = Path(output)
+    if out.is_dir():
+        raise CheckpointError(f"-o {output} is a folder; give the checkpoint's file name, e.g. "
+                              f"{out / 'model.safetensors'} (nothing in the folder was touched)")
+    for source in inputs:
+        if source and out.exists() and Path(source).exists() and os.path.samefile(out, source):
+            raise CheckpointError(f"-o {output} is the input {source}; write the package to another file")
 
 
 def steps_by_stage(recipe: list[dict]) -> dict[str, int]:

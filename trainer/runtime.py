@@ -1,5 +1,5 @@
 """The process a run lives in: its place among torchrun's processes, its device and precision (resolved by
-the engine's `engine.pipeline.resolve_device`, the one rule every surface uses), the seeds, and the
+the engine's `engine.device.resolve_device`, the one rule every surface uses), the seeds, and the
 Ctrl-C / SIGTERM handlers that ask the loop to stop at the end of a step.
 """
 
@@ -16,7 +16,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from engine.pipeline import cpu_supports_bf16, resolve_device
+from engine import device as engine_device
+from engine.device import resolve_device
 from trainer.config import ConfigError
 
 
@@ -67,7 +68,7 @@ def precision_note(precision: str, device: torch.device, bf16: bool) -> str:
     if precision == "fp32":
         return "fp32 (asked for)"
     if precision == "bf16":
-        if device.type == "cpu" and not cpu_supports_bf16():
+        if device.type == "cpu" and not engine_device.cpu_supports_bf16():
             return ("bf16 autocast (asked for; this CPU has no AMX/AVX512-BF16, so bf16 is emulated and "
                     "slower than fp32 here)")
         return "bf16 autocast (asked for)"

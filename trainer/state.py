@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from engine.atomic import atomic_path
@@ -136,8 +136,10 @@ def read_checkpoint(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         meta = json.loads((path / "state.json").read_text())
         with safe_open(str(path / "state.safetensors"), framework="pt") as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"cannot read training checkpoint {path}: {err}") from None
+    except (OSError, ValueError, SafetensorError) as err:  # SafetensorError: truncated or damaged tensors
+        raise CheckpointError(f"cannot read training checkpoint {path}: {err} (the file is damaged or "
+                              f"truncated; resume from an older checkpoint by pointing checkpoints/latest.json "
+                              f"at its step-* folder)") from None
     if meta.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path} is not an ardiff-train checkpoint")
     return meta, tensors

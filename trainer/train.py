@@ -12,6 +12,7 @@ Run directory:
     checkpoints/step-00000100/        state.safetensors (weights, EMA, optimiser tensors, RNG tensors)
                                       state.json (step, data position, RNG, optimiser index, configs)
     checkpoints/latest.json           pointer to the newest complete checkpoint (written last, atomically)
+    trainer.lock                      while a trainer runs: its pid and host (one run dir, one trainer)
 
 Nothing is pickled: tensors go to safetensors, everything else to JSON. A checkpoint directory is written
 under a temporary name and renamed; the pointer is replaced only after that, so a crash or a failing write
@@ -41,6 +42,7 @@ from engine.models.presets import ModelConfig
 from trainer.config import TrainConfig
 from trainer.ema import EMA
 from trainer.loader import Batches, build_dataset
+from trainer.lock import RunDirLock, claim_run_dir
 from trainer.metrics import Log, Throughput, progress_bar
 from trainer.provenance import DataRecord
 from trainer.runtime import Process, StopRequest, init_process, seed_everything
@@ -86,7 +88,16 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
     returning True requests a stop (as Ctrl-C does: the state is saved and train returns)."""
     run_dir = Path(run_dir)
     proc = init_process(cfg.device, cfg.precision)
+    claim = claim_run_dir(run_dir, proc.rank, proc.world, proc.device)  # one run dir, one trainer
+    try:
+        return _train(cfg, run_dir, resume, on_step, proc, claim)
+    finally:
+        claim.release()
 
+
+def _train(cfg: TrainConfig, run_dir: Path, resume: bool, on_step: Callable[[int, dict], bool | None] | None,
+           proc: Process, claim: RunDirLock) -> TrainResult:
+    """`train()` once the process is set up and the run dir is this trainer's."""
     # ---- run directory: fresh or resumed
     saved = open_run_dir(run_dir, cfg, resume)
     log = Log(run_dir, proc.rank, cfg.tensorboard)
@@ -127,6 +138,7 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
     batches.dataset = stage.prepare_data(dataset, run_dir)
     lineage = Lineage(stage.vae_src.provenance if stage.vae_src is not None else None, data, stage.recipe)
     checkpoints = Checkpoints(run_dir, cfg, model_cfg, proc, state, stage, lineage, log)
+    claim.keep()  # the run is under way: its dir stays from here on
     if proc.is_main:
         write_run_config(run_dir, cfg, model_cfg, proc.world)
     if resumed_from is not None and step >= cfg.max_steps:
