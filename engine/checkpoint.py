@@ -80,7 +80,11 @@ def read_checkpoint_header(path: str | os.PathLike) -> tuple[ModelConfig, dict[s
                               f"unpickles files, so .pt/.ckpt pickles cannot be loaded") from None
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a safetensors file but not an ardiff checkpoint (no ardiff metadata)")
-    version = int(metadata.get("format_version", "0"))
+    try:
+        version = int(metadata.get("format_version", "0"))
+    except ValueError:
+        raise CheckpointError(f"{path} has an invalid format_version {metadata.get('format_version')!r:.40} "
+                              f"(expected a whole number)") from None
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path} uses checkpoint format {version}; this ardiff reads up to "
                               f"{FORMAT_VERSION}: upgrade ardiff")
@@ -103,9 +107,11 @@ def load_checkpoint(path: str | os.PathLike | None = None, device: str | torch.d
     path = _existing_file(path)
     cfg, meta = read_checkpoint_header(path)
     sampling_defaults(meta, path)  # a bad entry fails at load, not at the first sample
+    _check_model_size(cfg, path)
     vae, dit = build_models(cfg)
     with safe_open(str(path), framework="pt") as f:
         tensors = {key: f.get_tensor(key) for key in f.keys()}
+    _check_values(tensors, path)
     for prefix, module in (("vae.", vae), ("dit.", dit)):
         _load_into(module, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, prefix, path)
     stray = sorted(k for k in tensors if not k.startswith(("vae.", "dit.")))
@@ -130,6 +136,27 @@ def sampling_defaults(meta: dict[str, Any], path: str | os.PathLike | None = Non
     return {"history_guidance": float(value)}
 
 
+def _check_model_size(cfg: ModelConfig, path: Path) -> None:
+    """Refuse a config whose models would not fit in memory, before building them (sized on the meta device)."""
+    from engine.limits import check_model
+
+    with torch.device("meta"):
+        vae, dit = build_models(cfg)
+    check_model(sum(p.numel() for m in (vae, dit) for p in m.parameters()), f"{path}: its config's models")
+
+
+def _check_values(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Weights must be floats and finite: NaN, inf, int or bool weights give silent black frames."""
+    for name, tensor in tensors.items():
+        if not tensor.is_floating_point():
+            raise CheckpointError(f"{path}: {name} holds {str(tensor.dtype).replace('torch.', '')} values; "
+                                  f"weights must be floating point")
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            raise CheckpointError(f"{path}: {name} has {bad} non-finite value(s) (NaN or inf); the checkpoint "
+                                  f"is damaged")
+
+
 def _load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], prefix: str, path: Path) -> None:
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -150,7 +177,12 @@ def _load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], prefix: 
 
 
 def _existing_file(path: str | os.PathLike) -> Path:
+    from engine.outputs import describe_special
+
     path = resolve_checkpoint(path)  # hf:/https:// references are fetched (engine.hub); a path stays a path
+    special = describe_special(path)  # a FIFO or /dev/zero is not "a directory", a loop not "not found"
+    if special:
+        raise CheckpointError(f"checkpoint must be a file, got {special}: {path}")
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     if not path.is_file():

@@ -26,19 +26,19 @@ FLAGS = {"new_frames": "--frames", "s": "--s", "steps": "--steps", "seed": "--se
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from engine.entry import run_entry
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except RunError as err:
-        print(f"ardiff: error: {FLAGS.get(err.field, err.field)}: {one_line(err)}", file=sys.stderr)
-        return EXIT_USAGE
-    except (ArdiffError, ValueError, FileNotFoundError) as err:
-        print(f"ardiff: error: {one_line(err)}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("ardiff: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    args.written = []  # filled by the outputs' commit, so an interrupt message can say what was written
+    return run_entry("ardiff", lambda: args.func(args), args.written, expected=(ValueError,), describe=_describe)
+
+
+def _describe(err: Exception) -> str:
+    """A RunError names the flag the person typed; every other error is its own one line."""
+    if isinstance(err, RunError):
+        return f"{FLAGS.get(err.field, err.field)}: {one_line(err)}"
+    return one_line(err)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,6 +140,7 @@ def cmd_continue(args: argparse.Namespace) -> int:
 
     request = _request(args, context=RunRequest.context if args.context is None else args.context)
     info = probe_video(args.input)
+    _check_outputs(args, [args.input])
     pipe = _load_sampling_pipeline(args)
     pipe.check(request)  # a context the model cannot take fails before the clip is read
     frames = read_tail(args.input, request.context, info.num_frames)
@@ -154,13 +155,15 @@ def cmd_continue(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     request = _request(args, class_label=args.class_label, fps=args.fps)
+    _check_outputs(args, [])
     pipe = _load_sampling_pipeline(args)
     return _run_and_write(args, pipe, pipe.run(request))
 
 
 def _run_and_write(args: argparse.Namespace, pipe, events) -> int:
+    from engine.outputs import OutputSet
     from engine.pipeline import Done, FrameReady, Planned, Progress
-    from engine.video_io import write_video
+    from engine.video_io import is_frame_folder, stage_png, stage_video
     from engine.visualize import contact_sheet
 
     _say(args, pipe.describe())
@@ -178,9 +181,14 @@ def _run_and_write(args: argparse.Namespace, pipe, events) -> int:
                 update(event, plan)
             elif isinstance(event, Done):
                 done = event
-    output = write_video(args.output, done.video, fps=plan.request.fps)
+    # the video and its sheet are staged, then renamed together: both appear or neither
     sheet = _sheet_path(Path(args.output))
-    contact_sheet(done.video, context=done.num_context, path=sheet)
+    with OutputSet(args.written) as outputs:
+        outputs.add(stage_video(args.output, done.video, fps=plan.request.fps), args.output,
+                    may_replace=is_frame_folder)
+        outputs.add(stage_png(sheet, contact_sheet(done.video, context=done.num_context)), sheet)
+        outputs.commit()
+    output = Path(args.output)
     rate = ""
     num_new = plan.num_new
     if first_frame_at is not None and num_new > 1:
@@ -189,6 +197,17 @@ def _run_and_write(args: argparse.Namespace, pipe, events) -> int:
     _say(args, f"wrote {output} ({len(done.video)} frames: {done.num_context} context + "
                f"{len(done.video) - done.num_context} new) and {sheet}; {done.elapsed:.1f} s{rate}")
     return 0
+
+
+def _check_outputs(args: argparse.Namespace, inputs: list[str]) -> None:
+    """Refuse the output and its contact sheet before any sampling: an unknown format, the input itself, a
+    folder holding other files, a name too long, an unwritable folder."""
+    from engine.outputs import check_output_file
+    from engine.video_io import check_video_output
+
+    inputs = inputs + ([args.checkpoint] if args.checkpoint else [])
+    check_video_output(args.output, inputs)
+    check_output_file(_sheet_path(Path(args.output)), inputs, flag="the contact sheet")
 
 
 def _sheet_path(output: Path) -> Path:
@@ -282,10 +301,17 @@ def _count_params(params) -> int:
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
+    from engine.limits import check_level_matrix
+    from engine.outputs import check_output_file
     from engine.run import plan_rows
     from engine.visualize import schedule_heatmap
 
     request = RunRequest(new_frames=args.frames, s=args.s, steps=args.steps, min_context=args.min_context)
+    if args.output:
+        if Path(args.output).suffix.lower() != ".png":
+            raise ArdiffError(f"-o {args.output}: the heat map is a PNG; give a name ending in .png")
+        check_output_file(args.output)
+    check_level_matrix(args.frames, args.context, args.steps, args.window)  # before the plan allocates it
     levels, work = plan_rows(request, args.window, args.context, cached=False)
     rows = len(levels) - 1
     frame_forwards = int(work.sum())

@@ -26,6 +26,14 @@ class WeightsUnavailableError(ArdiffError):
     """Pretrained weights (the default model, I3D for FVD) that are not on this machine."""
 
 
+class OutputError(ArdiffError):
+    """An output path ardiff will not write: the input itself, a folder holding other files, a bad name."""
+
+
+class TooLargeError(ArdiffError):
+    """A request whose memory or time estimate is beyond reason, refused before anything is allocated."""
+
+
 class RunError(ArdiffError):
     """A run setting that cannot work (engine.run.RunRequest); `field` names the setting to fix."""
 

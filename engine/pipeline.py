@@ -24,6 +24,7 @@ from engine.device import describe_precision, resolve_device
 from engine.diffusion import DiffusionSchedule
 from engine.errors import RunError
 from engine.frames import frames_to_tensor, tensor_to_frames
+from engine.limits import check_level_matrix, check_sampling
 from engine.run import Plan, RunRequest, check_precision, plan_rows, scheduler_for
 from engine.sampling import SamplerStats, make_sampler
 from engine.video_io import describe_fit, fit_frames
@@ -172,6 +173,11 @@ class Pipeline:
                                f"{request.context}; set context to {len(frames)} or less, or pick a longer clip")
             frames = frames[len(frames) - request.context:]
             context, note = fit_frames(frames, self.resolution), self.fit_note(frames)
+        # memory and time refused before the plan's level matrix and the run's noise are allocated
+        L, D = self.config.vae.num_latent_tokens, self.config.vae.latent_dim
+        check_sampling(len(context), request.new_frames, request.steps, self.resolution, L, D,
+                       sum(p.numel() for p in self.checkpoint.dit.parameters()), self.device.type)
+        check_level_matrix(request.new_frames, len(context), request.steps, self.window)
         guided = request.guidance_scale != 1.0 and request.class_label is not None
         levels, work = plan_rows(request, self.window, len(context), guided=guided,
                                  history_guidance=history_guidance)

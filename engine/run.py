@@ -60,6 +60,7 @@ def check_device_name(device: str) -> None:
 _INTS = {"new_frames": ("new frames", 1), "s": ("s", 0), "steps": ("steps", 1), "seed": ("seed", 0),
          "context": ("context", 1), "min_context": ("min context", 0)}
 MINIMUMS = {name: low for name, (_, low) in _INTS.items()}  # the smallest each whole-number setting takes
+SEED_MAX = 2**64 - 1  # the largest seed torch.Generator.manual_seed takes
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,8 @@ class RunRequest:
                 raise RunError(name, f"{label} must be a whole number, got {value!r}")
             if value < low:
                 raise RunError(name, f"{label} must be at least {low}, got {value}")
+        if self.seed > SEED_MAX:
+            raise RunError("seed", f"seed must be in 0..{SEED_MAX} (what torch.Generator takes), got {self.seed}")
         hg = self.history_guidance
         if hg is not None and not (_is_number(hg) and hg >= 0):
             raise RunError("history_guidance", f"history guidance must be a number >= 0, got {hg!r}")

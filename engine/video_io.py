@@ -13,8 +13,6 @@ from __future__ import annotations
 import numbers
 import os
 import re
-import secrets
-import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +24,9 @@ import av
 import numpy as np
 from PIL import Image, ImageOps
 
+from engine.atomic import remove_path, sweep_stale, temp_name
 from engine.errors import VideoError
+from engine.outputs import OutputSet, check_name, check_not_input, check_writable_parent, describe_special
 
 __all__ = [
     "CLIP_EXTENSIONS",
@@ -45,6 +45,9 @@ __all__ = [
     "probe_video",
     "read_image",
     "read_video",
+    "check_video_output",
+    "stage_video",
+    "stage_png",
     "write_video",
 ]
 
@@ -125,6 +128,9 @@ class _Unrecoverable(VideoError):
 
 def _existing(path: str | os.PathLike[str]) -> Path:
     path = Path(path)
+    special = describe_special(path)  # a FIFO is not "empty", a symlink loop is not "missing"
+    if special:
+        raise _Unrecoverable(f"{path}: is {special}, not a video file or frame folder")
     if not path.exists():
         raise VideoError(f"{path}: no such file or folder")
     return path
@@ -473,9 +479,12 @@ def _check_frames(frames: Any, what: str) -> np.ndarray:
 
 
 def _output_kind(path_text: str, path: Path) -> str:
+    suffix = path.suffix.lower()
+    if path.is_dir() and (suffix in _H264_SUFFIXES or suffix == ".gif"):
+        raise VideoError(f"{path}: is an existing folder with a video name; give a new file name, or a folder "
+                         f"path without '{suffix}' for PNG frames")
     if path_text.endswith(("/", os.sep)) or path.suffix == "" or path.is_dir():
         return "folder"
-    suffix = path.suffix.lower()
     if suffix == ".gif":
         return "gif"
     if suffix in _H264_SUFFIXES:
@@ -545,34 +554,86 @@ def _write_folder(tmp: Path, frames: np.ndarray) -> None:
         Image.fromarray(frame).save(tmp / _FRAME_NAME.format(index), compress_level=1)
 
 
-def _temp_beside(path: Path) -> Path:
-    # Same folder as the target, so the final rename never crosses file systems; the suffix
-    # stays last so tools that look at extensions still see the right one.
-    return path.parent / f".{path.stem}.tmp-{os.getpid()}-{secrets.token_hex(4)}{path.suffix}"
+_remove = remove_path
 
 
-def _remove(path: Path) -> None:
+def _foreign_files(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir() if not re.fullmatch(r"frame_\d+\.png", p.name)]
+
+
+def is_frame_folder(path: Path) -> bool:
+    """Whether a folder holds nothing but our ``frame_NNNNNN.png`` files (a previous output we may replace)."""
+    return not _foreign_files(path)
+
+
+def _check_folder_output(path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise VideoError(f"{path}: exists and is not a folder")
     if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists():
-        path.unlink(missing_ok=True)
-
-
-def _replace_folder(tmp: Path, path: Path) -> None:
-    """Move a finished frame folder into place; an old frame folder there is replaced, but a
-    folder holding anything else is never deleted."""
-    if path.exists():
-        if not path.is_dir():
-            raise VideoError(f"{path}: exists and is not a folder")
-        foreign = [p.name for p in path.iterdir() if not re.fullmatch(r"frame_\d+\.png", p.name)]
+        foreign = _foreign_files(path)
         if foreign:
             raise VideoError(f"{path}: folder holds other files ({foreign[0]}, ...); not overwriting it")
-        old = _temp_beside(path)
-        path.rename(old)
-        tmp.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(path)
+
+
+def check_video_output(path: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]] = ()) -> str:
+    """Check an output path before any work and return its kind ("h264", "gif" or "folder"): a format we
+    write, a name that fits, not an input, not a folder holding other files, a writable folder."""
+    path_text = os.fspath(path)
+    path = Path(path_text)
+    special = describe_special(path)
+    if special:
+        raise VideoError(f"{path}: is {special}; give a new file or folder name")
+    kind = _output_kind(path_text, path)
+    check_name(path)
+    check_not_input(path, inputs)
+    if kind == "folder":
+        _check_folder_output(path)
+    check_writable_parent(path)
+    return kind
+
+
+def stage_video(path: str | os.PathLike[str], frames: np.ndarray, fps: float = 24.0) -> Path:
+    """Write the video of ``write_video`` under a temp name beside ``path`` and return that name; the caller
+    renames it into place (``engine.outputs.OutputSet``) or removes it. Stale temp files of a killed run
+    in that folder are removed first."""
+    path_text = os.fspath(path)
+    path = Path(path_text)
+    frames = _check_frames(frames, str(path))
+    if not (isinstance(fps, numbers.Real) and np.isfinite(fps) and fps > 0):
+        raise VideoError(f"{path}: fps must be a positive number (got {fps})")
+    kind = _output_kind(path_text, path)
+    if kind == "folder":
+        _check_folder_output(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise VideoError(f"{path}: cannot create the folder ({err.strerror or err})") from err
+    sweep_stale(path.parent)
+    tmp = temp_name(path)
+    try:
+        if kind == "folder":
+            _write_folder(tmp, frames)
+        elif kind == "gif":
+            _encode_gif(tmp, frames, fps)
+        else:
+            _encode_h264(tmp, frames, fps, _H264_SUFFIXES[path.suffix.lower()])
+    except VideoError:
+        _remove(tmp)
+        raise
+    except (OSError, av.error.FFmpegError, ValueError) as err:
+        _remove(tmp)
+        raise VideoError(f"{path}: cannot write video ({_av_reason(err)})") from err
+    except BaseException:
+        _remove(tmp)
+        raise
+    return tmp
+
+
+def _commit(outputs: OutputSet, path: Path) -> None:
+    try:
+        outputs.commit()
+    except OSError as err:
+        raise VideoError(f"{path}: cannot write ({err.strerror or err})") from err
 
 
 def write_video(path: str | os.PathLike[str], frames: np.ndarray, fps: float = 24.0) -> Path:
@@ -584,39 +645,14 @@ def write_video(path: str | os.PathLike[str], frames: np.ndarray, fps: float = 2
     - no suffix, or a trailing ``/``: a folder of ``frame_000000.png``, ...
 
     Atomic: the output is written beside the target under a temporary name and renamed into
-    place, so a failure (or a crash) never leaves a partial file behind.
+    place, so a failure (or a crash) never leaves a partial file behind. An existing frame folder
+    is replaced; a folder holding anything else is never touched.
     """
     path_text = os.fspath(path)
-    path = Path(path_text)
-    frames = _check_frames(frames, str(path))
-    if not (isinstance(fps, numbers.Real) and np.isfinite(fps) and fps > 0):
-        raise VideoError(f"{path}: fps must be a positive number (got {fps})")
-    kind = _output_kind(path_text, path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise VideoError(f"{path}: cannot create the folder ({err.strerror or err})") from err
-    tmp = _temp_beside(path)
-    try:
-        if kind == "folder":
-            _write_folder(tmp, frames)
-            _replace_folder(tmp, path)
-        else:
-            if kind == "gif":
-                _encode_gif(tmp, frames, fps)
-            else:
-                _encode_h264(tmp, frames, fps, _H264_SUFFIXES[path.suffix.lower()])
-            os.replace(tmp, path)
-    except VideoError:
-        _remove(tmp)
-        raise
-    except (OSError, av.error.FFmpegError, ValueError) as err:
-        _remove(tmp)
-        raise VideoError(f"{path}: cannot write video ({_av_reason(err)})") from err
-    except BaseException:
-        _remove(tmp)
-        raise
-    return path
+    with OutputSet() as outputs:
+        outputs.add(stage_video(path_text, frames, fps), path_text, may_replace=is_frame_folder)
+        _commit(outputs, Path(path_text))
+    return Path(path_text)
 
 
 # --------------------------------------------------------------------------- fitting
@@ -652,4 +688,20 @@ def fit_frames(frames: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-# --------------------------------------------------------------------------- contact sheet
+# --------------------------------------------------------------------------- staged PNGs
+
+
+def stage_png(path: str | os.PathLike[str], image: np.ndarray) -> Path:
+    """Save ``image`` as PNG under a temp name beside ``path`` and return that name (see ``stage_video``)."""
+    path = Path(path)
+    tmp = temp_name(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(tmp, format="PNG")
+    except OSError as err:
+        _remove(tmp)
+        raise VideoError(f"{path}: cannot write image ({err.strerror or err})") from err
+    except BaseException:
+        _remove(tmp)
+        raise
+    return tmp

@@ -204,6 +204,49 @@ def test_cli_continue_with_exported_graphs(exported, live_checkpoint, tmp_path, 
     assert code == 2
 
 
+@pytest.mark.parametrize("attack", ["dit_step", "vae_decode_step", "manifest"])
+def test_tampered_export_is_refused(exported, live_checkpoint, tmp_path, capsys, attack):
+    """Issue 21 item 3: one flipped byte in a graph (or an edited sha256 in the manifest) was sampled with."""
+    from engine.cli import main as ardiff_main
+
+    backend, out, manifest = exported
+    copy = tmp_path / "graphs"
+    shutil.copytree(out, copy)
+    if attack == "manifest":
+        edited = json.loads((copy / "manifest.json").read_text())
+        edited["graphs"]["dit_step"]["sha256"] = "0" * 64
+        (copy / "manifest.json").write_text(json.dumps(edited))
+    else:
+        graph = copy / manifest["graphs"][attack]["file"]
+        data = bytearray(graph.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        graph.write_bytes(bytes(data))
+    with pytest.raises(E.ExportError, match="does not match its manifest"):
+        load_pipeline(live_checkpoint, device="cpu", backend=backend, export_dir=copy)
+    demo = Path(__file__).resolve().parents[1] / "assets" / "demo.mp4"
+    code = ardiff_main(["continue", str(demo), "-o", str(tmp_path / "x.gif"), "--frames", "2", "--steps", "2",
+                        "--checkpoint", str(live_checkpoint), "--backend", backend, "--export-dir", str(copy),
+                        "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "does not match its manifest" in err and err.count("\n") == 1
+    assert not (tmp_path / "x.gif").exists()
+
+
+def test_only_a_previous_export_is_replaced(exported, tmp_path):
+    """Issue 21 item 1: `-o DIR` removed DIR whatever it held. A previous export (a manifest and the graphs it
+    names, nothing else) may be replaced; a folder with anything else in it is refused before any work."""
+    _, out, _ = exported
+    assert E.is_previous_export(out)
+    E.check_export_target(out)  # re-exporting over the same folder is fine
+    mixed = tmp_path / "mixed"
+    shutil.copytree(out, mixed)
+    (mixed / "notes.txt").write_text("mine")
+    assert not E.is_previous_export(mixed)
+    with pytest.raises(E.ExportError, match="other files"):
+        E.check_export_target(mixed)
+    assert (mixed / "notes.txt").read_text() == "mine"
+
+
 def test_out_of_range_shapes_are_refused(exported, live_checkpoint):
     backend, out, _ = exported
     ck = load_checkpoint(live_checkpoint)

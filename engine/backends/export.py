@@ -454,6 +454,8 @@ def export(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, backend: s
 
         if not cpu_supports_bf16():
             log("note: this CPU has no native bfloat16 (no AMX / AVX512-BF16): bf16 graphs run slower than fp32 here")
+    out_dir = Path(out_dir)
+    check_export_target(out_dir, checkpoint)  # before the checkpoint is loaded and minutes of compiling
     ckpt = load_checkpoint(checkpoint, device="cpu")
     cfg = ckpt.config
     if ckpt.dit.causal is False:
@@ -469,12 +471,9 @@ def export(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, backend: s
     vae = ckpt.vae.to(device=dev, dtype=torch_dtype).eval()
     specs = {"dit_step": dit_spec(dit, max_frames, max_batch, dtype), "vae_decode_step": vae_spec(vae, max_batch, dtype)}
     modules = {"dit_step": DiTStepGraph(dit), "vae_decode_step": VAEDecodeStepGraph(vae)}
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ExportError(f"{out_dir} exists and is not a directory")
     log(f"hashing {ckpt.path}")
     digest = file_sha256(ckpt.path)
-    with atomic_path(out_dir, directory=True) as tmp:
+    with atomic_path(out_dir, directory=True, may_replace=is_previous_export) as tmp:
         graphs = {}
         for name in ("dit_step", "vae_decode_step"):
             graphs[name] = {**_compile(backend, modules[name], specs[name], dev, dtype,
@@ -507,6 +506,39 @@ def export(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, backend: s
         del runners
     log(f"wrote {out_dir}")
     return manifest
+
+
+def is_previous_export(folder: Path) -> bool:
+    """Whether `folder` holds an ardiff export and nothing else (a manifest and the graph files it names):
+    the only non-empty folder `export` replaces. Anything else there (a checkpoint, notes) is never deleted."""
+    try:
+        manifest = json.loads((folder / MANIFEST_NAME).read_text())
+        ours = {MANIFEST_NAME} | {g["file"] for g in manifest["graphs"].values()}
+        return manifest.get("format") == MANIFEST_FORMAT and {p.name for p in folder.iterdir()} <= ours
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def check_export_target(out_dir: Path, checkpoint: str | os.PathLike | None = None) -> None:
+    """Refuse an output folder before any work: a file, the checkpoint itself, a folder holding the
+    checkpoint or anything that is not a previous export, or a folder that cannot be written.
+
+    Why refuse rather than write beside other files: the export is one unit (a manifest and the graphs it
+    hashes) that is replaced whole on a re-export; mixed with foreign files, a later replace would have to
+    delete them or leave a folder that is neither. Like `git clone`, a non-empty foreign folder is refused."""
+    from engine.atomic import check_folder_target
+    from engine.errors import OutputError
+    from engine.outputs import check_not_input, check_writable_parent, describe_special
+
+    special = describe_special(out_dir)
+    if special:
+        raise ExportError(f"-o {out_dir} is {special}; give a folder path")
+    try:
+        check_not_input(out_dir, [checkpoint] if checkpoint is not None else [])
+        check_folder_target(out_dir, is_previous_export)
+        check_writable_parent(out_dir)  # the export is made beside it and renamed into place
+    except OutputError as err:
+        raise ExportError(f"{err}; ardiff-export writes a new folder or replaces a previous export") from None
 
 
 def _device(device: str | torch.device) -> torch.device:
@@ -624,6 +656,7 @@ class ExportedModels:
             path = export_dir / g["file"]
             if not path.is_file():
                 raise ExportError(f"{export_dir} is incomplete: {g['file']} is missing; re-export it")
+            _verify_graph(path, g)
             spec = GraphSpec(name, [i["name"] for i in g["inputs"]], g["outputs"],
                              {i["name"]: i["shape"] for i in g["inputs"]}, {i["name"]: i["dtype"] for i in g["inputs"]},
                              {k: tuple(v) for k, v in g["dims"].items()})
@@ -639,6 +672,18 @@ class ExportedModels:
         return cls(manifest, ExportedDiT(dit, runners["dit_step"], dtype),
                    ExportedVAE(vae, runners["vae_decode_step"], dtype), export_dir)
 
+
+
+def _verify_graph(path: Path, graph: dict[str, Any]) -> None:
+    """A graph file must hash to the sha256 its manifest recorded: a changed byte means a graph that was never
+    validated against the eager model (or a tampered one), and it is refused before it runs."""
+    want = graph.get("sha256")
+    if not isinstance(want, str) or len(want) != 64:
+        raise ExportError(f"{path.parent / MANIFEST_NAME} records no valid sha256 for {path.name}; re-export it")
+    got = file_sha256(path)
+    if got != want:
+        raise ExportError(f"{path} does not match its manifest (sha256 {got[:12]}..., recorded {want[:12]}...): "
+                          f"the file was changed after export; re-export it")
 
 
 def check_backend_args(backend: str, export_dir: str | os.PathLike | None, device: str) -> dict[str, Any]:

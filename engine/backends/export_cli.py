@@ -1,7 +1,8 @@
 """`ardiff-export CHECKPOINT -o OUT_DIR [--tensorrt | --aoti | --onnx] ...`: export the sampler's hot graphs.
 
-User-fixable problems (not a checkpoint, a backend that is not installed, no CUDA, a failed validation) print
-one line on stderr and exit with code 2.
+User-fixable problems (not a checkpoint, a backend that is not installed, no CUDA, a failed validation, an
+output folder holding other files, a read-only or full disk, no memory) print one line on stderr and exit with
+code 2; Ctrl-C and SIGTERM leave no temp folder behind.
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from pathlib import Path
 
-from engine.errors import ArdiffError, one_line
+from engine.entry import run_entry
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "(AOTInductor, ONNX Runtime or TensorRT), validate them against the eager model and write "
                     "them with a manifest.json. Load them with load_pipeline(ckpt, backend=..., export_dir=...).")
     p.add_argument("checkpoint", help="an ardiff .safetensors checkpoint")
-    p.add_argument("-o", "--output", required=True, help="output directory (written atomically)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output directory: new, empty or a previous export (replaced atomically); a folder "
+                        "holding anything else is refused, never deleted")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--tensorrt", dest="backend", action="store_const", const="tensorrt",
                        help="torch.export + torch_tensorrt.dynamo.compile (CUDA, pip install 'ardiff[tensorrt]')")
@@ -44,20 +48,23 @@ def main(argv: list[str] | None = None) -> int:
     backend = args.backend or "aoti"
     device = args.device or ("cuda" if backend == "tensorrt" else "cpu")
     log = (lambda _: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    try:
+    written: list[Path] = []
+
+    def body() -> int:
         from engine.backends.export import export
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.export / onnx exporter chatter; errors still raise
             manifest = export(args.checkpoint, args.output, backend, device=device, dtype=args.dtype,
                               max_frames=args.max_frames, max_batch=args.max_batch, log=log)
-    except ArdiffError as err:
-        print(f"ardiff-export: error: {one_line(err)}", file=sys.stderr)
-        return 2
-    v = manifest["validation"]
-    print(f"exported {manifest['preset']} ({manifest['backend']}, {manifest['dtype']}, {manifest['device']}) to "
-          f"{args.output}; validated: max abs err {v['max_abs_err']:.2e}, max rel err {v['max_rel_err']:.2e}")
-    return 0
+        written.append(Path(args.output))
+        v = manifest["validation"]
+        print(f"exported {manifest['preset']} ({manifest['backend']}, {manifest['dtype']}, {manifest['device']}) "
+              f"to {args.output}; validated: max abs err {v['max_abs_err']:.2e}, max rel err "
+              f"{v['max_rel_err']:.2e}")
+        return 0
+
+    return run_entry("ardiff-export", body, written)
 
 
 if __name__ == "__main__":
