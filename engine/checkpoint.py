@@ -102,11 +102,13 @@ def load_checkpoint(path: str | os.PathLike | None = None, device: str | torch.d
     path = _existing_file(path)
     cfg, meta = read_checkpoint_header(path)
     sampling_defaults(meta, path)  # a bad entry fails at load, not at the first sample
-    vae, dit = build_models(cfg)
+    with torch.device("meta"):  # no random initialisation to overwrite: every tensor comes from the file
+        vae, dit = build_models(cfg)
     with safe_open(str(path), framework="pt") as f:
         tensors = {key: f.get_tensor(key) for key in f.keys()}
     for prefix, module in (("vae.", vae), ("dit.", dit)):
         _load_into(module, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, prefix, path)
+        _check_materialised(module, prefix)
     stray = sorted(k for k in tensors if not k.startswith(("vae.", "dit.")))
     if stray:
         raise CheckpointError(f"{path} has unexpected tensors: {', '.join(stray[:5])}")
@@ -145,7 +147,21 @@ def _load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], prefix: 
         if tensor.shape != expected[name].shape:
             raise CheckpointError(f"{path}: {prefix}{name} has shape {tuple(tensor.shape)}, the config expects "
                                   f"{tuple(expected[name].shape)}")
-    module.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+    # assign: the loaded tensors become the parameters (one copy, no random init underneath); float32 as built
+    module.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, assign=True)
+
+
+def _check_materialised(module: torch.nn.Module, prefix: str) -> None:
+    """Models are built on the meta device and filled from the file, so a tensor the state dict does not
+    hold (a non-persistent buffer, a plain tensor attribute) would stay without data: fail loudly here."""
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        if tensor.is_meta:
+            raise RuntimeError(f"{prefix}{name} is not in the state dict, so load_checkpoint cannot fill it; "
+                               f"make it a persistent buffer or compute it in forward")
+    for name, sub in module.named_modules():
+        for key, value in vars(sub).items():
+            if isinstance(value, torch.Tensor) and value.is_meta:
+                raise RuntimeError(f"{prefix}{name}.{key} is a tensor attribute load_checkpoint cannot fill")
 
 
 def _existing_file(path: str | os.PathLike) -> Path:
