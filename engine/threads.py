@@ -232,14 +232,22 @@ def current_choice() -> ThreadChoice | None:
 
 def apply_thread_policy(requested: int | None = None, reserve: int = 0, processes: int = 1,
                         flag: str = "--threads") -> ThreadChoice:
-    """Decide and set torch's intra-op threads for this process; later calls return the first choice.
+    """Decide and set torch's intra-op threads for this process. The automatic choice is made once; later
+    calls return it, except that an explicit `requested` count (e.g. `--threads`) always takes effect.
 
     Call it before `import torch` where possible: then the wait policy can still be set, and the load is
-    measured over torch's own import. `requested` (e.g. from `--threads`) wins over everything; `reserve`
-    keeps cores for a UI thread; `processes` ranks on this machine share the cores.
+    measured over torch's own import. `requested` wins over everything; `reserve` keeps cores for a UI
+    thread; `processes` ranks on this machine share the cores.
     """
     global _applied
     if _applied is not None:
+        if requested is None:
+            return _applied
+        threads = parse_thread_count(requested, flag)  # a second command in the same process (tests, scripts)
+        import torch
+
+        torch.set_num_threads(threads)
+        _applied = ThreadChoice(threads, flag, wait_policy=_applied.wait_policy)
         return _applied
     explicit = explicit_request(requested, os.environ, flag)  # validate before any work
     torch_loaded = "torch" in sys.modules
