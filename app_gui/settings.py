@@ -43,6 +43,7 @@ class Settings:
     checkpoint: str = ""  # "" = the embedded default model
     device: str = "auto"
     precision: str = "auto"  # "auto" | "fp32" | "bf16", as load_pipeline takes it
+    threads: int = 0  # CPU threads for torch; 0 = automatic (engine.threads: free cores, one kept for the UI)
     recent: list[str] = field(default_factory=list)
     last_dir: str = ""
     save_dir: str = ""
@@ -75,6 +76,7 @@ class Settings:
             settings.device = "auto"
         if settings.precision not in PRECISIONS:
             settings.precision = "auto"
+        settings.threads = max(settings.threads, 0)  # negative: automatic, as 0
         if not math.isfinite(settings.history_guidance) or settings.history_guidance < 0:
             settings.history_guidance = MODEL_HISTORY_GUIDANCE  # JSON allows NaN; the sampler does not
         return settings

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,6 +224,8 @@ def explicit_request(requested: int | None, env: dict[str, str], flag: str = "--
 # -- applying it, once per process ------------------------------------------------------------------------
 
 _applied: ThreadChoice | None = None
+_configured: tuple[int | None, int, str] = (None, 0, "--threads")  # requested, reserve, flag: for later calls
+_lock = threading.Lock()  # the apps apply it on worker threads; two model loads must not both decide
 
 
 def current_choice() -> ThreadChoice | None:
@@ -230,16 +233,44 @@ def current_choice() -> ThreadChoice | None:
     return _applied
 
 
-def apply_thread_policy(requested: int | None = None, reserve: int = 0, processes: int = 1,
-                        flag: str = "--threads") -> ThreadChoice:
+def describe_current() -> str:
+    """The applied choice in words, or the thread count torch has when the policy did not run here."""
+    if _applied is not None:
+        return _applied.describe()
+    import torch
+
+    n = torch.get_num_threads()
+    return f"{n} thread{'s' if n != 1 else ''} (set by the caller)"
+
+
+def configure_threads(requested: int | None = None, reserve: int = 0, flag: str = "--threads") -> None:
+    """Say now what a later `apply_thread_policy()` (no arguments) in this process should use: for apps that
+    load torch on a worker thread, so their window comes up first. Checks `requested` here (ValueError)."""
+    global _configured
+    parse_thread_count(requested, flag)
+    _configured = (requested, reserve, flag)
+
+
+def apply_thread_policy(requested: int | None = None, reserve: int | None = None, processes: int = 1,
+                        flag: str | None = None) -> ThreadChoice:
     """Decide and set torch's intra-op threads for this process. The automatic choice is made once; later
     calls return it, except that an explicit `requested` count (e.g. `--threads`) always takes effect.
 
     Call it before `import torch` where possible: then the wait policy can still be set, and the load is
     measured over torch's own import. `requested` wins over everything; `reserve` keeps cores for a UI
-    thread; `processes` ranks on this machine share the cores.
+    thread; `processes` ranks on this machine share the cores. Arguments left out come from
+    `configure_threads`.
     """
+    with _lock:
+        return _apply(requested, reserve, processes, flag)
+
+
+def _apply(requested: int | None, reserve: int | None, processes: int, flag: str | None) -> ThreadChoice:
     global _applied
+    if requested is None and flag is None:
+        requested, flag = _configured[0], _configured[2]
+    flag = flag or "--threads"
+    reserve = _configured[1] if reserve is None else reserve
     if _applied is not None:
         if requested is None:
             return _applied

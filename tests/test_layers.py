@@ -27,7 +27,7 @@ def _timm_layers():
     if importlib.util.find_spec("timm") is None:  # not importing it yet: the workaround must come first
         pytest.skip("timm comes with the test extra: pip install -e '.[test]'")
     try:
-        import torchvision  # noqa: F401
+        import torchvision
     except RuntimeError as err:
         if "torchvision::" not in str(err):
             raise

@@ -133,7 +133,7 @@ def test_describe():
 _PROBE = ("import json, os, sys; from engine.threads import apply_thread_policy as a; "
           "c = a({req}); assert 'torch' in sys.modules; import torch; "
           "print(json.dumps([c.threads, c.source, torch.get_num_threads(), os.environ.get('OMP_WAIT_POLICY'), "
-          "a(7).threads]))")
+          "a().threads, a(3).threads, torch.get_num_threads()]))")
 
 
 def _probe(requested: int | None, **env: str) -> list:
@@ -144,12 +144,61 @@ def _probe(requested: int | None, **env: str) -> list:
 
 
 def test_apply_sets_torch_threads_once_and_the_request_wins():
-    threads, source, torch_threads, wait, again = _probe(1, ARDIFF_THREADS="2")
+    threads, source, torch_threads, wait, again, later, later_torch = _probe(1, ARDIFF_THREADS="2")
     assert (threads, source, torch_threads) == (1, "--threads", 1)
-    assert again == 1  # applied once per process: a later call returns the first choice
+    assert again == 1  # decided once per process: a later call returns the first choice ...
+    assert later == later_torch == 3  # ... unless it asks for a count itself (a second command in a script)
     assert wait is None  # an explicit choice leaves OpenMP's wait policy as the user had it
-    threads, source, torch_threads, _, _ = _probe(None, ARDIFF_THREADS="1", OMP_NUM_THREADS="2")
+    threads, source, torch_threads, *_ = _probe(None, ARDIFF_THREADS="1", OMP_NUM_THREADS="2")
     assert (threads, source, torch_threads) == (1, "ARDIFF_THREADS", 1)
-    threads, source, torch_threads, _, _ = _probe(None)
+    threads, source, torch_threads, *_ = _probe(None)
     assert source == "policy" and torch_threads == threads
     assert 1 <= threads <= len(os.sched_getaffinity(0))
+
+
+def test_configure_sets_what_a_later_bare_apply_uses_and_checks_at_once():
+    code = ("import json; from engine import threads as t; "
+            "t.configure_threads(2, reserve=1, flag='the setting'); c = t.apply_thread_policy(); import torch; print(json.dumps([c.threads, c.source, "
+            "torch.get_num_threads()]))")
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "ARDIFF_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=clean, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert json.loads(out.stdout) == [2, "the setting", 2]
+    with pytest.raises(ValueError, match="--threads must be at least 1"):
+        T.configure_threads(0)
+
+
+# -- the apps ------------------------------------------------------------------------------------------------
+
+
+def test_apps_refuse_a_bad_thread_count_in_one_line(capsys):
+    from app_gui.main import main as gui_main
+    from app_tui.main import main as tui_main
+
+    assert gui_main(["--threads", "0"]) == 2
+    assert tui_main(["--threads", "-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["ardiff-gui: error: --threads must be at least 1, got 0",
+                   "ardiff-tui: error: --threads must be at least 1, got -1"]
+
+
+def test_gui_threads_come_from_the_flag_then_the_env_then_the_setting(tmp_path, monkeypatch):
+    import app_gui.settings
+    from app_gui.main import configure_gui_threads, parse_args
+
+    monkeypatch.setattr(T, "_configured", T._configured)  # restored after the test
+    monkeypatch.setattr(app_gui.settings, "config_path", lambda: tmp_path / "gui.json")
+    (tmp_path / "gui.json").write_text(json.dumps({"threads": 3}))
+    monkeypatch.delenv("ARDIFF_THREADS", raising=False)
+    configure_gui_threads(parse_args([]))
+    assert T._configured == (3, 1, "the threads setting")  # one core kept for the window in every case
+    configure_gui_threads(parse_args(["--threads", "2"]))
+    assert T._configured == (2, 1, "--threads")
+    monkeypatch.setenv("ARDIFF_THREADS", "1")
+    configure_gui_threads(parse_args([]))
+    assert T._configured[0] is None  # the environment beats the saved setting (apply reads it)
+    monkeypatch.delenv("ARDIFF_THREADS")
+    configure_gui_threads(parse_args(["--screenshot", "x.png"]))
+    assert T._configured[0] is None  # screenshots start from default settings
+    (tmp_path / "gui.json").write_text(json.dumps({"threads": -4}))
+    assert app_gui.settings.Settings.load().threads == 0  # a damaged value means automatic

@@ -52,6 +52,7 @@ from engine.models.discriminator import PatchDiscriminator, hinge_d_loss, hinge_
 from engine.models.dit import DiT
 from engine.models.presets import ModelConfig, get_preset
 from engine.schedulers import make_training_scheduler
+from engine.threads import describe_current
 from trainer.config import RESUME_MUTABLE, ConfigError, TrainConfig, config_from_dict, stage_num_frames
 from trainer.ema import EMA
 from trainer.losses import adaptive_gan_weight, diffusion_loss
@@ -503,7 +504,8 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
     gen = torch.Generator().manual_seed(cfg.seed + 1)  # per-sample draws (compositions, noise): global batch
     use_bf16, why = resolve_precision(cfg.precision, device)
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)  # noqa: E731
-    log.info(f"stage {cfg.stage}, preset {cfg.preset}, {world} process(es) on {device}, {why}")
+    log.info(f"stage {cfg.stage}, preset {cfg.preset}, {world} process(es) on {device}, {why}, "
+             f"{describe_current()}")
 
     model_cfg = _model_config(cfg)
     vae_src: VAESource | None = None
