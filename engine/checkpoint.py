@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+from torch.overrides import TorchFunctionMode
 
 from engine.atomic import atomic_path
 from engine.errors import CheckpointError, WeightsUnavailableError
@@ -102,8 +103,7 @@ def load_checkpoint(path: str | os.PathLike | None = None, device: str | torch.d
     path = _existing_file(path)
     cfg, meta = read_checkpoint_header(path)
     sampling_defaults(meta, path)  # a bad entry fails at load, not at the first sample
-    with torch.device("meta"):  # no random initialisation to overwrite: every tensor comes from the file
-        vae, dit = build_models(cfg)
+    vae, dit = build_meta_models(cfg)  # no random init to overwrite: every tensor comes from the file
     with safe_open(str(path), framework="pt") as f:
         tensors = {key: f.get_tensor(key) for key in f.keys()}
     for prefix, module in (("vae.", vae), ("dit.", dit)):
@@ -149,6 +149,31 @@ def _load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], prefix: 
                                   f"{tuple(expected[name].shape)}")
     # assign: the loaded tensors become the parameters (one copy, no random init underneath); float32 as built
     module.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, assign=True)
+
+
+def build_meta_models(cfg: ModelConfig) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(ARVAE, DiT) for a config on the meta device: shapes without memory or initialisation, to count
+    parameters or to be filled by `load_state_dict(..., assign=True)`."""
+    with _SkipMetaInit(), torch.device("meta"):  # the device context must be the inner mode
+        return build_models(cfg)
+
+
+class _SkipMetaInit(TorchFunctionMode):
+    """Inside `torch.device("meta")`: initialisers on meta tensors do nothing, as there is no data to fill.
+    Run, several of them (normal_, trunc_normal_) go through torch's Python reference ops, whose first use
+    imports torch._dynamo: seconds of start-up for values that are thrown away. The mode is thread-local."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        target = args[0] if args else kwargs.get("tensor")  # torch.nn.init passes its tensor by keyword
+        initialiser = getattr(func, "__module__", None) == "torch.nn.init" or getattr(func, "__name__", "") in _FILLS
+        if initialiser and isinstance(target, torch.Tensor) and target.is_meta:
+            return target
+        return func(*args, **kwargs)
+
+
+# in-place ops that only fill values (never change a shape): the ones initialisers are made of
+_FILLS = {"uniform_", "normal_", "zero_", "fill_", "copy_", "erfinv_", "mul_", "add_", "clamp_", "exponential_"}
 
 
 def _check_materialised(module: torch.nn.Module, prefix: str) -> None:

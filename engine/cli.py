@@ -239,10 +239,8 @@ class _progress_bar:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    import torch
-
-    from engine.checkpoint import default_checkpoint_path, read_checkpoint_header
-    from engine.models import build_models, get_preset
+    from engine.checkpoint import build_meta_models, default_checkpoint_path, read_checkpoint_header
+    from engine.models import get_preset
 
     if args.preset:
         cfg, meta, source = get_preset(args.preset), {}, f"preset {args.preset}"
@@ -252,8 +250,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             raise ArdiffError(f"the embedded default model is not at {path}; give a checkpoint or --preset NAME")
         cfg, meta = read_checkpoint_header(path)
         source = str(path)
-    with torch.device("meta"):  # sizes without allocating: the paper preset needs no memory
-        vae, dit = build_models(cfg)
+    vae, dit = build_meta_models(cfg)  # sizes without allocating: the paper preset needs no memory
     counts = {"vae": _count(vae), "vae_encoder": _count_params(vae.encoder_parameters()),
               "vae_decoder": _count_params(vae.decoder_parameters()), "dit": _count(dit)}
     if args.json:

@@ -214,11 +214,14 @@ def explicit_request(requested: int | None, env: dict[str, str], flag: str = "--
     None when nobody did. A bad value is a ValueError (one line in the CLIs)."""
     if requested is not None:
         return parse_thread_count(requested, flag), flag
-    for name in (ENV_THREADS, "OMP_NUM_THREADS"):
-        number = parse_thread_count(env.get(name), name)
-        if number is not None:
-            return number, name
-    return None
+    number = parse_thread_count(env.get(ENV_THREADS), ENV_THREADS)
+    if number is not None:
+        return number, ENV_THREADS
+    try:  # OpenMP's own variable (it may list nested levels, "4,2"): honoured when readable, never an error
+        number = parse_thread_count(env.get("OMP_NUM_THREADS", "").split(",")[0], "OMP_NUM_THREADS")
+    except ValueError:
+        number = None
+    return (number, "OMP_NUM_THREADS") if number is not None else None
 
 
 # -- applying it, once per process ------------------------------------------------------------------------

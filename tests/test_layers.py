@@ -81,3 +81,14 @@ def test_engine_import_pulls_in_neither_timm_nor_torchvision():
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'timm', 'torchvision'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_loading_and_info_import_neither_dynamo_nor_sympy(tiny_checkpoint):
+    # models are built on the meta device to be filled from the file; initialisers there must not reach
+    # torch's Python reference ops, whose first use imports torch._dynamo and sympy (seconds of start-up)
+    code = ("import sys; from engine.checkpoint import load_checkpoint; from engine.cli import main; "
+            f"load_checkpoint({str(tiny_checkpoint)!r}); main(['info', '--preset', 'paper']); "
+            "print(sorted({m.split('.')[0] if m != 'torch._dynamo' else m for m in sys.modules} "
+            "& {'torch._dynamo', 'sympy'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"

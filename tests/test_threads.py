@@ -112,6 +112,8 @@ def test_explicit_request_order_and_validation():
     assert T.explicit_request(2, env) == (2, "--threads")  # the flag wins
     assert T.explicit_request(None, env) == (3, "ARDIFF_THREADS")
     assert T.explicit_request(None, {"OMP_NUM_THREADS": "5"}) == (5, "OMP_NUM_THREADS")
+    assert T.explicit_request(None, {"OMP_NUM_THREADS": "4,2"}) == (4, "OMP_NUM_THREADS")  # nested levels
+    assert T.explicit_request(None, {"OMP_NUM_THREADS": "0"}) is None  # OpenMP's variable: never our error
     assert T.explicit_request(None, {"ARDIFF_THREADS": " "}) is None
     assert T.explicit_request(None, {}) is None
     for bad in (0, -1):

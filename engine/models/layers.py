@@ -61,8 +61,12 @@ def build_sincos2d_pos_embed(feat_shape: list[int], dim: int = 64, temperature: 
     if dim % 4:
         raise ValueError(f"the sin-cos position table needs dim divisible by 4, got {dim}")
     pos_dim = dim // 4
-    bands = 1.0 / (temperature ** (torch.arange(0, pos_dim, 1, dtype=torch.int64).to(torch.float32) / pos_dim))
-    axes = [torch.arange(s, dtype=torch.int64).to(torch.float32) for s in feat_shape]
+    # on the CPU even inside `with torch.device("meta")` (models are built there to be loaded): arithmetic on
+    # meta tensors runs torch's Python reference ops, whose first use imports torch._dynamo (seconds)
+    cpu = torch.device("cpu")
+    bands = 1.0 / (temperature ** (torch.arange(0, pos_dim, 1, dtype=torch.int64, device=cpu).to(torch.float32)
+                                   / pos_dim))
+    axes = [torch.arange(s, dtype=torch.int64, device=cpu).to(torch.float32) for s in feat_shape]
     grid = torch.stack(torch.meshgrid(*axes, indexing="ij")).flatten(1).transpose(0, 1)
     pos2 = grid.unsqueeze(-1) * bands.unsqueeze(0)
     return torch.stack([torch.sin(pos2), torch.cos(pos2)], dim=1).flatten(1)
