@@ -204,3 +204,11 @@ def test_gui_threads_come_from_the_flag_then_the_env_then_the_setting(tmp_path, 
     assert T._configured[0] is None  # screenshots start from default settings
     (tmp_path / "gui.json").write_text(json.dumps({"threads": -4}))
     assert app_gui.settings.Settings.load().threads == 0  # a damaged value means automatic
+
+
+def test_trainer_refuses_a_bad_thread_count_in_one_line(tmp_path, capsys):
+    from trainer.cli import main as train_main
+
+    assert train_main(["vae-image", "--config", "tiny", "--run-dir", str(tmp_path / "run"), "--threads", "0"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["ardiff-train: error: --threads must be at least 1, got 0"]
+    assert not (tmp_path / "run").exists()
