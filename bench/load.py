@@ -236,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
                         for mode in modes:
                             run = runners[path](args, mode, load, Path(tmp))
                             results.runs.append(run)
-                            print(f"  load {load} {path:>3} {mode:<15} rep {rep + 1}: wall {run.wall:6.2f} s, "
+                            print(f"  load {load} {path:>3} {mode:<15} rep {rep + 1}: "
+                                  f"wall {run.wall:6.2f} s, "
                                   f"sampling {run.sampling:6.2f} s  [{run.threads}]", flush=True)
     print()
     print("| path | mode | busy procs | wall s (median) | sampling s (median) | wall loaded/idle | "
@@ -252,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"| {path} | {mode} | {load} | {wall:.2f} | {sampling:.2f} | {ratio} |")
     if "policy" in modes and "shipped" in modes and 0 in loads:
         for path in paths:
-            pol, old = results.median(path, "policy", 0, "sampling"), results.median(path, "shipped", 0, "sampling")
+            pol = results.median(path, "policy", 0, "sampling")
+            old = results.median(path, "shipped", 0, "sampling")
             print(f"\n{path}: idle sampling, policy / shipped = {pol / old:.2f}x (target <= 1.05x)")
     if args.json:
         Path(args.json).write_text(json.dumps([r.__dict__ for r in results.runs], indent=1))

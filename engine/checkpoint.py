@@ -166,14 +166,16 @@ class _SkipMetaInit(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         target = args[0] if args else kwargs.get("tensor")  # torch.nn.init passes its tensor by keyword
-        initialiser = getattr(func, "__module__", None) == "torch.nn.init" or getattr(func, "__name__", "") in _FILLS
+        initialiser = (getattr(func, "__module__", None) == "torch.nn.init"
+                       or getattr(func, "__name__", "") in _FILLS)
         if initialiser and isinstance(target, torch.Tensor) and target.is_meta:
             return target
         return func(*args, **kwargs)
 
 
 # in-place ops that only fill values (never change a shape): the ones initialisers are made of
-_FILLS = {"uniform_", "normal_", "zero_", "fill_", "copy_", "erfinv_", "mul_", "add_", "clamp_", "exponential_"}
+_FILLS = {"uniform_", "normal_", "zero_", "fill_", "copy_", "erfinv_", "mul_", "add_", "clamp_",
+          "exponential_"}
 
 
 def _check_materialised(module: torch.nn.Module, prefix: str) -> None:

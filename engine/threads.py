@@ -1,4 +1,4 @@
-"""How many intra-op threads torch uses: one policy, applied once per process by every surface and the trainer.
+"""How many intra-op threads torch uses: one policy, applied once per process by every surface and trainer.
 
 People run ardiff beside a browser, a build or a training run. torch's default (one thread per core, worker
 threads that spin between parallel regions) is right on an idle machine and badly wrong on a busy one: on
@@ -65,7 +65,8 @@ class ThreadChoice:
         n = f"{self.threads} thread{'s' if self.threads != 1 else ''}"
         if self.source != "policy":
             return f"{n} ({self.source})"
-        busy = f", {self.busy_elsewhere:.1f} busy with other work" if self.busy_elsewhere >= NOISE_CORES else ""
+        busy = (f", {self.busy_elsewhere:.1f} busy with other work" if self.busy_elsewhere >= NOISE_CORES
+                else "")
         passive = ", passive wait" if self.wait_policy == "PASSIVE" else ""
         return f"{n} ({self.cores} core{'s' if self.cores != 1 else ''}{busy}{passive})"
 
@@ -89,8 +90,8 @@ def parse_cfs_quota(quota_us: str, period_us: str) -> float | None:
     return quota / period if quota > 0 and period > 0 else None
 
 
-def read_cpu_quota(cgroup_root: Path = Path("/sys/fs/cgroup"), proc_self_cgroup: Path = Path("/proc/self/cgroup")
-                   ) -> float | None:
+def read_cpu_quota(cgroup_root: Path = Path("/sys/fs/cgroup"),
+                   proc_self_cgroup: Path = Path("/proc/self/cgroup")) -> float | None:
     """The CPU quota of this process's cgroup in cores (v2, else v1), None when there is none or it is
     unreadable: a missing quota must never stop ardiff."""
     try:
@@ -112,7 +113,8 @@ def read_cpu_quota(cgroup_root: Path = Path("/sys/fs/cgroup"), proc_self_cgroup:
             continue
     for base in (cgroup_root / "cpu" / v1.lstrip("/"), cgroup_root / "cpu", cgroup_root / "cpu,cpuacct"):
         try:
-            return parse_cfs_quota((base / "cpu.cfs_quota_us").read_text(), (base / "cpu.cfs_period_us").read_text())
+            return parse_cfs_quota((base / "cpu.cfs_quota_us").read_text(),
+                                   (base / "cpu.cfs_period_us").read_text())
         except (OSError, ValueError):
             continue
     return None
@@ -321,7 +323,8 @@ def parse_running(loadavg_text: str) -> int:
     return int(loadavg_text.split()[3].split("/")[0])
 
 
-def runnable_elsewhere(path: Path = Path("/proc/loadavg"), looks: int = 5, interval_s: float = 0.004) -> float:
+def runnable_elsewhere(path: Path = Path("/proc/loadavg"), looks: int = 5, interval_s: float = 0.004
+                       ) -> float:
     """Tasks other than this one that are runnable right now: the median of a few looks at /proc/loadavg
     (about 20 ms in all; one look catches a moment, the median a state). 0 where it cannot be read."""
     seen = []

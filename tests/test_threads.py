@@ -1,4 +1,4 @@
-"""The thread policy (engine/threads.py): its decisions from faked affinity, quota and load, the overrides, and
+"""The thread policy (engine/threads.py): its decisions from faked affinity, quota and load, the overrides,
 what it does to a process (run in a subprocess, since it applies once per process)."""
 
 from __future__ import annotations
@@ -134,12 +134,14 @@ def test_describe():
 
 _PROBE = ("import json, os, sys; from engine.threads import apply_thread_policy as a; "
           "c = a({req}); assert 'torch' in sys.modules; import torch; "
-          "print(json.dumps([c.threads, c.source, torch.get_num_threads(), os.environ.get('OMP_WAIT_POLICY'), "
+          "print(json.dumps([c.threads, c.source, torch.get_num_threads(), "
+          "os.environ.get('OMP_WAIT_POLICY'), "
           "a().threads, a(3).threads, torch.get_num_threads()]))")
 
 
 def _probe(requested: int | None, **env: str) -> list:
-    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "ARDIFF_THREADS", "OMP_WAIT_POLICY")}
+    ours = ("OMP_NUM_THREADS", "ARDIFF_THREADS", "OMP_WAIT_POLICY")
+    clean = {k: v for k, v in os.environ.items() if k not in ours}
     out = subprocess.run([sys.executable, "-c", _PROBE.format(req=requested)], capture_output=True, text=True,
                          env={**clean, **env}, cwd=Path(__file__).resolve().parents[1], check=True)
     return json.loads(out.stdout)
@@ -160,8 +162,8 @@ def test_apply_sets_torch_threads_once_and_the_request_wins():
 
 def test_configure_sets_what_a_later_bare_apply_uses_and_checks_at_once():
     code = ("import json; from engine import threads as t; "
-            "t.configure_threads(2, reserve=1, flag='the setting'); c = t.apply_thread_policy(); import torch; print(json.dumps([c.threads, c.source, "
-            "torch.get_num_threads()]))")
+            "t.configure_threads(2, reserve=1, flag='the setting'); c = t.apply_thread_policy(); "
+            "import torch; print(json.dumps([c.threads, c.source, torch.get_num_threads()]))")
     clean = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "ARDIFF_THREADS")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=clean, check=True,
                          cwd=Path(__file__).resolve().parents[1])
@@ -209,6 +211,8 @@ def test_gui_threads_come_from_the_flag_then_the_env_then_the_setting(tmp_path, 
 def test_trainer_refuses_a_bad_thread_count_in_one_line(tmp_path, capsys):
     from trainer.cli import main as train_main
 
-    assert train_main(["vae-image", "--config", "tiny", "--run-dir", str(tmp_path / "run"), "--threads", "0"]) == 2
-    assert capsys.readouterr().err.strip().splitlines() == ["ardiff-train: error: --threads must be at least 1, got 0"]
+    argv = ["vae-image", "--config", "tiny", "--run-dir", str(tmp_path / "run"), "--threads", "0"]
+    assert train_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["ardiff-train: error: --threads must be at least 1, got 0"]
     assert not (tmp_path / "run").exists()

@@ -1,7 +1,7 @@
 """Building blocks shared by the AR-VAE and the DiT.
 
 `Mlp`, `PatchEmbed` and `build_sincos2d_pos_embed` are the timm layers of the same names, written out here
-with the same parameter names and the same arithmetic (tests/test_layers.py checks both against timm). Importing
+with the same parameter names and the same arithmetic (tests/test_layers.py checks them against timm). Importing
 `timm.layers` imports torchvision (its norm layers use `torchvision.ops`), which took about a second of every
 start-up and, on a CPU-only torch, needed a workaround for the CUDA-only torchvision wheel; ardiff used only
 these three pieces of it.
@@ -37,9 +37,10 @@ class Mlp(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """Images [B, C, H, W] -> patch tokens [B, (H/p)(W/p), D] row-major, as timm's `PatchEmbed` (key proj.*)."""
+    """Images [B, C, H, W] -> patch tokens [B, (H/p)(W/p), D] row-major, as timm's `PatchEmbed` (proj.*)."""
 
-    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768) -> None:
+    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3,
+                 embed_dim: int = 768) -> None:
         super().__init__()
         self.img_size = (img_size, img_size)
         self.patch_size = (patch_size, patch_size)
@@ -55,7 +56,8 @@ class PatchEmbed(nn.Module):
         return self.norm(self.proj(x).flatten(2).transpose(1, 2))
 
 
-def build_sincos2d_pos_embed(feat_shape: list[int], dim: int = 64, temperature: float = 10000.0) -> torch.Tensor:
+def build_sincos2d_pos_embed(feat_shape: list[int], dim: int = 64, temperature: float = 10000.0
+                             ) -> torch.Tensor:
     """2-D sin-cos position table [H*W, dim] for a row-major grid: per axis, sin then cos of position times
     dim/4 frequencies (timm's `build_sincos2d_pos_embed` with its defaults, float32)."""
     if dim % 4:
@@ -64,8 +66,8 @@ def build_sincos2d_pos_embed(feat_shape: list[int], dim: int = 64, temperature: 
     # on the CPU even inside `with torch.device("meta")` (models are built there to be loaded): arithmetic on
     # meta tensors runs torch's Python reference ops, whose first use imports torch._dynamo (seconds)
     cpu = torch.device("cpu")
-    bands = 1.0 / (temperature ** (torch.arange(0, pos_dim, 1, dtype=torch.int64, device=cpu).to(torch.float32)
-                                   / pos_dim))
+    steps = torch.arange(0, pos_dim, 1, dtype=torch.int64, device=cpu).to(torch.float32)
+    bands = 1.0 / (temperature ** (steps / pos_dim))
     axes = [torch.arange(s, dtype=torch.int64, device=cpu).to(torch.float32) for s in feat_shape]
     grid = torch.stack(torch.meshgrid(*axes, indexing="ij")).flatten(1).transpose(0, 1)
     pos2 = grid.unsqueeze(-1) * bands.unsqueeze(0)
