@@ -24,7 +24,6 @@ from engine.diffusion import DiffusionSchedule
 from engine.precision import check_precision
 from engine.schedulers.ad import ADScheduler
 from engine.sampling import SamplerStats, make_sampler
-from engine.video_io import describe_fit, fit_frames
 
 
 @dataclass
@@ -157,6 +156,8 @@ class Pipeline:
 
     def fit_note(self, frames: np.ndarray) -> str | None:
         """What resizing the pipeline will apply to these frames, or None when they already fit."""
+        from engine.video_io import describe_fit  # PyAV and PIL load on first use, not with the engine
+
         report = describe_fit(frames.shape[1:3], self.resolution)
         return str(report) if report.changed else None
 
@@ -168,6 +169,8 @@ class Pipeline:
     @torch.no_grad()
     def encode_frames(self, frames: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
         """uint8 [N, H, W, 3] at any size -> (fitted uint8 frames, latents [1, N, L, D])."""
+        from engine.video_io import fit_frames
+
         frames = fit_frames(np.asarray(frames), self.resolution)
         x = torch.from_numpy(frames).to(self.device).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)[None]
         with self._autocast():

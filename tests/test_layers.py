@@ -77,8 +77,9 @@ def test_sincos_table_matches_timm(shape, dim):
 
 
 def test_engine_import_pulls_in_neither_timm_nor_torchvision():
+    # nor the video libraries: a pipeline that generates, or whose caller decodes, never needs them
     code = ("import sys, engine.pipeline, engine.cli; "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'timm', 'torchvision'}))")
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'timm', 'torchvision', 'av', 'PIL', 'cv2'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
