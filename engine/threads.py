@@ -1,9 +1,10 @@
 """How many intra-op threads torch uses: one policy, applied once per process by every surface and trainer.
 
 People run ardiff beside a browser, a build or a training run. torch's default (one thread per core, worker
-threads that spin between parallel regions) is right on an idle machine and badly wrong on a busy one: on
-2 cores with one other busy process, two threads ran a continuation about twice as slow as one thread, with
-two busy processes about ten times. So the policy counts
+threads that spin between parallel regions) is right on an idle machine and badly wrong on a busy one: a
+thread whose core another process holds makes every parallel region wait for it, and a spinning thread takes
+a core from the work it waits for (several-fold slower continuations; bench/RESULTS.md, 2026-12-07). So the
+policy counts
 
 - the cores this process may run on (`os.sched_getaffinity`), capped by a cgroup CPU quota (v2 `cpu.max`,
   v1 `cpu.cfs_quota_us` / `cpu.cfs_period_us`), as containers and `systemd-run -p CPUQuota=` set them;
@@ -16,12 +17,12 @@ or `OMP_NUM_THREADS`, in that order.
 
 OpenMP's wait policy is read when torch loads OpenMP, so it is set here, before torch is imported, unless
 the user set it: PASSIVE (idle worker threads sleep instead of spinning) when other tasks are runnable as
-ardiff starts (/proc/loadavg, a few looks over about 20 ms),
-so threads that turn out one too many give their core back; the OpenMP default otherwise (spinning briefly
-between parallel regions is what makes many small kernels fast on an idle machine).
+ardiff starts (/proc/loadavg, a few looks over about 20 ms), so threads that turn out one too many give
+their core back; the OpenMP default otherwise (spinning briefly between parallel regions is what makes many
+small kernels fast on an idle machine).
 
-Everything except `apply_thread_policy` is a pure function of its inputs (tests feed it fake /proc and
-cgroup files); only `apply_thread_policy` imports torch.
+The decisions are pure functions of their inputs and the readers take their files as arguments (tests feed
+them fake /proc and cgroup files); only `apply_thread_policy` and `describe_current` import torch.
 """
 
 from __future__ import annotations
