@@ -63,8 +63,8 @@ def _size(text: str) -> tuple[int, int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # Torch's CPU thread pool busy-waits; with the UI thread on one of its cores both crawl (a CPU run took
-    # 20x longer on 2 cores), so the policy keeps a core for the UI (engine.threads).
+    # Torch's CPU thread pool busy-waits; with the UI thread on one of its cores both crawl, so the policy
+    # keeps a core for the UI (engine.threads).
     from engine.threads import apply_thread_policy
 
     try:
