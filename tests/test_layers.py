@@ -76,20 +76,18 @@ def test_sincos_table_matches_timm(shape, dim):
     assert torch.equal(ours, timm_layers.build_sincos2d_pos_embed(shape, dim))
 
 
-def test_engine_import_pulls_in_neither_timm_nor_torchvision():
-    # nor the video libraries: a pipeline that generates, or whose caller decodes, never needs them
-    code = ("import sys, engine.pipeline, engine.cli; "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'timm', 'torchvision', 'av', 'PIL', 'cv2'}))")
+def test_start_up_imports_no_timm_torchvision_video_dynamo_or_sympy(tiny_checkpoint):
+    """One fresh interpreter (each costs a torch import): after `import engine.pipeline, engine.cli` no timm,
+    torchvision or video library (a pipeline that generates, or whose caller decodes, never needs them);
+    after loading a checkpoint and `ardiff info` no torch._dynamo or sympy: models are built on the meta
+    device to be filled from the file, and initialisers there must not reach torch's Python reference ops,
+    whose first use imports both (seconds of start-up)."""
+    code = ("import sys; import engine.pipeline, engine.cli; "
+            "top = lambda: {m.split('.')[0] for m in sys.modules} | ({'torch._dynamo'} & set(sys.modules)); "
+            "print(sorted(top() & {'timm', 'torchvision', 'av', 'PIL', 'cv2'})); "
+            "from engine.checkpoint import load_checkpoint; "
+            f"load_checkpoint({str(tiny_checkpoint)!r}); engine.cli.main(['info', '--preset', 'paper']); "
+            "print(sorted(top() & {'torch._dynamo', 'sympy', 'timm', 'torchvision'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
-
-
-def test_loading_and_info_import_neither_dynamo_nor_sympy(tiny_checkpoint):
-    # models are built on the meta device to be filled from the file; initialisers there must not reach
-    # torch's Python reference ops, whose first use imports torch._dynamo and sympy (seconds of start-up)
-    code = ("import sys; from engine.checkpoint import load_checkpoint; from engine.cli import main; "
-            f"load_checkpoint({str(tiny_checkpoint)!r}); main(['info', '--preset', 'paper']); "
-            "print(sorted({m.split('.')[0] if m != 'torch._dynamo' else m for m in sys.modules} "
-            "& {'torch._dynamo', 'sympy'}))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip().splitlines()[-1] == "[]"
+    lines = out.strip().splitlines()
+    assert lines[0] == "[]" and lines[-1] == "[]", out
