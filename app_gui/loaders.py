@@ -31,6 +31,9 @@ def load_model(checkpoint: str, device: str, export_dir: str | None = None,
     """A Pipeline for a checkpoint path ("" = the embedded default) on "auto" | "cpu" | "cuda" at `precision`
     "auto" | "fp32" | "bf16"; with `export_dir`, sampling runs the graphs ardiff-export wrote there (its
     manifest names the backend)."""
+    from engine.threads import apply_thread_policy
+
+    apply_thread_policy()  # before torch loads, as app_gui.main configured it (one core kept for the UI)
     from engine.pipeline import load_pipeline
 
     if export_dir:

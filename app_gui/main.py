@@ -31,6 +31,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                         "https://URL; default: the embedded model")
     p.add_argument("--device", choices=DEVICES, help="where the model runs")
     p.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads for torch (default: the saved setting, else the cores other work leaves "
+                        "free, less one for the window; also ARDIFF_THREADS)")
     p.add_argument("--screenshot", metavar="PATH", help="render the window to a PNG and exit")
     p.add_argument("--mid-generation", action="store_true",
                    help="with --screenshot: press Generate and take the picture when half the frames are in")
@@ -128,8 +131,29 @@ def _install_excepthook(app) -> None:
     sys.excepthook = hook
 
 
+def configure_gui_threads(args: argparse.Namespace) -> None:
+    """--threads, else ARDIFF_THREADS, else the saved setting (not for screenshots, which use default
+    settings), else the policy with a core kept for the window (engine.threads); a bad count: ValueError."""
+    from engine.threads import ENV_THREADS, configure_threads
+
+    if args.threads is not None:
+        configure_threads(args.threads, reserve=1)
+        return
+    saved = 0
+    if not args.screenshot and not os.environ.get(ENV_THREADS):
+        from app_gui.settings import Settings
+
+        saved = Settings.load().threads
+    configure_threads(saved or None, reserve=1, flag="the threads setting")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    try:  # torch loads with the model, on a worker thread; the threads it gets are settled here
+        configure_gui_threads(args)
+    except ValueError as err:
+        print(f"ardiff-gui: error: {err}", file=sys.stderr)
+        return 2
     if args.screenshot and _needs_offscreen():
         os.environ["QT_QPA_PLATFORM"] = "offscreen"
     try:

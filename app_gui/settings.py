@@ -42,6 +42,7 @@ class Settings:
     checkpoint: str = ""  # "" = the embedded default model
     device: str = RunRequest.device
     precision: str = RunRequest.precision  # "auto" | "fp32" | "bf16", as load_pipeline takes it
+    threads: int = 0  # CPU threads for torch; 0 = automatic (engine.threads: free cores, one kept for the UI)
     recent: list[str] = field(default_factory=list)
     last_dir: str = ""
     save_dir: str = ""
@@ -74,6 +75,7 @@ class Settings:
             settings.device = "auto"
         if settings.precision not in PRECISIONS:
             settings.precision = "auto"
+        settings.threads = max(settings.threads, 0)  # negative: automatic, as 0
         hg = data.get("history_guidance")  # a number >= 0, else the model's own (old files stored -1 for it)
         if isinstance(hg, (int, float)) and not isinstance(hg, bool) and math.isfinite(hg) and hg >= 0:
             settings.history_guidance = float(hg)  # JSON allows NaN; the sampler does not

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -37,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--history-guidance", type=_history_guidance, default=defaults.history_guidance,
                    metavar="W", help=HISTORY_GUIDANCE_HELP)
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads for torch (default: the cores other work leaves free, less one for the "
+                        "UI; also ARDIFF_THREADS)")
     p.add_argument("--no-images", action="store_true", help="text only: no graphics, no colour blocks")
     p.add_argument("--screenshot", metavar="PATH.svg", help="render the app to an SVG and exit (no terminal)")
     p.add_argument("--screenshot-after", type=int, metavar="N",
@@ -61,19 +63,17 @@ def _size(text: str) -> tuple[int, int]:
     return cols, rows
 
 
-def leave_a_core_for_the_ui() -> None:
-    """Torch's CPU thread pool busy-waits on every core; with the UI thread on one of them both crawl
-    (a CPU run took 20x longer on 2 cores). Give torch all cores but one."""
-    import torch
-
-    cores = os.cpu_count() or 1
-    if cores > 1 and torch.get_num_threads() >= cores:
-        torch.set_num_threads(cores - 1)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    leave_a_core_for_the_ui()
+    # Torch's CPU thread pool busy-waits; with the UI thread on one of its cores both crawl, so the policy
+    # keeps a core for the UI (engine.threads).
+    from engine.threads import apply_thread_policy
+
+    try:
+        apply_thread_policy(args.threads, reserve=1)
+    except ValueError as err:
+        print(f"ardiff-tui: error: {err}", file=sys.stderr)
+        return 2
     settings = Settings(s=args.s, frames=args.frames, steps=args.steps, context=args.context, seed=args.seed,
                         checkpoint=checkpoint_arg(args.checkpoint) if args.checkpoint else None,
                         device=args.device, precision=args.precision, history_guidance=args.history_guidance)

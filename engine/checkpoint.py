@@ -1,4 +1,5 @@
-"""Checkpoints: one safetensors file holding both networks, with the model config and provenance as JSON.
+"""Checkpoint files: one safetensors file holding both networks, with the model config and provenance as JSON.
+Reading and writing the file lives here; building the models from its weights is engine.models.weights.
 
 Loading never unpickles: safetensors is a plain tensor container, and anything else (a PyTorch pickle, a
 foreign safetensors file, wrong shapes) is refused with a `CheckpointError` that says what is wrong.
@@ -19,8 +20,8 @@ from safetensors.torch import save_file
 from engine.atomic import atomic_path
 from engine.errors import CheckpointError, WeightsUnavailableError
 from engine.hub import resolve_checkpoint
-from engine.models import build_models
 from engine.models.presets import ModelConfig
+from engine.models.weights import models_from_state
 
 FORMAT = "ardiff"
 FORMAT_VERSION = 1
@@ -107,16 +108,10 @@ def load_checkpoint(path: str | os.PathLike | None = None, device: str | torch.d
     path = _existing_file(path)
     cfg, meta = read_checkpoint_header(path)
     sampling_defaults(meta, path)  # a bad entry fails at load, not at the first sample
-    _check_model_size(cfg, path)
-    vae, dit = build_models(cfg)
     with safe_open(str(path), framework="pt") as f:
         tensors = {key: f.get_tensor(key) for key in f.keys()}
     _check_values(tensors, path)
-    for prefix, module in (("vae.", vae), ("dit.", dit)):
-        _load_into(module, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, prefix, path)
-    stray = sorted(k for k in tensors if not k.startswith(("vae.", "dit.")))
-    if stray:
-        raise CheckpointError(f"{path} has unexpected tensors: {', '.join(stray[:5])}")
+    vae, dit = models_from_state(cfg, tensors, str(path))
     vae.to(device).eval()
     dit.to(device).eval()
     return Checkpoint(vae=vae, dit=dit, config=cfg, meta=meta, path=path)
@@ -136,15 +131,6 @@ def sampling_defaults(meta: dict[str, Any], path: str | os.PathLike | None = Non
     return {"history_guidance": float(value)}
 
 
-def _check_model_size(cfg: ModelConfig, path: Path) -> None:
-    """Refuse a config whose models would not fit in memory, before building them (sized on the meta device)."""
-    from engine.limits import check_model
-
-    with torch.device("meta"):
-        vae, dit = build_models(cfg)
-    check_model(sum(p.numel() for m in (vae, dit) for p in m.parameters()), f"{path}: its config's models")
-
-
 def _check_values(tensors: dict[str, torch.Tensor], path: Path) -> None:
     """Weights must be floats and finite: NaN, inf, int or bool weights give silent black frames."""
     for name, tensor in tensors.items():
@@ -155,25 +141,6 @@ def _check_values(tensors: dict[str, torch.Tensor], path: Path) -> None:
         if bad:
             raise CheckpointError(f"{path}: {name} has {bad} non-finite value(s) (NaN or inf); the checkpoint "
                                   f"is damaged")
-
-
-def _load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], prefix: str, path: Path) -> None:
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {prefix}{missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
-        if unexpected:
-            parts.append(f"unexpected {prefix}{unexpected[0]}"
-                         + (f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else ""))
-        raise CheckpointError(f"{path} does not match its config: {'; '.join(parts)}")
-    for name, tensor in state.items():
-        if tensor.shape != expected[name].shape:
-            raise CheckpointError(f"{path}: {prefix}{name} has shape {tuple(tensor.shape)}, the config expects "
-                                  f"{tuple(expected[name].shape)}")
-    module.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
 
 
 def _existing_file(path: str | os.PathLike) -> Path:

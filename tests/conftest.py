@@ -1,6 +1,8 @@
 import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# The surfaces apply engine.threads' policy when they start; in tests they keep the one thread set below.
+os.environ.setdefault("ARDIFF_THREADS", "1")
 
 import pytest
 import torch

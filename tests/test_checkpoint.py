@@ -9,6 +9,7 @@ import engine.checkpoint as ckpt_mod
 from engine.checkpoint import load_checkpoint, read_checkpoint_header, save_checkpoint
 from engine.errors import CheckpointError, WeightsUnavailableError
 from engine.models import build_models, get_preset
+from engine.models.weights import check_materialised
 from tests.helpers import randomize_
 
 
@@ -148,3 +149,26 @@ def test_atomic_writes_get_the_usual_permissions(tmp_path):
     assert (tmp_path / "f.bin").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+
+
+def test_loading_builds_no_random_weights_and_leaves_nothing_unfilled(tmp_path, models, monkeypatch):
+    vae, dit, cfg = models
+    path = save_checkpoint(tmp_path / "m.safetensors", vae, dit, cfg)
+    # random initialisation is wasted work when every tensor comes from the file: loading must not draw any
+    real_uniform = torch.Tensor.uniform_
+
+    def uniform_(t, *args, **kwargs):
+        assert t.is_meta, "load_checkpoint drew random weights into real memory"
+        return real_uniform(t, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "uniform_", uniform_)
+    loaded = load_checkpoint(path)
+    assert all(not t.is_meta and t.dtype == torch.float32 for t in loaded.dit.state_dict().values())
+    assert all(p.requires_grad for p in loaded.dit.parameters())  # parameters, as a built model has
+    # a tensor the state dict does not carry cannot be filled from the file: refused, not left without data
+    with torch.device("meta"):
+        module = torch.nn.Linear(2, 2)
+        module.register_buffer("table", torch.zeros(3), persistent=False)
+    module.load_state_dict({"weight": torch.ones(2, 2), "bias": torch.ones(2)}, strict=False, assign=True)
+    with pytest.raises(RuntimeError, match="dit.table"):
+        check_materialised(module, "dit.")

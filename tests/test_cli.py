@@ -30,6 +30,9 @@ def test_continue_end_to_end_on_demo_clip(tmp_path, capsys, tiny_checkpoint):
     sheet = tmp_path / "result_sheet.png"
     assert sheet.is_file()
     assert "centre-cropped 176x144" in err and "4 context + 6 new" in err and "frames/s" in err
+    # the threads the policy chose share the line that names the device and precision (ARDIFF_THREADS=1 here)
+    line = next(line for line in err.splitlines() if " on cpu, " in line)
+    assert line.endswith(", 1 thread (ARDIFF_THREADS)"), line
     # The context frames are the clip's last frames.
     ref = read_video(DEMO)[-4:]
     from engine.video_io import fit_frames
@@ -60,6 +63,8 @@ def test_generate_to_png_folder_and_gif(tmp_path, capsys, tiny_checkpoint):
         (["continue", "{empty_dir}", "-o", "{out}"], "folder has no image frames"),
         (["continue", "{demo}", "-o", "{out}", "--device", "tpu"], "device must be"),
         (["continue", "{demo}", "-o", "{out}", "--precision", "fp16"], "precision must be one of"),
+        (["continue", "{demo}", "-o", "{out}", "--threads", "0"], "--threads must be at least 1, got 0"),
+        (["generate", "-o", "{out}", "--threads", "-2"], "--threads must be at least 1, got -2"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, tiny_checkpoint, argv, message):
@@ -76,6 +81,24 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, tiny_checkpoint, arg
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ardiff: error:") and message in lines[0], err
     assert not (tmp_path / "out.mp4").exists() and not (tmp_path / "out_sheet.png").exists()
+
+
+def test_threads_flag_is_applied_and_shown(tmp_path, capsys, tiny_checkpoint, monkeypatch):
+    import torch
+
+    import engine.threads
+
+    monkeypatch.setattr(engine.threads, "_applied", engine.threads._applied)  # this process's choice, restored
+    before = torch.get_num_threads()
+    try:
+        code, _, err = run_cli(capsys, "generate", "-o", tmp_path / "g.gif", "--frames", 1, "--steps", 1,
+                               "--checkpoint", tiny_checkpoint, "--device", "cpu", "--threads", 2)
+        assert code == 0, err
+        assert torch.get_num_threads() == 2
+        line = next(line for line in err.splitlines() if " on cpu, " in line)
+        assert line.endswith(", 2 threads (--threads)"), line
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_argparse_errors_exit_2(capsys):

@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--run-dir", required=True, help="directory for checkpoints, metrics and the loss curve")
         p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
         p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+        p.add_argument("--threads", type=int, metavar="N",
+                       help="CPU threads for torch per process (default: the free cores, shared by the "
+                            "ranks on this machine; also ARDIFF_THREADS)")
         p.set_defaults(func=cmd_train, stage=stage)
     p = sub.add_parser("package", help="EMA weights of a VAE run and a diffusion run -> one checkpoint")
     p.add_argument("--vae", help="the VAE run (default: the one the diffusion run recorded)")
@@ -88,6 +91,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=1))
         return 0
+    import os
+
+    from engine.threads import apply_thread_policy
+
+    # before torch loads; torchrun's ranks on one machine share its cores
+    apply_thread_policy(args.threads, processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     from trainer.train import train
 
     result = train(cfg, args.run_dir, resume=args.resume)

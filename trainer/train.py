@@ -39,6 +39,7 @@ import torch.distributed as dist
 
 from engine.errors import ArdiffError
 from engine.models.presets import ModelConfig
+from engine.threads import describe_current
 from trainer.config import TrainConfig
 from trainer.ema import EMA
 from trainer.loader import Batches, build_dataset
@@ -107,7 +108,7 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, on_step: Callable[[int
     # ---- seeds, the stage and its models
     gen = seed_everything(cfg.seed)
     log.info(f"stage {cfg.stage}, preset {cfg.preset}, {proc.world} process(es) on {proc.device}, "
-             f"{proc.precision_note}")
+             f"{proc.precision_note}, {describe_current()}")
     model_cfg = model_config(cfg)
     stage = make_stage(RunContext(cfg, model_cfg, proc, gen, log))
     log.info(f"training {sum(p.numel() for p in stage.trainable) / 1e6:.3f}M parameters "

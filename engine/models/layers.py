@@ -1,51 +1,77 @@
 """Building blocks shared by the AR-VAE and the DiT.
 
-timm supplies the standard layers (Mlp, PatchEmbed). timm imports torchvision, and the only torchvision
-built for torch 2.13 on the package registry is a CUDA build whose import fails on a CPU-only torch
-("operator torchvision::nms does not exist"): its meta registrations expect the compiled ops. ardiff uses
-none of torchvision's ops, so `import_timm_layers` declares the two op schemas those registrations look up
-and imports again. This is the one place that knows about it.
+`Mlp`, `PatchEmbed` and `build_sincos2d_pos_embed` are the timm layers of the same names, written out here
+with the same parameter names and the same arithmetic (tests/test_layers.py checks them against timm). Importing
+`timm.layers` imports torchvision (its norm layers use `torchvision.ops`), which took about a second of every
+start-up and, on a CPU-only torch, needed a workaround for the CUDA-only torchvision wheel; ardiff used only
+these three pieces of it.
 """
 
 from __future__ import annotations
 
 import math
-import sys
-from types import ModuleType
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-_TORCHVISION_STUB_OPS = (
-    "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
-    "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
-)
-_stub_library = None
+
+class Mlp(nn.Module):
+    """fc1 -> act -> fc2, as timm's `Mlp` (state-dict keys fc1.*, fc2.*; its dropouts and norm are identities
+    at the settings ardiff uses, so they are kept as modules only to keep the module tree the same)."""
+
+    def __init__(self, in_features: int, hidden_features: int | None = None, out_features: int | None = None,
+                 act_layer: Callable[[], nn.Module] = nn.GELU) -> None:
+        super().__init__()
+        out_features = out_features or in_features
+        hidden_features = hidden_features or in_features
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = act_layer()
+        self.drop1 = nn.Dropout(0.0)
+        self.norm = nn.Identity()
+        self.fc2 = nn.Linear(hidden_features, out_features)
+        self.drop2 = nn.Dropout(0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop2(self.fc2(self.norm(self.drop1(self.act(self.fc1(x))))))
 
 
-def import_timm_layers() -> ModuleType:
-    """Import `timm.layers`, working around a torchvision wheel whose compiled ops do not load."""
-    global _stub_library
-    try:
-        import torchvision  # noqa: F401
-    except RuntimeError as err:
-        if "torchvision::" not in str(err):
-            raise
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-        _stub_library = torch.library.Library("torchvision", "FRAGMENT")
-        for schema in _TORCHVISION_STUB_OPS:
-            _stub_library.define(schema)
-        import torchvision  # noqa: F401
-    import timm.layers
+class PatchEmbed(nn.Module):
+    """Images [B, C, H, W] -> patch tokens [B, (H/p)(W/p), D] row-major, as timm's `PatchEmbed` (proj.*)."""
 
-    return timm.layers
+    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3,
+                 embed_dim: int = 768) -> None:
+        super().__init__()
+        self.img_size = (img_size, img_size)
+        self.patch_size = (patch_size, patch_size)
+        self.grid_size = (img_size // patch_size, img_size // patch_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != self.img_size:
+            raise ValueError(f"PatchEmbed expects {self.img_size[0]}x{self.img_size[1]} images, "
+                             f"got {x.shape[-2]}x{x.shape[-1]}")
+        return self.norm(self.proj(x).flatten(2).transpose(1, 2))
 
 
-_timm_layers = import_timm_layers()
-Mlp = _timm_layers.Mlp
-PatchEmbed = _timm_layers.PatchEmbed
-build_sincos2d_pos_embed = _timm_layers.build_sincos2d_pos_embed
+def build_sincos2d_pos_embed(feat_shape: list[int], dim: int = 64, temperature: float = 10000.0
+                             ) -> torch.Tensor:
+    """2-D sin-cos position table [H*W, dim] for a row-major grid: per axis, sin then cos of position times
+    dim/4 frequencies (timm's `build_sincos2d_pos_embed` with its defaults, float32)."""
+    if dim % 4:
+        raise ValueError(f"the sin-cos position table needs dim divisible by 4, got {dim}")
+    pos_dim = dim // 4
+    # on the CPU even inside `with torch.device("meta")` (models are built there to be loaded): arithmetic on
+    # meta tensors runs torch's Python reference ops, whose first use imports torch._dynamo (seconds)
+    cpu = torch.device("cpu")
+    steps = torch.arange(0, pos_dim, 1, dtype=torch.int64, device=cpu).to(torch.float32)
+    bands = 1.0 / (temperature ** (steps / pos_dim))
+    axes = [torch.arange(s, dtype=torch.int64, device=cpu).to(torch.float32) for s in feat_shape]
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij")).flatten(1).transpose(0, 1)
+    pos2 = grid.unsqueeze(-1) * bands.unsqueeze(0)
+    return torch.stack([torch.sin(pos2), torch.cos(pos2)], dim=1).flatten(1)
 
 
 def approx_gelu() -> nn.Module:
