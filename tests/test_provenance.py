@@ -53,3 +53,18 @@ def test_the_shipped_model_is_a_source_and_repackages_with_its_recipe(tmp_path):
     for mine, theirs in ((again.vae, shipped.vae), (again.dit, shipped.dit)):
         ref = theirs.state_dict()
         assert all(torch.equal(v, ref[k].float()) for k, v in mine.state_dict().items())
+
+
+def test_same_latents_after_a_per_channel_fold_is_the_encoder_alone():
+    """A DiT trained with latent_norm=channel records the scale after its fold (1.0) beside the fold's factors;
+    a decoder fine-tune of its VAE (same encoder, the VAE's own scale) must still package with it, and any other
+    encoder must not. Without a fold the latent scale counts too."""
+    from trainer.provenance import VAEProvenance
+
+    folded = VAEProvenance(encoder_digest="enc", latent_scale=1.0, latent_channel_scale=[0.5, 2.0])
+    decoder_tuned = VAEProvenance(encoder_digest="enc", latent_scale=0.8653)
+    assert folded.same_latents(decoder_tuned)
+    assert not folded.same_latents(VAEProvenance(encoder_digest="other", latent_scale=0.8653))
+    plain = VAEProvenance(encoder_digest="enc", latent_scale=1.0)
+    assert not plain.same_latents(decoder_tuned) and plain.same_latents(VAEProvenance(encoder_digest="enc",
+                                                                                      latent_scale=1.0))

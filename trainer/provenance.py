@@ -47,7 +47,11 @@ class VAEProvenance:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def same_latents(self, other: VAEProvenance) -> bool:
-        """Whether two VAEs give the same latents: the same encoder weights and latent scale."""
+        """Whether two VAEs give the same latents: the same encoder weights and latent scale. A diffusion run
+        with per-channel latent normalisation records the scale after its fold (1.0) and the fold itself, which
+        packaging applies again: there the encoder alone decides."""
+        if self.latent_channel_scale is not None:
+            return self.encoder_digest == other.encoder_digest
         return (self.encoder_digest, self.latent_scale) == (other.encoder_digest, other.latent_scale)
 
 
