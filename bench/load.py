@@ -116,18 +116,25 @@ def mode_threads(mode: str) -> list[str]:
     return [] if mode == "policy" else ["--threads", str(len(os.sched_getaffinity(0)))]
 
 
-def run_cli(args: argparse.Namespace, mode: str, load: int, out_dir: Path) -> Run:
-    cmd = [sys.executable, "-m", "engine.cli", "continue", str(args.clip), "-o", str(out_dir / "out.mp4"),
-           "--frames", str(args.frames), "--s", str(args.s), "--steps", str(args.steps), "--context",
-           str(args.context), "--device", "cpu", "--precision", args.precision, *mode_threads(mode)]
+def run_child(cmd: list[str], args: argparse.Namespace, mode: str, what: str
+              ) -> tuple[subprocess.CompletedProcess, float]:
+    """Run one timed continuation process (with the checkpoint, if given); its result and wall seconds."""
     if args.checkpoint:
-        cmd += ["--checkpoint", str(args.checkpoint)]
+        cmd = [*cmd, "--checkpoint", str(args.checkpoint)]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(mode), cwd=ROOT,
                           timeout=args.run_timeout_s)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
-        raise RuntimeError(f"ardiff continue failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+        raise RuntimeError(f"{what} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+    return proc, wall
+
+
+def run_cli(args: argparse.Namespace, mode: str, load: int, out_dir: Path) -> Run:
+    cmd = [sys.executable, "-m", "engine.cli", "continue", str(args.clip), "-o", str(out_dir / "out.mp4"),
+           "--frames", str(args.frames), "--s", str(args.s), "--steps", str(args.steps), "--context",
+           str(args.context), "--device", "cpu", "--precision", args.precision, *mode_threads(mode)]
+    proc, wall = run_child(cmd, args, mode, "ardiff continue")
     sampling = re.search(r"; ([0-9.]+) s(,|$)", proc.stderr, re.M)
     threads = re.search(r"backend \w+[^\n]*?, (\d+ threads? \([^)]*\))", proc.stderr)
     return Run("cli", mode, load, wall, float(sampling.group(1)) if sampling else float("nan"),
@@ -138,14 +145,7 @@ def run_gui(args: argparse.Namespace, mode: str, load: int, out_dir: Path) -> Ru
     cmd = [sys.executable, str(Path(__file__).resolve()), "--gui-child", "--clip", str(args.clip), "--frames",
            str(args.frames), "--s", str(args.s), "--steps", str(args.steps), "--context", str(args.context),
            "--precision", args.precision, *mode_threads(mode)]
-    if args.checkpoint:
-        cmd += ["--checkpoint", str(args.checkpoint)]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(mode), cwd=ROOT,
-                          timeout=args.run_timeout_s)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"GUI worker run failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+    proc, wall = run_child(cmd, args, mode, "GUI worker run")
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     return Run("gui", mode, load, wall, report["generation_s"], report["threads"])
 
