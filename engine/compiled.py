@@ -3,9 +3,10 @@
 At s >= steps every AD row is one frame after a full cache: 16 tokens through every layer. Eager PyTorch
 spends more of such a call on per-operator overhead than on arithmetic (bench/models.py: a one-frame call
 costs about a fifth of a whole 16-frame window for a sixteenth of its work). Inductor, with the weights
-frozen into the graph, fuses the elementwise work (norms, modulation, rotary, GELU, gates) and autotunes the
-GEMM kernels for 16-row matrices (max-autotune). The cache is padded to window - 1 frames, so one graph serves
-every one-frame call whatever the cache holds. Calls with several frames (s < steps, window refreshes) run
+frozen into the graph, fuses the elementwise work (norms, modulation, rotary, GELU, gates) into the oneDNN
+matrix products it calls with pre-packed weights, and the call attends over the cache without copying it
+(`DiT.step(apart=True)`). The cache is padded to window - 1 frames, so one graph serves every one-frame call
+whatever the cache holds. Calls with several frames (s < steps, window refreshes) run
 eagerly: their matrices are large enough that compiling buys little (bench/RESULTS.md), and each frame count
 would cost a compile of its own.
 
@@ -16,7 +17,9 @@ there with a `CompileError`, before any frame is promised.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -27,20 +30,41 @@ from engine.errors import ArdiffError, one_line
 from engine.models.dit import ConditioningTable, KVCache
 from engine.step_dit import StepDiT
 
-# Weights become constants (folded, pre-packed for the CPU GEMM kernels), GEMMs are autotuned among ATen,
-# Inductor's C++ micro-kernels and (on CUDA) Triton, and the graph's wrapper is C++ (no Python between its ~50
-# kernels). These are patched around the compiling call rather than passed in torch.compile's options: passed
-# there, freezing did not reach the GEMM lowering and the autotuner never ran. Once a graph exists for a call's
-# shapes and autocast state, calls skip the patching (dynamo does not guard on Inductor's config). Measured per
-# one-frame call on the default preset: 2.1 ms with the options, 1.65-1.85 ms patched, 1.55 ms with the C++
-# wrapper (eager 3.4-3.9).
-COMPILE_MODE = "max-autotune-no-cudagraphs"
+# Weights become constants (folded, pre-packed for the CPU GEMM kernels) and the graph's wrapper is C++ (no
+# Python between its ~50 kernels). These are patched around the compiling call rather than passed in
+# torch.compile's options: passed there, freezing did not reach the GEMM lowering. Once a graph exists for a
+# call's shapes and autocast state, calls skip the patching (dynamo does not guard on Inductor's config).
+# No max-autotune: its C++ GEMM templates lost to oneDNN's kernels for these 16-row products, and on a busy
+# machine the autotuner's timings pick at random (bench/RESULTS.md, 2026-12-07).
+COMPILE_MODE = None
 INDUCTOR_CONFIG = {
     "freezing": True,
     "cpp_wrapper": True,
-    "max_autotune_report_choices_stats": False,  # the autotuner's report goes to stderr otherwise
-    "autotune_num_choices_displayed": 0,
 }
+
+
+@contextlib.contextmanager
+def onednn_float32_linears() -> Iterator[None]:
+    """While compiling: float32 linears with frozen weights go to oneDNN, as bfloat16 ones always do.
+
+    Inductor's CPU weight-packing pass sends float32 linears to MKL's packed GEMM, which on one-frame calls
+    (16 rows) took twice oneDNN's time for the same float32 arithmetic (bench/RESULTS.md, 2026-12-07). The
+    pass has no setting for it, so its two choices are made as for low-precision weights; the computation
+    stays float32 (the flag only selects the packing and the operator). Where this torch's pass is shaped
+    differently, nothing is patched and MKL's GEMM is used, as before.
+    """
+    try:
+        from torch._inductor.fx_passes.mkldnn_fusion import CpuMkldnnDeviceOp
+        pack_weight, pack = CpuMkldnnDeviceOp.pack_linear_weight, CpuMkldnnDeviceOp.pack_linear
+    except (ImportError, AttributeError):
+        yield
+        return
+    CpuMkldnnDeviceOp.pack_linear_weight = lambda self, graph, _, *args: pack_weight(self, graph, True, *args)
+    CpuMkldnnDeviceOp.pack_linear = lambda self, graph, _, *args: pack(self, graph, True, *args)
+    try:
+        yield
+    finally:
+        CpuMkldnnDeviceOp.pack_linear_weight, CpuMkldnnDeviceOp.pack_linear = pack_weight, pack
 
 
 class CompileError(ArdiffError):
@@ -54,7 +78,10 @@ class CompiledDiT(StepDiT):
     """
 
     def __init__(self, dit: nn.Module) -> None:
-        compiled = torch.compile(dit.step, dynamic=False, mode=COMPILE_MODE)
+        def one_frame(*args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            return dit.step(*args, apart=True)
+
+        compiled = torch.compile(one_frame, dynamic=False, mode=COMPILE_MODE)
         built: set[tuple] = set()  # (autocast state, input shapes) of the graphs compiled so far
 
         def runner(*args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -68,7 +95,8 @@ class CompiledDiT(StepDiT):
                 # guard: ~5% of a one-frame call (bench/RESULTS.md).
                 with torch.no_grad(), torch.compiler.set_stance(skip_guard_eval_unsafe=True):
                     return compiled(*args)
-            with torch.no_grad(), inductor_config.patch(INDUCTOR_CONFIG), warnings.catch_warnings():
+            with torch.no_grad(), inductor_config.patch(INDUCTOR_CONFIG), onednn_float32_linears(), \
+                    warnings.catch_warnings():
                 # torch's own deprecation notice, raised inside the autotuner: nothing a user can act on
                 warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
                 try:
