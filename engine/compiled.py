@@ -6,9 +6,10 @@ costs about a fifth of a whole 16-frame window for a sixteenth of its work). Ind
 frozen into the graph, fuses the elementwise work (norms, modulation, rotary, GELU, gates) into the oneDNN
 matrix products it calls with pre-packed weights, and the call attends over the cache without copying it
 (`DiT.step(apart=True)`). The cache is padded to window - 1 frames, so one graph serves every one-frame call
-whatever the cache holds. Calls with several frames (s < steps, window refreshes) run
-eagerly: their matrices are large enough that compiling buys little (bench/RESULTS.md), and each frame count
-would cost a compile of its own.
+whatever the cache holds. A second graph serves the window refreshes (a whole window, nothing cached: the
+cache is rebuilt when the window slides), which at s >= steps are the rest of the network's time. Other
+calls with several frames (s < steps, the first window) run eagerly: each frame count would cost a compile
+of its own.
 
 Compiling takes seconds (once per process and batch size; Inductor's on-disk cache shortens later runs), so
 `warm_up` does it before sampling starts, and a machine that cannot compile (no C++ compiler on CPU) fails
@@ -72,7 +73,8 @@ class CompileError(ArdiffError):
 
 
 class CompiledDiT(StepDiT):
-    """Stands in for the DiT: one-frame `forward_cached` calls run compiled, everything else eager.
+    """Stands in for the DiT: one-frame `forward_cached` calls and window refreshes run compiled, the rest
+    eager.
 
     The weights are frozen into the graph at the first call: change them and build a new CompiledDiT.
     """
@@ -112,19 +114,29 @@ class CompiledDiT(StepDiT):
     def __call__(self, *args, **kwargs) -> torch.Tensor:
         return self._dit(*args, **kwargs)  # the reference sampler stays the eager oracle
 
+    def _compiled_call(self, frames: int, cache: KVCache) -> bool:
+        """One frame after any cache, or a whole window after none (a window refresh): the graphs' calls."""
+        return frames == 1 or (frames == self._dit.window and cache.num_frames == 0)
+
+    def _slots(self, cache: KVCache, frames: int) -> int:
+        # one-frame calls: the cache padded to window - 1 frames (one graph for every cache length); a refresh
+        # has nothing cached, and one padding slot (see DiT.step) instead of window - 1 costs less attention
+        return self.past_slots if frames == 1 else 1
+
     def forward_cached(self, z: torch.Tensor, t: torch.Tensor, cache: KVCache,
                        class_label: torch.Tensor | None = None, table: ConditioningTable | None = None
                        ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-        if z.shape[1] != 1:
+        if not self._compiled_call(z.shape[1], cache):
             return self._dit.forward_cached(z, t, cache, class_label, table)
         return super().forward_cached(z, t, cache, class_label, table)
 
     def warm_up(self, batch: int = 1) -> None:
-        """Compile the one-frame graph now for this batch size (and the autocast state the caller is in)."""
+        """Compile both graphs now for this batch size (and the autocast state the caller is in)."""
         p = self._dit.x_embed.weight
-        z = torch.zeros(batch, 1, self._dit.num_tokens, self._dit.latent_dim, device=p.device)
-        t = torch.full((batch, 1), self._dit.num_timesteps, dtype=torch.long, device=p.device)
         label = None
         if self._dit.num_classes:
             label = torch.full((batch,), self._dit.null_class, dtype=torch.long, device=p.device)
-        self.forward_cached(z, t, KVCache(), label)
+        for frames in (1, self._dit.window):
+            z = torch.zeros(batch, frames, self._dit.num_tokens, self._dit.latent_dim, device=p.device)
+            t = torch.full((batch, frames), self._dit.num_timesteps, dtype=torch.long, device=p.device)
+            self.forward_cached(z, t, KVCache(), label)
