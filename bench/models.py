@@ -65,7 +65,8 @@ def main() -> None:
             fast.warm_up()
             compiled = median_time(lambda: fast.forward_cached(z[:, 15:], t[:, 15:], cache, table=fast_table),
                                    args.repeats)
-            refresh = median_time(lambda: fast.forward_cached(z, t, KVCache(), table=fast_table), args.repeats)
+            refresh = median_time(lambda: fast.forward_cached(z, t, KVCache(), table=fast_table),
+                                  args.repeats)
             cache6 = KVCache()
             _, kv = dit.forward_cached(z[:, :6], t[:, :6], cache6)
             cache6.append(kv, 6, L)
