@@ -80,10 +80,10 @@ class CompiledDiT(StepDiT):
     """
 
     def __init__(self, dit: nn.Module) -> None:
-        def one_frame(*args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        def step_apart(*args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             return dit.step(*args, apart=True)
 
-        compiled = torch.compile(one_frame, dynamic=False, mode=COMPILE_MODE)
+        compiled = torch.compile(step_apart, dynamic=False, mode=COMPILE_MODE)
         built: set[tuple] = set()  # (autocast state, input shapes) of the graphs compiled so far
 
         def runner(*args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
