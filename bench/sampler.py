@@ -1,7 +1,8 @@
 """Reference vs cached sampler: wall time and frame-forwards for the `default` preset (random weights).
 
-The cached sampler runs eagerly and, with --backends, with its one-frame DiT calls compiled by torch.compile
-(`compile`, engine.backends.compiled) or on the graphs `ardiff-export` writes (`aoti`, `onnx`): the reference stays
+The cached sampler runs eagerly and, with --backends, with its one-frame DiT calls (and window refreshes)
+compiled by torch.compile (`compile`, engine.backends.compiled) or on the graphs `ardiff-export` writes
+(`aoti`, `onnx`): the reference stays
 eager, the oracle. Backend `null` stands in a DiT that costs nothing (it hands back its input and zero
 keys/values): its time is the sampler's own work, the floor under every other backend (its latents are
 not compared). Exports are made once into --workdir (shared with bench/export.py) and reused; the compile
@@ -111,7 +112,8 @@ def main() -> None:
             start = time.perf_counter()
             with torch.no_grad(), autocast(dtype):
                 fast["compile"].warm_up()
-            print(f"torch.compile of the one-frame DiT call ({dtype}): {time.perf_counter() - start:.1f} s\n")
+            print(f"torch.compile of the DiT graphs, one frame and window refresh ({dtype}): "
+                  f"{time.perf_counter() - start:.1f} s\n")
         print(f"| dtype | N | s | rows | reference s | {cols} | reference frame-fwd | cached frame-fwd "
               f"| max abs diff |")
         print("| --- " * (8 + 2 * len(fast)) + "|")

@@ -166,3 +166,64 @@ def test_repeated_calls_reuse_modulations_but_still_check_labels():
         assert torch.equal(first, again) and (first - want).abs().max() <= reorder_tolerance(want, *STAGES)
         with pytest.raises(ValueError, match="other class labels"):
             fast.forward_cached(z, t, cache, torch.tensor([2]), table)
+
+
+def test_window_refresh_runs_the_graph_and_equals_eager(model, monkeypatch):
+    """A whole window with nothing cached (the cache rebuilt after the window slid) runs the second graph."""
+    dit, fast = model
+    graph_calls = []
+    runner = fast.runner
+    monkeypatch.setattr(fast, "runner", lambda *args: graph_calls.append(args[0].shape[1]) or runner(*args))
+    z = torch.randn(2, dit.window, dit.num_tokens, dit.latent_dim, generator=torch.Generator().manual_seed(5))
+    t = torch.randint(0, 1001, (1, dit.window), generator=torch.Generator().manual_seed(6)).expand(2, -1)
+    with torch.no_grad():
+        got, got_kv = fast.forward_cached(z, t, KVCache())
+        want, want_kv = dit.forward_cached(z, t, KVCache())
+        fast.forward_cached(z[:, :3], t[:, :3], KVCache())  # fewer frames: eager, no graph of its own
+    assert graph_calls == [dit.window]
+    assert (got - want).abs().max() <= 1e-5  # float32; fused kernels sum in another order
+    for (gk, gv), (wk, wv) in zip(got_kv, want_kv):
+        assert (gk - wk).abs().max() <= 1e-5 and (gv - wv).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("S,P,M", [(1, 0, 1), (5, 3, 1), (5, 5, 1), (4, 2, 3), (1, 0, 16)])
+def test_step_attending_apart_equals_concatenating(S, P, M):
+    """DiT.step(apart=True) (the compiled graphs' attention: scores against the cache and the new keys apart,
+    one softmax) equals the concatenating form, padding slots and the block-causal mask included."""
+    dit, _ = tiny_dit()
+    g = torch.Generator().manual_seed(7)
+    depth, heads, head_dim = len(dit.blocks), dit.heads, dit.x_embed.out_features // dit.heads
+    z = torch.randn(2, M, dit.num_tokens, dit.latent_dim, generator=g)
+    table = dit.conditioning_table(torch.tensor([0, 300, 1000]))
+    idx = torch.randint(0, 3, (M,), generator=g)
+    block_mods = torch.stack(table.blocks)[:, :, idx].expand(-1, 2, -1, -1, -1)
+    final_mod = table.final[:, idx].expand(2, -1, -1, -1)
+    past_k, past_v = (torch.randn(depth, 2, heads, S, dit.num_tokens, head_dim, generator=g) for _ in range(2))
+    # padding slots hold garbage: masked out, they must not matter
+    args = (z, block_mods, final_mod, past_k, past_v, torch.tensor([P]))
+    with torch.no_grad():
+        want = dit.step(*args)
+        got = dit.step(*args, apart=True)
+        past_k[:, :, :, :S - P] = 1e3
+        past_v[:, :, :, :S - P] = -1e3
+        padded = dit.step(*args, apart=True)
+    assert want[0].abs().max() > 0.1  # a live model
+    for a, b, c in zip(got, want, padded):
+        assert (a - b).abs().max() <= 1e-5  # float32: the same sums in another order
+        assert (c - b).abs().max() <= 1e-5
+
+
+def test_float32_linears_compile_to_onednn_and_the_pass_is_restored():
+    from torch._inductor.fx_passes.mkldnn_fusion import CpuMkldnnDeviceOp
+    from torch._inductor.utils import run_and_get_code
+
+    before = (CpuMkldnnDeviceOp.pack_linear_weight, CpuMkldnnDeviceOp.pack_linear)
+    linear = torch.nn.Linear(32, 48).eval()
+    x = torch.randn(16, 32, generator=torch.Generator().manual_seed(8))
+    fn = torch.compile(lambda x: linear(x), dynamic=False)
+    with torch.no_grad(), compiled.inductor_config.patch({**compiled.INDUCTOR_CONFIG, "fx_graph_cache": False}), \
+            compiled.onednn_float32_linears():
+        out, code = run_and_get_code(fn, x)
+    assert "_linear_pointwise" in "".join(code) and "_mkl_linear" not in "".join(code)
+    assert out.dtype == torch.float32 and (out - linear(x)).abs().max() <= 1e-5  # float32 arithmetic
+    assert (CpuMkldnnDeviceOp.pack_linear_weight, CpuMkldnnDeviceOp.pack_linear) == before

@@ -23,7 +23,8 @@ class StepDiT:
 
     `dtype`: the runner's floating dtype (inputs are cast to it); None: whatever the caller runs in.
     `past_slots`: pad the cache to this many frames, so a runner specialised on shapes sees one shape for
-    every cache length; None: pass exactly the cached frames (at least one slot, see `DiT.step`).
+    every cache length; None: pass exactly the cached frames (at least one slot, see `DiT.step`). A subclass
+    may choose per call (`_slots`).
     """
 
     def __init__(self, dit: nn.Module, runner: StepFn, dtype: torch.dtype | None = None,
@@ -31,7 +32,7 @@ class StepDiT:
         self._dit, self.runner, self.dtype, self.past_slots = dit, runner, dtype, past_slots
         self.depth, self.heads = len(dit.blocks), dit.heads
         self.head_dim = dit.x_embed.out_features // dit.heads
-        self._stacked: tuple[Any, int, int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+        self._stacked: tuple[Any, int, int, int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._dit, name)
@@ -71,16 +72,19 @@ class StepDiT:
             table.check_call(t, class_label)
         return rows
 
-    def _past(self, cache: KVCache, batch: int, like: torch.Tensor
+    def _slots(self, cache: KVCache, frames: int) -> int:
+        """Cache slots S the runner sees for a call of `frames` new frames after `cache`."""
+        return max(1, cache.num_frames) if self.past_slots is None else self.past_slots
+
+    def _past(self, cache: KVCache, batch: int, like: torch.Tensor, S: int
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The cached keys/values as [depth, B, heads, S, L, head_dim], padding first, and how many frames they
         hold (int64 [1]); rebuilt only when the cache changes."""
         if self._stacked is not None:
-            held, version, held_batch, past = self._stacked
-            if held is cache and version == cache.version and held_batch == batch:
+            held, version, held_batch, held_slots, past = self._stacked
+            if held is cache and version == cache.version and held_batch == batch and held_slots == S:
                 return past
         P, L = cache.num_frames, self._dit.num_tokens
-        S = max(1, P) if self.past_slots is None else self.past_slots
         dtype = like.dtype if self.dtype is None else self.dtype
         k = torch.zeros(self.depth, batch, self.heads, S, L, self.head_dim, dtype=dtype, device=like.device)
         v = torch.zeros_like(k)
@@ -89,7 +93,7 @@ class StepDiT:
             k[:, :, :, S - P:] = torch.stack([keys for keys, _ in layers]).unflatten(3, (P, L))
             v[:, :, :, S - P:] = torch.stack([values for _, values in layers]).unflatten(3, (P, L))
         past = (k, v, torch.tensor([P], dtype=torch.long, device=like.device))
-        self._stacked = (cache, cache.version, batch, past)
+        self._stacked = (cache, cache.version, batch, S, past)
         return past
 
     def forward_cached(self, z: torch.Tensor, t: torch.Tensor, cache: KVCache,
@@ -100,7 +104,7 @@ class StepDiT:
             table = self.conditioning_table(t[0].unique(), class_label)
         B = z.shape[0]
         block_mods, final_mod = self._modulations(table, t, class_label, B)
-        past_k, past_v, past_len = self._past(cache, B, block_mods)
+        past_k, past_v, past_len = self._past(cache, B, block_mods, self._slots(cache, z.shape[1]))
         z = self._cast(z).clone(memory_format=torch.contiguous_format)
         x0, new_k, new_v = self.runner(z, block_mods, final_mod, past_k, past_v, past_len)
         return x0, list(zip(new_k.unbind(0), new_v.unbind(0)))

@@ -29,7 +29,8 @@ from engine.models.layers import LabelEmbedder, Mlp, TimestepEmbedder, apply_rot
 from engine.models.presets import ModelConfig
 
 LayerKV = tuple[torch.Tensor, torch.Tensor]  # keys (rotary applied), values: [B, heads, tokens, head_dim]
-PastKV = Callable[[torch.Tensor, torch.Tensor], LayerKV]  # new keys/values -> cached + new
+# queries, new keys, new values, mask -> attention output over the cached keys/values followed by the new ones
+PastKV = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
 @dataclass
@@ -106,6 +107,24 @@ class KVCache:
         return kb, vb
 
 
+def attend_apart(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past_k: torch.Tensor,
+                 past_v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention of q over past_k/past_v [B, heads, P, head_dim] followed by k/v, one softmax over both,
+    without concatenating them: the scores against each part are computed apart. mask [queries, P + new
+    keys] as for the concatenation (True: attend); every query must see at least one new key. Float32
+    whatever autocast says (as the fused attention operator accumulates); the result in v's dtype."""
+    P = past_k.shape[2]
+    with torch.autocast(q.device.type, enabled=False):
+        q = q.float() * q.shape[-1] ** -0.5
+        s_past = (q @ past_k.float().transpose(-1, -2)).masked_fill(~mask[:, :P], float("-inf"))
+        s_new = (q @ k.float().transpose(-1, -2)).masked_fill(~mask[:, P:], float("-inf"))
+        top = torch.maximum(s_past.amax(-1, keepdim=True), s_new.amax(-1, keepdim=True))
+        p_past, p_new = (s_past - top).exp(), (s_new - top).exp()
+        total = p_past.sum(-1, keepdim=True) + p_new.sum(-1, keepdim=True)
+        out = (p_past @ past_v.float() + p_new @ v.float()) / total
+    return out.to(v.dtype)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with rotary time positions and optional cached keys/values in front."""
 
@@ -117,16 +136,14 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
                 past: PastKV | None) -> tuple[torch.Tensor, LayerKV]:
-        """`past(k, v)` puts the cached keys/values in front of the new ones (None: nothing cached)."""
+        """`past(q, k, v, mask)` attends over the cached keys/values followed by the new ones (None: nothing
+        cached)."""
         B, S, C = x.shape
         qkv = self.qkv(x).reshape(B, S, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
         q, k = apply_rotary(qkv[:2], cos, sin).unbind(0)  # one rotation for queries and keys
         v = qkv[2]
-        new_kv = (k, v)
-        if past is not None:
-            k, v = past(k, v)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.proj(out.transpose(1, 2).reshape(B, S, C)), new_kv
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask) if past is None else past(q, k, v, mask)
+        return self.proj(out.transpose(1, 2).reshape(B, S, C)), (k, v)
 
 
 class DiTBlock(nn.Module):
@@ -306,7 +323,8 @@ class DiT(nn.Module):
         extend = None
         if past is not None:
             capacity = self.window * self.num_tokens
-            extend = [lambda k, v, i=i: past.extend(i, k, v, capacity) for i in range(len(self.blocks))]
+            extend = [lambda q, k, v, mask, i=i: F.scaled_dot_product_attention(
+                q, *past.extend(i, k, v, capacity), attn_mask=mask) for i in range(len(self.blocks))]
         return self._core(z, block_mods, final_mod, first_position, mask, extend)
 
     def _rotary(self, M: int, first_position: int | torch.Tensor, device: torch.device
@@ -327,7 +345,7 @@ class DiT(nn.Module):
         """The block math shared by `forward`, `forward_cached` and `step`: M new frames after the past keys.
 
         `first_position` (an int, or a 1-element tensor in `step`) is the rotary position of the first new frame;
-        `past[i]` puts block i's cached keys/values in front of the new ones (None: nothing cached).
+        `past[i]` attends over block i's cached keys/values followed by the new ones (None: nothing cached).
         """
         x = self.x_embed(z) + self.slot_embed
         cos, sin = self._rotary(z.shape[1], first_position, z.device)
@@ -338,7 +356,8 @@ class DiT(nn.Module):
         return self.final(x, final_mod), new_kv
 
     def step(self, z: torch.Tensor, block_mods: torch.Tensor, final_mod: torch.Tensor, past_k: torch.Tensor,
-             past_v: torch.Tensor, past_len: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+             past_v: torch.Tensor, past_len: torch.Tensor, *, apart: bool = False
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Pure-tensor `forward_cached` for export (torch.export / AOTInductor / ONNX / TensorRT).
 
         z [B, M, L, D] new frames; block_mods [depth, B, M, 1, 6H] and final_mod [B, M, 1, 2H] their adaLN
@@ -348,6 +367,8 @@ class DiT(nn.Module):
         meets a zero-sized dimension (torch.export would specialise it). Rotary positions: the cached frames
         sit at 0..past_len-1, the new ones at past_len..past_len+M-1, as in `forward_cached`.
         Returns x0 [B, M, L, D] and the new frames' keys/values [depth, B, heads, M * L, head_dim].
+        `apart`: attend with `attend_apart` (no copy of the cache per layer; for torch.compile) instead of
+        concatenating the cache and the new keys for one fused attention operator (what exporters map).
         """
         _, M, L, _ = z.shape
         S = past_k.shape[3]
@@ -357,8 +378,14 @@ class DiT(nn.Module):
         mask = (k_frame[None, :] <= q_frame[:, None]) & (k_frame[None, :] >= pad)
         if not self.causal:
             raise ValueError("a K/V cache needs causal attention; this DiT was built with attention='full'")
-        past = [lambda k, v, i=i: (torch.cat([past_k[i].flatten(2, 3).to(k.dtype), k], 2),
-                                   torch.cat([past_v[i].flatten(2, 3).to(v.dtype), v], 2))
+        if apart:
+            past = [lambda q, k, v, mask, i=i: attend_apart(q, k, v, past_k[i].flatten(2, 3),
+                                                            past_v[i].flatten(2, 3), mask)
+                    for i in range(len(self.blocks))]
+        else:
+            past = [lambda q, k, v, mask, i=i: F.scaled_dot_product_attention(
+                q, torch.cat([past_k[i].flatten(2, 3).to(k.dtype), k], 2),
+                torch.cat([past_v[i].flatten(2, 3).to(v.dtype), v], 2), attn_mask=mask)
                 for i in range(len(self.blocks))]
         x0, kv = self._core(z, block_mods.unbind(0), final_mod, past_len, mask, past)
         return x0, torch.stack([k for k, _ in kv]), torch.stack([v for _, v in kv])
