@@ -113,7 +113,7 @@ class Pipeline:
         source = self.checkpoint.path.name if self.checkpoint.path else "in-memory model"
         backend = "" if self.exported is None else f"; sampling with {self.exported.describe()}"
         if self.backend == "compile":
-            backend = " (one-frame DiT calls compiled by torch.compile, the rest eager)"
+            backend = " (one-frame DiT calls and window refreshes compiled by torch.compile, the rest eager)"
         guidance = f", history guidance {self.history_guidance:g}" if self.history_guidance != 1.0 else ""
         return (f"{self.config.name} model {source} ({self.resolution}x{self.resolution}, window {self.window}"
                 f"{guidance}) on {self.device}, {precision}, backend {self.backend}{backend}")
