@@ -324,16 +324,32 @@ def parse_running(loadavg_text: str) -> int:
     return int(loadavg_text.split()[3].split("/")[0])
 
 
-def runnable_elsewhere(path: Path = Path("/proc/loadavg"), looks: int = 5, interval_s: float = 0.004
-                       ) -> float:
-    """Tasks other than this one that are runnable right now: the median of a few looks at /proc/loadavg
-    (about 20 ms in all; one look catches a moment, the median a state). 0 where it cannot be read."""
+def runnable_elsewhere(path: Path = Path("/proc/loadavg"), looks: int = 5, interval_s: float = 0.004,
+                       own_tasks: Path = Path("/proc/self/task")) -> float:
+    """Tasks of other processes that are runnable right now: the median of a few looks at /proc/loadavg
+    (about 20 ms in all; one look catches a moment, the median a state), less this process's own runnable
+    threads (a library's helper thread counts there too). 0 where it cannot be read."""
     seen = []
     for i in range(looks):
         try:
-            seen.append(max(0, parse_running(path.read_text()) - 1))
+            seen.append(max(0, parse_running(path.read_text()) - runnable_threads(own_tasks)))
         except (OSError, ValueError, IndexError):
             return 0.0
         if i + 1 < looks:
             time.sleep(interval_s)
     return float(sorted(seen)[len(seen) // 2])
+
+
+def runnable_threads(tasks: Path = Path("/proc/self/task")) -> int:
+    """This process's threads in state R (running or runnable), at least 1: the one asking."""
+    running = 0
+    try:
+        for task in tasks.iterdir():
+            try:
+                stat = (task / "stat").read_text()
+            except OSError:
+                continue  # the thread ended meanwhile
+            running += stat[stat.rindex(")") + 2:].startswith("R")
+    except OSError:
+        pass
+    return max(1, running)

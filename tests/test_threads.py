@@ -69,8 +69,15 @@ def test_runnable_elsewhere_is_the_median_of_looks(tmp_path):
     assert T.parse_running("0.50 0.40 0.30 3/456 789\n") == 3
     path = tmp_path / "loadavg"
     path.write_text("1.0 1.0 1.0 4/100 5\n")
-    assert T.runnable_elsewhere(path, looks=3, interval_s=0) == 3.0  # minus this process
+    assert T.runnable_elsewhere(path, looks=3, interval_s=0, own_tasks=tmp_path / "none") == 3.0  # minus this one
     assert T.runnable_elsewhere(tmp_path / "missing", looks=3, interval_s=0) == 0.0
+    # this process's own runnable threads (here two: a library's helper beside the asking one) are not others'
+    tasks = tmp_path / "task"
+    for tid, state in (("10", "R"), ("11", "R"), ("12", "S")):
+        (tasks / tid).mkdir(parents=True)
+        (tasks / tid / "stat").write_text(f"{tid} (python (x) y) {state} 1 2 3\n")
+    assert T.runnable_threads(tasks) == 2
+    assert T.runnable_elsewhere(path, looks=3, interval_s=0, own_tasks=tasks) == 2.0
 
 
 # -- the decision ----------------------------------------------------------------------------------------
