@@ -530,11 +530,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         schedule_args = build_parser().parse_args(
             ["schedule", "--frames", "24", "--context", "8", "--s", "5", "-o", str(Path(args.output).parent /
                                                                               "schedule.png")])
+        schedule_args.written = args.written
         return cmd_schedule(schedule_args)
     demo = ASSETS_DIR / "demo.mp4"
     continue_args = build_parser().parse_args(
         ["continue", str(demo), "-o", args.output, "--context", "8", "--frames", "24", "--device", args.device,
          "--precision", args.precision])
+    continue_args.written = args.written  # what the outputs' commit wrote, for an interrupt's message
     return cmd_continue(continue_args)
 
 

@@ -158,3 +158,13 @@ def test_default_context_shrinks_to_a_short_clip_and_says_so(tmp_path, capsys, t
     code, _, err = run_cli(capsys, "continue", clip, "-o", tmp_path / "o2.mp4", "--context", 8, "--frames", 2,
                            "--checkpoint", tiny_checkpoint, "--device", "cpu", "--quiet")
     assert code == 2 and "only 3 frame(s), fewer than context 8" in err and not (tmp_path / "o2.mp4").exists()
+
+
+def test_demo_continues_the_demo_clip_with_the_default_model(tmp_path, capsys, tiny_checkpoint, monkeypatch):
+    """`make demo`'s command end to end (the default model stood in for by the tiny one through
+    ARDIFF_CHECKPOINT): the video and its sheet, 8 context + 24 new frames."""
+    monkeypatch.setenv("ARDIFF_CHECKPOINT", str(tiny_checkpoint))
+    out = tmp_path / "demo.mp4"
+    code, _, err = run_cli(capsys, "demo", "-o", out, "--device", "cpu")
+    assert code == 0, err
+    assert read_video(out).shape[0] == 32 and (tmp_path / "demo_sheet.png").is_file()
