@@ -18,6 +18,7 @@ from PySide6.QtWidgets import QFileDialog
 from app_gui.controls import MODE_CONTINUE
 from app_gui.loaders import read_clip
 from app_gui.worker import Task
+from engine.run import frame_rate
 from engine.video_io import CLIP_EXTENSIONS
 
 CLIP_FILTER = f"Videos and images ({' '.join('*' + e for e in sorted(CLIP_EXTENSIONS))});;All files (*)"
@@ -50,7 +51,7 @@ class ClipControl:
         self.input_player.set_frames(frames, fps)
         self.tabs.setCurrentWidget(self.input_player)
         self.params.mode.setCurrentIndex(MODE_CONTINUE)
-        self.setWindowTitle(f"{name} — ardiff")
+        self.setWindowTitle(name)  # shown as "NAME — ardiff": Qt appends the application display name
         self._refresh_context_shade()
         self._refresh_clip_note()
         self._params_changed()
@@ -62,7 +63,7 @@ class ClipControl:
         self.settings.last_dir = str(Path(path).resolve().parent)
         self._update_recent_menu()
         h, w = frames.shape[1:3]
-        msg = f"Opened {Path(path).name}: {len(frames)} frames, {w}x{h}, {fps:.3g} fps"
+        msg = f"Opened {Path(path).name}: {len(frames)} frames, {w}x{h}, {frame_rate(fps)}"
         if truncated:
             msg += (f" (long clip: only the first {len(frames)} frames are loaded; "
                     f"the continuation follows them)")

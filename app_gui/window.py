@@ -78,7 +78,8 @@ class MainWindow(ModelControl, ClipControl, RunControl, TakesControl, QMainWindo
         self._device_shown = self.settings.device
         self._precision_shown = self.settings.precision
 
-        self.setWindowTitle("ardiff — continue a video")
+        # Qt appends the application display name ("ardiff") to every window title itself
+        self.setWindowTitle("continue a video")
         self.setAcceptDrops(True)
         self._build_widgets()
         self._build_menus()

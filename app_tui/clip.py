@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import VideoError
+from engine.run import frame_rate
 from engine.video_io import CLIP_EXTENSIONS, VideoInfo, probe_video, read_tail
 
 # The model sees at most window - 1 context frames (15 for every preset); keep a margin, not the whole clip,
@@ -28,7 +29,7 @@ class Clip:
     def summary(self) -> str:
         """One line for the title bar and the log."""
         return (f"{self.path.name}: {self.num_frames} frames, {self.info.width}x{self.info.height} "
-                f"@ {self.info.fps:g} fps")
+                f"@ {frame_rate(self.info.fps)}")
 
 
 def load_clip(path: str | Path) -> Clip:

@@ -298,9 +298,49 @@ def cmd_info(args: argparse.Namespace) -> int:
     diff = cfg.diffusion
     print(f"  diffusion     T={diff.num_timesteps}, {diff.schedule} betas {diff.beta_start}..{diff.beta_end}, "
           f"predicts {diff.prediction}")
-    for key, value in meta.items():
-        print(f"  {key:<13} {value if not isinstance(value, (dict, list)) else json.dumps(value)}")
+    for key, value in _meta_rows(meta):
+        print(f"  {key:<13} {value}")
+    if meta:
+        print("  (the whole record, with the build's paths: --json)")
     return 0
+
+
+_META_SHOWN = {"steps", "recipe", "data", "latent_scale", "latent_norm", "weights", "ema_decay", "sampling",
+               "packaged_at", "sources"}
+
+
+def _meta_rows(meta: dict) -> list[tuple[str, str]]:
+    """A checkpoint's provenance for people: its training stages, the data each read, the latent scale, the
+    weights and the sampling it recommends; the full recipe and the build's paths are for --json."""
+    rows = []
+    steps = meta.get("steps")
+    if isinstance(steps, dict) and steps:
+        rows.append(("training", ", ".join(f"{name} {n:,} steps" for name, n in steps.items())))
+    recipe = meta.get("recipe") if isinstance(meta.get("recipe"), list) else []
+    if isinstance(meta.get("recipe"), str):  # a recipe in words (hand-made checkpoints)
+        rows.append(("recipe", meta["recipe"]))
+    diffusion = [r for r in recipe if isinstance(r, dict) and r.get("stage") == "diffusion"]
+    if diffusion:
+        r = diffusion[-1]
+        rows.append(("trained with", f"{r.get('scheduler', 'fopp')} compositions, clean prefix "
+                                  f"{r.get('clean_prefix_p', 0):g}, predicts {r.get('prediction', 'x0')}"))
+    data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+    for stage, record in data.items():
+        if isinstance(record, dict) and record.get("report"):
+            rows.append((f"{stage} data", str(record["report"])))
+    if isinstance(meta.get("latent_scale"), (int, float)):
+        rows.append(("latent scale", f"{meta['latent_scale']:.4g} ({meta.get('latent_norm', 'global')})"))
+    if meta.get("weights"):
+        decay = f", decay {meta['ema_decay']}" if meta.get("ema_decay") else ""
+        rows.append(("weights", f"{meta['weights']}{decay}"))
+    sampling = meta.get("sampling")
+    if isinstance(sampling, dict) and "history_guidance" in sampling:
+        rows.append(("sampling", f"history guidance {sampling['history_guidance']:g}"))
+    if meta.get("packaged_at"):
+        rows.append(("packaged", str(meta["packaged_at"])))
+    rows += [(key, str(value)) for key, value in meta.items()
+             if key not in _META_SHOWN and not isinstance(value, (dict, list))]
+    return rows
 
 
 def _count(module) -> int:

@@ -31,6 +31,12 @@ SAMPLERS = ("cached", "reference")
 DEFAULT_FPS = 8.0  # the rate of a video made from nothing (a continued clip keeps its own)
 
 
+def frame_rate(fps: float) -> str:
+    """A frame rate for people, as every surface shows it: at most two decimals, none when whole ('15 fps',
+    '29.97 fps'); a container's 14.9999 reads as 15."""
+    return f"{round(fps, 2):g} fps"
+
+
 def clock(seconds: float) -> str:
     """A run's duration for people, as every surface shows it: '4.2 s' under ten seconds, else 'm:ss', and
     'hhmm' past an hour (e.g. '1h05')."""

@@ -168,3 +168,16 @@ def test_demo_continues_the_demo_clip_with_the_default_model(tmp_path, capsys, t
     code, _, err = run_cli(capsys, "demo", "-o", out, "--device", "cpu")
     assert code == 0, err
     assert read_video(out).shape[0] == 32 and (tmp_path / "demo_sheet.png").is_file()
+
+
+def test_info_summarises_the_provenance_for_people_and_keeps_json_whole(capsys):
+    """`ardiff info` on the embedded model: its stages with their steps, data and weights in words; no raw JSON
+    and none of the build machine's paths (those are for --json, which keeps the whole record)."""
+    code, out, _ = run_cli(capsys, "info")
+    assert code == 0
+    assert "training      vae-image 2,400 steps, vae-temporal 400 steps, diffusion 3,700 steps" in out
+    assert "trained with  fopp compositions, clean prefix 0.75, predicts x0" in out
+    assert "{" not in out and "/runs/" not in out and "--json" in out
+    code, out, _ = run_cli(capsys, "info", "--json")
+    meta = json.loads(out)["meta"]
+    assert meta["steps"]["diffusion"] == 3700 and "sources" in meta and meta["recipe"][0]["stage"] == "vae-image"

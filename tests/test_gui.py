@@ -636,3 +636,12 @@ def test_history_guidance_settings_round_trip_and_fallback(qtbot, make_window):
     config_path().write_text(json.dumps(data))
     w4 = make_window(checkpoint=None)
     assert w4.params.history_guidance_value() is None
+
+
+def test_window_title_names_ardiff_once(qtbot, make_window):
+    """Qt adds the application display name to every title itself: the window sets only what comes before it
+    (the title once read "ardiff — continue a video — ardiff")."""
+    w = make_window()
+    assert "ardiff" not in w.windowTitle() and w.windowTitle() == "continue a video"
+    open_clip(qtbot, w, DEMO)
+    assert w.windowTitle() == DEMO.name

@@ -157,3 +157,13 @@ def test_the_plans_work_is_what_the_sampler_computes(pipe, sampler, history):
     half = plan.total_rows // 2
     expected = 10.0 * plan.frame_evaluations[half:].sum() / plan.frame_evaluations[:half].sum()
     assert plan.seconds_left(half, 10.0) == pytest.approx(expected)
+
+
+def test_frame_rates_read_as_people_write_them():
+    """A container's 14.9999 is 15 fps, NTSC keeps its two decimals, a whole rate has none (the apps and the
+    CLI print them through this one function)."""
+    from engine.run import frame_rate
+
+    assert frame_rate(14.9999) == "15 fps"
+    assert frame_rate(30000 / 1001) == "29.97 fps"
+    assert frame_rate(25.0) == "25 fps" and frame_rate(7.5) == "7.5 fps"
