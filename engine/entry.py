@@ -53,23 +53,26 @@ def describe_os_error(err: OSError) -> str:
 
 def run_entry(prog: str, body: Callable[[], int], written: list[Path],
               expected: tuple[type[Exception], ...] = (ArdiffError,),
-              describe: Callable[[Exception], str] = one_line) -> int:
-    """Run a command's body; every expected failure (`expected` worded by `describe`, OSError, MemoryError)
-    becomes one line on stderr and exit 2, an interrupt says what was written (`written` is filled by the
-    outputs' commit) and exits 130/143."""
+              describe: Callable[[Exception], str] = one_line,
+              memory_hint: str = "ask for fewer frames or a smaller model",
+              interrupt_note: str | None = None) -> int:
+    """Run a command's body; every expected failure (`expected` worded by `describe`, OSError, MemoryError
+    with `memory_hint`) becomes one line on stderr and exit 2, an interrupt says what was written (`written`
+    is filled by the outputs' commit; `interrupt_note` says it instead where the command keeps its own
+    record, as the trainer's checkpoints) and exits 130/143."""
     try:
         with sigterm_raises():
             return int(body() or 0)
     except expected as err:
         print(f"{prog}: error: {describe(err)}", file=sys.stderr)
     except MemoryError:
-        print(f"{prog}: error: out of memory; ask for fewer frames or a smaller model", file=sys.stderr)
+        print(f"{prog}: error: out of memory; {memory_hint}", file=sys.stderr)
     except OSError as err:
         print(f"{prog}: error: {' '.join(describe_os_error(err).split())}", file=sys.stderr)
     except KeyboardInterrupt as err:
         what = "terminated" if isinstance(err, Terminated) else "interrupted"
-        done = (f"wrote {' and '.join(str(p) for p in written)} before that" if written
-                else "nothing was written")
+        done = interrupt_note or (f"wrote {' and '.join(str(p) for p in written)} before that" if written
+                                  else "nothing was written")
         print(f"{prog}: {what}; {done}", file=sys.stderr)
         return 128 + (signal.SIGTERM if isinstance(err, Terminated) else signal.SIGINT)
     return EXIT_USAGE

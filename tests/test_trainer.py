@@ -912,3 +912,21 @@ def test_out_of_memory_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(train_mod, "train", too_big)
     code, err = run_cli(["vae-image", "--config", "tiny", "--run-dir", str(tmp_path / "r")], capsys)
     assert_one_line_error(code, err, "out of memory", "batch_size")
+
+
+def test_interrupt_and_sigterm_outside_the_loop_say_so_in_one_line(tmp_path, capsys, monkeypatch):
+    """Ctrl-C or SIGTERM before the loop (which saves on its own) ends in one line that says no checkpoint was
+    written for the unfinished step, exit 130 / 143 (128 + the signal), no traceback."""
+    import signal
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    def terminated(*args, **kwargs):
+        signal.raise_signal(signal.SIGTERM)  # the entry point's handler turns it into an exception here
+
+    for fake, want in ((interrupted, 130), (terminated, 143)):
+        monkeypatch.setattr(train_mod, "train", fake)
+        code, err = run_cli(["vae-image", "--config", "tiny", "--run-dir", str(tmp_path / "r")], capsys)
+        assert code == want and "Traceback" not in err, err
+        assert err.strip().endswith("no checkpoint written for the unfinished step") and len(err.splitlines()) == 1

@@ -14,14 +14,13 @@ and exit with 130 (resume with --resume).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import signal
 import sys
 import warnings
 from typing import Sequence
 
-from engine.errors import ArdiffError, one_line
+from engine.entry import run_entry
+from engine.errors import ArdiffError
 from trainer.config import STAGES, TrainConfig, load_config
 
 EXIT_USAGE = 2
@@ -134,33 +133,17 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"ardiff-train: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt  # SIGTERM outside the training loop: unwind (releasing the run dir's lock) as Ctrl-C
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    old_show, old_term = warnings.showwarning, None
+    old_show = warnings.showwarning
     warnings.showwarning = _show_warning
-    with contextlib.suppress(ValueError):  # not the main thread: no handler
-        old_term = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        return int(args.func(args) or 0)
-    except (ArdiffError, ValueError, OSError) as err:
-        print(f"ardiff-train: error: {one_line(err)}", file=sys.stderr)
-        return EXIT_USAGE
-    except MemoryError:
-        print("ardiff-train: error: out of memory; lower batch_size or num_frames, or use a smaller preset",
-              file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("ardiff-train: interrupted (no checkpoint written for the unfinished step)", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    try:  # SIGTERM unwinds as Ctrl-C does (releasing the run dir's lock); inside the loop train() saves first
+        return run_entry("ardiff-train", lambda: args.func(args), [], expected=(ValueError,),
+                         memory_hint="lower batch_size or num_frames, or use a smaller preset",
+                         interrupt_note="no checkpoint written for the unfinished step")
     finally:
         warnings.showwarning = old_show
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
