@@ -30,6 +30,27 @@ from engine.sampling import SamplerStats, make_sampler
 
 
 @dataclass
+class Adapting:
+    """A fine-tuning step of "adapt to this clip" finished (only runs with `adapt_steps` > 0, before Planned)."""
+
+    step: int  # steps done, 1-based
+    total: int
+    loss: float
+    elapsed: float  # seconds since adapting started
+    seconds_left: float | None
+
+
+@dataclass
+class Adapted:
+    """Adapting ended: whether the adapted DiT is used for this run, and why, in one line for people."""
+
+    kept: bool
+    message: str
+    held_out_before: float  # the shipped DiT's loss on the clip's held-out frames
+    held_out_after: float  # the adapted DiT's
+
+
+@dataclass
 class Planned:
     """The first event of every run: the plan (engine.run.Plan) the rows that follow carry out."""
 
@@ -66,7 +87,7 @@ class Done:
     cancelled: bool = False
 
 
-Event = Union[Planned, FrameReady, Progress, Done]
+Event = Union[Adapting, Adapted, Planned, FrameReady, Progress, Done]
 
 
 @dataclass
@@ -192,7 +213,8 @@ class Pipeline:
             cancel: threading.Event | None = None) -> Iterator[Event]:
         """Continue `frames` (uint8 [N, H, W, 3], any size; None: generate from nothing) as `request` asks.
 
-        Planned(plan) first, then FrameReady / Progress per row, then Done. `cancel` stops within one row."""
+        With `request.adapt_steps` > 0, Adapting per fine-tuning step and one Adapted come first. Then
+        Planned(plan), then FrameReady / Progress per row, then Done. `cancel` stops within one step or row."""
         plan = self.plan(request, frames)
         sampler = make_sampler(request.sampler, self.dit, self.schedule,
                                scheduler_for(request, self.window, plan.num_context),

@@ -29,6 +29,7 @@ PRECISION_HELP = ("auto: bfloat16 where the CPU/GPU does it natively, else float
 BACKENDS = ("eager", "compile", "aoti", "onnx", "tensorrt")
 SAMPLERS = ("cached", "reference")
 DEFAULT_FPS = 8.0  # the rate of a video made from nothing (a continued clip keeps its own)
+DEFAULT_ADAPT_STEPS = 150  # fine-tuning steps of "adapt to this clip" when it is turned on without a number
 
 
 def frame_rate(fps: float) -> str:
@@ -64,7 +65,7 @@ def check_device_name(device: str) -> None:
 
 # field -> (words for people, smallest allowed value)
 _INTS = {"new_frames": ("new frames", 1), "s": ("s", 0), "steps": ("steps", 1), "seed": ("seed", 0),
-         "context": ("context", 1), "min_context": ("min context", 0)}
+         "context": ("context", 1), "min_context": ("min context", 0), "adapt_steps": ("adapt steps", 0)}
 MINIMUMS = {name: low for name, (_, low) in _INTS.items()}  # the smallest each whole-number setting takes
 SEED_MAX = 2**64 - 1  # the largest seed torch.Generator.manual_seed takes
 
@@ -95,6 +96,7 @@ class RunRequest:
     backend: str = "eager"
     sampler: str = "cached"
     clip_x0: float | None = None
+    adapt_steps: int = 0  # > 0: fine-tune the DiT on the clip first, kept only if it predicts held-out frames better
 
     def __post_init__(self) -> None:
         for name, (label, low) in _INTS.items():
