@@ -15,14 +15,14 @@ from typing import Callable, Sequence
 
 
 from engine.errors import ArdiffError, RunError, one_line
-from engine.run import BACKENDS, DEVICES, PRECISION_HELP, PRECISIONS, SAMPLERS, RunRequest
+from engine.run import BACKENDS, DEFAULT_ADAPT_STEPS, DEVICES, PRECISION_HELP, PRECISIONS, SAMPLERS, RunRequest
 
 EXIT_USAGE = 2
 # RunRequest field -> the flag that sets it, so a bad value is named the way the person typed it
 FLAGS = {"new_frames": "--frames", "s": "--s", "steps": "--steps", "seed": "--seed", "context": "--context",
          "min_context": "--min-context", "history_guidance": "--history-guidance", "guidance_scale": "--guidance",
          "class_label": "--class-label", "fps": "--fps", "device": "--device", "precision": "--precision",
-         "backend": "--backend", "sampler": "--sampler"}
+         "backend": "--backend", "sampler": "--sampler", "adapt_steps": "--adapt"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", type=int, default=None,
                    help=f"context frames taken from the end of the clip (default: {RunRequest.context}, or the "
                         f"whole clip when it is shorter; an image is a one-frame context)")
+    p.add_argument("--adapt", type=int, nargs="?", const=DEFAULT_ADAPT_STEPS, default=None, metavar="STEPS",
+                   help=f"first fine-tune the model on this clip for STEPS steps (default {DEFAULT_ADAPT_STEPS}; "
+                        f"a minute or two on a CPU), kept only if it predicts the clip's held-out last frames "
+                        f"better than the model as it came")
+    p.add_argument("--save-adapted", metavar="FILE.safetensors",
+                   help="also write the adapted model as a checkpoint (with --adapt)")
     _add_sampling_args(p)
     p.set_defaults(func=cmd_continue)
 
@@ -152,21 +158,45 @@ def _request(args: argparse.Namespace, **extra) -> RunRequest:
 
 
 def cmd_continue(args: argparse.Namespace) -> int:
+    from engine.adapt import ADAPT_CLIP_FRAMES
     from engine.video_io import probe_video, read_tail
 
-    request = _request(args, context=RunRequest.context if args.context is None else args.context)
+    if args.adapt is not None and args.adapt < 1:
+        raise RunError("adapt_steps", f"adapt steps must be at least 1, got {args.adapt}")
+    request = _request(args, context=RunRequest.context if args.context is None else args.context,
+                       adapt_steps=args.adapt or 0)
     info = probe_video(args.input)
     _check_outputs(args, [args.input])
+    if args.save_adapted:
+        _check_adapted_output(args)
     pipe = _load_sampling_pipeline(args)
     pipe.check(request)  # a context the model cannot take fails before the clip is read
-    frames = read_tail(args.input, request.context, info.num_frames)
+    # adapting learns from up to ADAPT_CLIP_FRAMES of the clip's last frames; a plain run reads only its context
+    frames = read_tail(args.input, max(request.context, ADAPT_CLIP_FRAMES if request.adapt_steps else 0),
+                       info.num_frames)
     # the default context shrinks to a shorter clip, and says so; an explicit --context longer than the clip fails
     if args.context is None and 0 < len(frames) < request.context:
         request = replace(request, context=len(frames))
         _say(args, f"context: the clip's {len(frames)} frame{'s' * (len(frames) != 1)} (fewer than the default "
                    f"{RunRequest.context})")
     events = pipe.run(replace(request, fps=info.fps or request.fps), frames)  # the clip's rate carries over
-    return _run_and_write(args, pipe, events)
+    code = _run_and_write(args, pipe, events)
+    if args.save_adapted and pipe.adaptation is not None:
+        args.written.append(str(pipe.save_adapted(args.save_adapted)))
+        _say(args, f"wrote the adapted model to {args.save_adapted}"
+                   + ("" if pipe.adaptation.kept else " (it did not pass the held-out check; this run did not use it)"))
+    return code
+
+
+def _check_adapted_output(args: argparse.Namespace) -> None:
+    from engine.outputs import check_output_file
+
+    if not args.adapt:
+        raise RunError("adapt_steps", "--save-adapted needs --adapt (there is nothing adapted to save)")
+    if Path(args.save_adapted).suffix != ".safetensors":
+        raise ArdiffError(f"--save-adapted {args.save_adapted}: a checkpoint is a .safetensors file")
+    check_output_file(args.save_adapted, [args.input, args.output] + ([args.checkpoint] if args.checkpoint else []),
+                      flag="--save-adapted")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -178,23 +208,28 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def _run_and_write(args: argparse.Namespace, pipe, events) -> int:
     from engine.outputs import OutputSet
-    from engine.pipeline import Done, FrameReady, Planned, Progress
+    from engine.pipeline import Adapted, Adapting, Done, FrameReady, Planned, Progress
     from engine.video_io import is_frame_folder, stage_png, stage_video
     from engine.visualize import contact_sheet
 
     _say(args, _model_line(pipe))
     done = plan = None
     first_frame_at = None
-    with ProgressBar(args.quiet) as update:
+    with ProgressBar(args.quiet) as bar:
         for event in events:
-            if isinstance(event, Planned):
+            if isinstance(event, Adapting):
+                bar.adapting(event)
+            elif isinstance(event, Adapted):
+                bar.adapted(event)
+                _say(args, event.message)
+            elif isinstance(event, Planned):
                 plan = event.plan
                 if plan.fit_note:
                     _say(args, f"input {plan.fit_note} for the model")
             elif isinstance(event, FrameReady) and first_frame_at is None:
                 first_frame_at = time.perf_counter()
             elif isinstance(event, Progress):
-                update(event, plan)
+                bar(event, plan)
             elif isinstance(event, Done):
                 done = event
     # the video and its sheet are staged, then renamed together: both appear or neither
@@ -232,32 +267,50 @@ def _sheet_path(output: Path) -> Path:
 
 
 class ProgressBar:
-    """Rows, frames done, frames/s and the plan's time left on stderr (rich), or nothing when quiet."""
+    """On stderr (rich), or nothing when quiet: adapting's steps, loss and time left, then the rows, frames done,
+    frames/s and the plan's time left."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
+        self.adapt_task = self.task = None
 
-    def __enter__(self) -> Callable:
+    def __enter__(self) -> "ProgressBar":
         if self.quiet:
-            return lambda event, plan: None
+            return self
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.progress = Progress(TextColumn("rows"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                                 TextColumn("frames {task.fields[frames]}"), TextColumn("{task.fields[rate]}"),
-                                 TimeElapsedColumn(), TextColumn("{task.fields[left]}"),
-                                 console=Console(stderr=True))
+        self.progress = Progress(TextColumn("{task.description:>8}"), BarColumn(),
+                                 TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[what]}"),
+                                 TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                                 TextColumn("{task.fields[left]}"), console=Console(stderr=True))
         self.progress.start()
-        self.task = self.progress.add_task("sampling", total=None, frames="0", rate="", left="")
+        return self
 
-        def update(event, plan) -> None:
-            rate = event.frames_done / event.elapsed if event.elapsed > 0 else 0.0
-            left = plan.seconds_left(event.row, event.elapsed)
-            self.progress.update(self.task, completed=event.row, total=event.total_rows,
-                                 frames=f"{event.frames_done}/{plan.num_new}", rate=f"{rate:.1f} fr/s",
-                                 left="" if left is None else f"{left:.0f} s left")
+    def __call__(self, event, plan) -> None:
+        """A sampling row finished."""
+        if self.quiet:
+            return
+        if self.task is None:
+            self.task = self.progress.add_task("rows", total=None, what="", rate="", left="")
+        rate = event.frames_done / event.elapsed if event.elapsed > 0 else 0.0
+        left = plan.seconds_left(event.row, event.elapsed)
+        self.progress.update(self.task, completed=event.row, total=event.total_rows,
+                             what=f"frames {event.frames_done}/{plan.num_new}", rate=f"{rate:.1f} fr/s",
+                             left="" if left is None else f"{left:.0f} s left")
 
-        return update
+    def adapting(self, event) -> None:
+        """A fine-tuning step of "adapt to this clip" finished."""
+        if self.quiet:
+            return
+        if self.adapt_task is None:
+            self.adapt_task = self.progress.add_task("adapting", total=event.total, what="", rate="", left="")
+        self.progress.update(self.adapt_task, completed=event.step, what=f"loss {event.loss:.4f}",
+                             left="" if event.seconds_left is None else f"{event.seconds_left:.0f} s left")
+
+    def adapted(self, event) -> None:
+        if not self.quiet and self.adapt_task is not None:
+            self.progress.update(self.adapt_task, what="kept" if event.kept else "not kept", left="")
 
     def __exit__(self, *exc) -> None:
         if not self.quiet:
@@ -417,6 +470,24 @@ def _add_eval_parser(sub) -> None:
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_eval_continue)
 
+    q = ev.add_parser("adapt", help="what adapting to a clip gains: every video continued with and without it")
+    q.add_argument("--checkpoint", default=None, help="model checkpoint (default: the embedded model)")
+    q.add_argument("--clips", required=True, help="folder of videos (files or folders of PNG/JPG frames); each "
+                                                  "video's last --frames frames are the truth")
+    q.add_argument("--adapt", type=int, default=DEFAULT_ADAPT_STEPS, metavar="STEPS",
+                   help=f"fine-tuning steps (default {DEFAULT_ADAPT_STEPS})")
+    q.add_argument("--context", type=int, default=RunRequest.context, help="context frames: the clip's last frames")
+    q.add_argument("--frames", type=int, default=RunRequest.new_frames, help="new frames, scored against the truth")
+    q.add_argument("--s", type=int, default=RunRequest.s, help="frames one starts after the one before (s)")
+    q.add_argument("--steps", type=int, default=RunRequest.steps, help="DDIM steps per frame")
+    q.add_argument("--seed", type=int, default=RunRequest.seed)
+    q.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    _add_precision(q)
+    _add_threads(q)
+    q.add_argument("-o", "--output", required=True, help="folder for results.md and results.json")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.set_defaults(func=cmd_eval_adapt)
+
     q = ev.add_parser("vae", help="AR-VAE reconstruction: PSNR/SSIM of encode -> decode on real clips")
     _add_model_and_clips(q)
     q.add_argument("--frames", type=int, default=32, help="frames per clip")
@@ -503,6 +574,32 @@ def cmd_eval_continue(args: argparse.Namespace) -> int:
         seams = f", seams {run.seams:.3f}" if run.seams is not None else ""
         _say(args, f"{run.name:>16}: {fvd}PSNR {run.psnr_mean:.2f} dB, SSIM {run.ssim_mean:.3f}{seams}{speed}")
     _say(args, "wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def cmd_eval_adapt(args: argparse.Namespace) -> int:
+    from engine.evaluation.adaptation import evaluate_adaptation, write_adaptation_report
+    from engine.evaluation.clips import video_paths
+    from engine.pipeline import load_pipeline
+
+    request = RunRequest(new_frames=args.frames, context=args.context, s=args.s, steps=args.steps, seed=args.seed,
+                         adapt_steps=args.adapt, device=args.device, precision=args.precision)
+    if request.adapt_steps < 1:
+        raise RunError("adapt_steps", f"adapt steps must be at least 1, got {request.adapt_steps}")
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        raise ArdiffError(f"-o {args.output} is a file; eval writes a folder (results.md, results.json)")
+    videos = video_paths(args.clips, "clips")
+    pipe = load_pipeline(args.checkpoint, request.device, precision=request.precision)
+    _say(args, _model_line(pipe))
+    with EvalProgress(args.quiet) as bar:
+        result = evaluate_adaptation(pipe, videos, request,
+                                     progress=lambda done, total, label: bar("videos", done, total, label))
+    paths = write_adaptation_report(result, args.output)
+    for c in result.clips:
+        _say(args, f"{c.name:>28}: {c.psnr_plain:.2f} -> {c.psnr_adapted:.2f} dB ({c.gain:+.2f}; copy last "
+                   f"{c.psnr_copy_last:.2f}), {'kept' if c.kept else 'not kept'}")
+    _say(args, f"mean gain {result.mean('gain'):+.2f} dB over {len(result.clips)} video(s), "
+               f"{sum(c.kept for c in result.clips)} kept; wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
 

@@ -4,6 +4,8 @@
     for event in pipe.run(RunRequest(new_frames=32, s=5), frames):   # or pipe.continue_video(frames, ...)
         ...  # Planned(plan), then FrameReady(index, image) | Progress(row, total_rows, levels, ...), Done(video, ...)
 
+With `adapt_steps` > 0 the run first fine-tunes the DiT on the clip (engine.adapt): Adapting per step, Adapted.
+
 A frame is decoded (incrementally, with the causal VAE decoder) and yielded the row it turns clean.
 """
 
@@ -19,7 +21,8 @@ from typing import Iterator, Union
 import numpy as np
 import torch
 
-from engine.checkpoint import Checkpoint, load_checkpoint, sampling_defaults
+from engine.adapt import ADAPT_CLIP_FRAMES, Adaptation, ClipAdapter
+from engine.checkpoint import Checkpoint, load_checkpoint, sampling_defaults, save_checkpoint
 from engine.device import describe_precision, resolve_device
 from engine.diffusion import DiffusionSchedule
 from engine.errors import RunError
@@ -107,6 +110,7 @@ class Pipeline:
         self.config = cfg
         self.vae, self.dit = self.checkpoint.vae.to(self.device).eval(), self.checkpoint.dit.to(self.device).eval()
         self.exported = None
+        self.adaptation: Adaptation | None = None  # the last "adapt to this clip" (save_adapted writes it)
         if self.backend == "compile":
             from engine.backends.compiled import CompiledDiT
 
@@ -216,17 +220,19 @@ class Pipeline:
         With `request.adapt_steps` > 0, Adapting per fine-tuning step and one Adapted come first. Then
         Planned(plan), then FrameReady / Progress per row, then Done. `cancel` stops within one step or row."""
         plan = self.plan(request, frames)
+        adapter = self._adapter(request, frames) if request.adapt_steps else None
         sampler = make_sampler(request.sampler, self.dit, self.schedule,
                                scheduler_for(request, self.window, plan.num_context),
                                prediction=self.config.diffusion.prediction, guidance_scale=request.guidance_scale,
-                               clip_x0=request.clip_x0, history_guidance=plan.history_guidance)
+                               clip_x0=request.clip_x0, history_guidance=plan.history_guidance,
+                               context_noise=self.config.diffusion.context_noise)
         label = None if request.class_label is None else torch.tensor([request.class_label], device=self.device)
         if plan.num_context:
             latents = self.encode_frames(plan.context)[1]
         else:
             L, D = self.config.vae.num_latent_tokens, self.config.vae.latent_dim
             latents = torch.zeros(1, 0, L, D, device=self.device)
-        return self._stream(plan, latents, sampler, label, cancel)
+        return self._stream(plan, latents, sampler, label, cancel, adapter)
 
     def continue_video(self, frames: np.ndarray, num_new_frames: int = RunRequest.new_frames,
                        s: int = RunRequest.s, steps: int = RunRequest.steps, seed: int = RunRequest.seed,
@@ -253,8 +259,64 @@ class Pipeline:
                              class_label=class_label, sampler=sampler, clip_x0=clip_x0)
         return self.run(request, None, cancel)
 
+    def _adapter(self, request: RunRequest, frames: np.ndarray | None) -> ClipAdapter:
+        """Everything "adapt to this clip" needs, checked before the run starts (RunError naming adapt_steps)."""
+        if frames is None:
+            raise RunError("adapt_steps", "adapting needs a clip to learn from; a video from nothing has none")
+        if self.exported is not None:
+            raise RunError("adapt_steps", f"adapting trains the DiT, which the {self.backend} graphs cannot; use "
+                           f"backend eager or compile")
+        clip = self.encode_frames(np.asarray(frames)[-ADAPT_CLIP_FRAMES:])[1]
+        d = self.config.diffusion
+        return ClipAdapter(self.checkpoint.dit, self.schedule, clip, self.window, d.prediction, d.context_noise,
+                           request.seed, autocast=self.autocast)
+
+    def _adapt(self, adapter: ClipAdapter, steps: int, sampler, cancel) -> Iterator[Event]:
+        """Fine-tune on the clip, then sample with the adapted DiT only if it passed the held-out check."""
+        before = adapter.held_out_loss(adapter.source)
+        done = 0
+        for step in adapter.train(steps, cancel):
+            done = step.step
+            yield Adapting(step.step, step.total, step.loss, step.elapsed,
+                           step.elapsed / step.step * (step.total - step.step))
+        if cancel is not None and cancel.is_set():
+            yield Adapted(False, f"adapting cancelled after {done} of {steps} steps", before, before)
+            return
+        self.adaptation = adapter.finish(done, before)
+        result = self.adaptation
+        yield Adapted(result.kept, result.message, result.before, result.after)
+        if result.kept:
+            sampler.dit = self._sampling_dit(result.dit)
+
+    def _sampling_dit(self, dit: torch.nn.Module) -> torch.nn.Module:
+        if self.backend != "compile":
+            return dit
+        from engine.backends.compiled import CompiledDiT
+
+        compiled = CompiledDiT(dit)
+        with self.autocast():
+            compiled.warm_up()
+        return compiled
+
+    def save_adapted(self, path: str | Path) -> Path:
+        """Write the last adaptation (this model's VAE with the adapted DiT) as a checkpoint; its recipe gains an
+        "adapt" stage saying what was learnt from and whether the check passed."""
+        result = self.adaptation
+        if result is None:
+            raise RunError("adapt_steps", "nothing has been adapted yet: run with adapt steps > 0 first")
+        meta = dict(self.checkpoint.meta)
+        recipe = meta.get("recipe", [])
+        meta["recipe"] = (recipe if isinstance(recipe, list) else [recipe]) + [{
+            "stage": "adapt", "steps": result.steps, "frames_learnt": result.split.train,
+            "frames_held_out": result.split.held_out, "held_out_loss_before": result.before,
+            "held_out_loss_after": result.after, "kept": result.kept}]
+        return save_checkpoint(path, self.checkpoint.vae, result.dit, self.config, meta)
+
     @torch.no_grad()
-    def _stream(self, plan: Plan, context: torch.Tensor, sampler, label, cancel) -> Iterator[Event]:
+    def _stream(self, plan: Plan, context: torch.Tensor, sampler, label, cancel,
+                adapter: ClipAdapter | None = None) -> Iterator[Event]:
+        if adapter is not None:
+            yield from self._adapt(adapter, plan.request.adapt_steps, sampler, cancel)
         yield Planned(plan)
         start = time.perf_counter()
         num_context, num_new = plan.num_context, plan.num_new

@@ -7,8 +7,10 @@ never computed (causal attention: nothing earlier can see them). When the window
 rebuilt for the new window, because a clean frame's keys in deeper layers depend on the frames before it
 inside the window. Both give the same result for the same noise (tests hold them to 1e-4 in float32).
 
-Options: classifier-free guidance (class-conditional DiTs, one batched call), an x0 clamp, and history
-guidance (`Sampler._guide_history`: one more call per row, the frames in flight without their history).
+Options: classifier-free guidance (class-conditional DiTs, one batched call), an x0 clamp, history
+guidance (`Sampler._guide_history`: one more call per row, the frames in flight without their history), and
+context noise (a model trained with it sees its clean frames at that level, each frame with its own fixed
+noise, so the cache and the oracle agree: engine.objective).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class Sampler:
     guidance_scale: float = 1.0
     clip_x0: float | None = None
     history_guidance: float = 1.0
+    context_noise: int = 0  # the timestep clean frames are shown at (the model's diffusion.context_noise)
     stats: SamplerStats = field(default_factory=SamplerStats)
 
     def __post_init__(self) -> None:
@@ -69,8 +72,11 @@ class Sampler:
         if self.history_guidance != 1.0 and self.prediction == "x0-prev":
             raise ValueError("history guidance needs a DiT that predicts x0 or eps, not x0-prev (its output is "
                              "tied to the frame before, which the history-free call does not see)")
+        if not 0 <= self.context_noise <= self.schedule.T:
+            raise ValueError(f"context noise must be a timestep in 0..{self.schedule.T}, got {self.context_noise}")
         self.grid = self.schedule.ddim_grid(self.scheduler.num_steps)
-        self._timesteps = self.grid.timesteps.numpy()
+        self._timesteps = self.grid.timesteps.numpy().copy()
+        self._timesteps[0] = self.context_noise  # what the network is told of a clean frame
 
     def denoise(self, context: torch.Tensor, noise: torch.Tensor, class_label: torch.Tensor | None = None,
                 cancel: threading.Event | None = None) -> Iterator[RowStep]:
@@ -86,6 +92,11 @@ class Sampler:
             raise ValueError("classifier-free guidance needs a class-conditional model")
         self.stats = SamplerStats()
         self.latents = torch.cat([context, noise], 1).float()
+        if self.context_noise:
+            g = torch.Generator().manual_seed(CONTEXT_NOISE_SEED)
+            self._context_eps = torch.randn(self.latents.shape, generator=g).to(self.latents.device)
+            a, b = self.schedule._coefficients(torch.tensor([self.context_noise]), self.latents)
+            self._context_coefficients = a.reshape(()), b.reshape(())
         self._class_label = class_label
         self._guided = guided
         self._begin()
@@ -109,7 +120,20 @@ class Sampler:
         raise NotImplementedError
 
     def _levels_to_t(self, levels: np.ndarray, batch: int) -> torch.Tensor:
+        """The timesteps the network is given for frames at `levels` (clean frames: the context-noise level)."""
         return torch.from_numpy(self._timesteps[levels]).to(self.latents.device)[None].expand(batch, -1)
+
+    def _seen(self, start: int, stop: int, levels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frames [start, stop) at `levels` as the network sees them: (latents, timesteps), clean frames noised
+        to the context-noise level with their own fixed noise."""
+        z = self.latents[:, start:stop]
+        t = self._levels_to_t(levels, len(z))
+        clean = levels == 0
+        if self.context_noise and clean.any():
+            a, b = self._context_coefficients
+            mask = torch.from_numpy(clean).to(z.device).reshape(1, -1, *(1,) * (z.dim() - 2))
+            z = torch.where(mask, a * z + b * self._context_eps[:, start:stop], z)
+        return z, t
 
     def _labels(self, batch: int) -> torch.Tensor | None:
         label = self._class_label
@@ -133,12 +157,11 @@ class Sampler:
             return out
         stop = start + out.shape[1]
         if self.prediction == "eps":
-            z = self.latents[:, start:stop]
-            return self.schedule.x0_from_eps(z, out, self._levels_to_t(row.levels(start, stop)[0], len(z)))
+            z, t = self._seen(start, stop, row.levels(start, stop)[0])
+            return self.schedule.x0_from_eps(z, out, t)
         # x0-prev: the frame before `start` is part of the term (it lies outside the call's frames)
         lo = max(start - 1, 0)
-        z = self.latents[:, lo:stop]
-        term = self.schedule.previous_frame_term(z, self._levels_to_t(row.levels(lo, stop)[0], len(z)))
+        term = self.schedule.previous_frame_term(*self._seen(lo, stop, row.levels(lo, stop)[0]))
         return out + term[:, start - lo:]
 
     def _guide_history(self, x0: torch.Tensor, row: Row) -> torch.Tensor:
@@ -150,9 +173,8 @@ class Sampler:
         if self.history_guidance == 1.0 or first == a:  # nothing before the frames in flight: nothing to guide
             return x0
         batch = self.latents.shape[0]
-        z = self.latents[:, first:b]
-        out = self._free_call(self._double(z), self._double(self._levels_to_t(row.levels(first, b)[0], batch)),
-                              self._labels(batch))
+        z, t = self._seen(first, b, row.levels(first, b)[0])
+        out = self._free_call(self._double(z), self._double(t), self._labels(batch))
         self.stats.network_calls += 1
         self.stats.frame_forwards += b - first
         free = self._x0(out, first, row)
@@ -173,8 +195,7 @@ class ReferenceSampler(Sampler):
     def _row(self, row: Row) -> None:
         a, b = row.window
         batch = self.latents.shape[0]
-        z = self.latents[:, a:b]
-        t = self._levels_to_t(row.level_from[a:b], batch)
+        z, t = self._seen(a, b, row.level_from[a:b])
         out = self.dit(self._double(z), self._double(t), self._labels(batch))  # no shortcuts: the oracle
         self.stats.network_calls += 1
         self.stats.frame_forwards += b - a
@@ -188,7 +209,8 @@ class CachedSampler(Sampler):
 
     def _begin(self) -> None:
         self.cache = KVCache(start=-1)
-        self._table = self.dit.conditioning_table(self.grid.timesteps, self._labels(self.latents.shape[0]))
+        shown = torch.from_numpy(np.unique(self._timesteps))  # the grid's timesteps, clean as context noise shows it
+        self._table = self.dit.conditioning_table(shown, self._labels(self.latents.shape[0]))
         self._cached_upto = 0  # frames below this index have been written to a cache at least once
 
     def _row(self, row: Row) -> None:
@@ -198,8 +220,7 @@ class CachedSampler(Sampler):
         if self.cache.start != a:  # the window slid: rebuild the cache for the new window
             self.cache.reset(a)
         start = self.cache.end  # clean frames not yet cached are computed once here, then cached
-        z = self.latents[:, start:b]
-        t = self._levels_to_t(row.levels(start, b)[0], batch)
+        z, t = self._seen(start, b, row.levels(start, b)[0])
         out, kv = self.dit.forward_cached(self._double(z), self._double(t), self.cache, self._labels(batch),
                                           table=self._table)
         self.cache.append(kv, first - start, self.dit.num_tokens)
@@ -216,6 +237,7 @@ class CachedSampler(Sampler):
         return self.dit.forward_cached(z, t, KVCache(start=-1), labels, table=self._table)[0]
 
 
+CONTEXT_NOISE_SEED = 0x5EED  # the context frames' noise: fixed, so a run repeats and the samplers agree
 SAMPLERS = {"reference": ReferenceSampler, "cached": CachedSampler}
 
 

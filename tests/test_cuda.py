@@ -85,7 +85,7 @@ def test_bf16_autocast_sampling_on_cuda() -> None:
 
 def test_training_step_on_cuda() -> None:
     from engine.diffusion import DiffusionSchedule
-    from trainer.losses import diffusion_loss
+    from engine.objective import diffusion_loss
 
     _no_tf32()
     _, _, dit_cpu = _tiny("cpu")

@@ -21,7 +21,8 @@ def tiny_dit(num_classes=0):
     return randomize_(DiT(cfg), std=0.15).eval(), cfg
 
 
-def run(name, dit, s, N, C, guidance=1.0, label=None, window=16, seed=0, history=1.0, context_seed=None):
+def run(name, dit, s, N, C, guidance=1.0, label=None, window=16, seed=0, history=1.0, context_seed=None,
+        prediction="x0", context_noise=0):
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(2, N, dit.num_tokens, dit.latent_dim, generator=g)
     context = torch.randn(2, C, dit.num_tokens, dit.latent_dim, generator=g)
@@ -29,7 +30,8 @@ def run(name, dit, s, N, C, guidance=1.0, label=None, window=16, seed=0, history
         other = torch.Generator().manual_seed(context_seed)
         context = torch.randn(2, C, dit.num_tokens, dit.latent_dim, generator=other)
     sampler = make_sampler(name, dit, DiffusionSchedule(), ADScheduler(STEPS, s, window, 1),
-                           guidance_scale=guidance, history_guidance=history)
+                           guidance_scale=guidance, history_guidance=history, prediction=prediction,
+                           context_noise=context_noise)
     with torch.no_grad():
         steps = list(sampler.denoise(context, noise, label))
     return sampler, steps
@@ -46,6 +48,45 @@ def test_cached_equals_reference(s, N, C):
     assert (fast.latents - ref.latents).abs().max() <= reorder_tolerance(ref.latents, *STAGES)
     assert fast.stats.rows == ref.stats.rows == len(ref_steps)
     assert [st.clean_frames for st in fast_steps] == [st.clean_frames for st in ref_steps]
+
+
+@pytest.mark.parametrize("prediction", ["x0", "x0-prev", "eps"])
+@pytest.mark.parametrize("s,N,C", [(0, 40, 3), (3, 40, 3), (STEPS, 20, 2)])
+def test_cached_equals_reference_with_context_noise(prediction, s, N, C):
+    dit, _ = tiny_dit()
+    ref, _ = run("reference", dit, s, N, C, prediction=prediction, context_noise=100)
+    fast, _ = run("cached", dit, s, N, C, prediction=prediction, context_noise=100)
+    # the same reorder tolerance as without context noise: the noised clean frames are the same tensors in both
+    assert (fast.latents - ref.latents).abs().max() <= reorder_tolerance(ref.latents, *STAGES)
+    plain, _ = run("cached", dit, s, N, C, prediction=prediction)
+    # guards the equality: the noise really reaches the new frames (a sampler that ignored it would pass above)
+    assert (fast.latents[:, C:] - plain.latents[:, C:]).abs().amax(dim=(0, 2, 3)).min() > 1e-3
+
+
+@pytest.mark.parametrize("sampler", ["reference", "cached"])
+def test_context_noise_shows_clean_frames_noised_at_its_level(sampler):
+    """Every clean frame the network sees comes with the context-noise timestep and its latents noised with
+    one fixed draw per frame (the same each time the frame is seen); frames in flight are untouched."""
+    dit, _ = tiny_dit()
+    level, C = 100, 3
+    schedule = DiffusionSchedule()
+    a, b = (float(v) for v in schedule._coefficients(torch.tensor([level]), torch.zeros(1)))
+    seen = []
+    forward, forward_cached = dit.forward, dit.forward_cached
+    dit.forward = lambda z, t, *rest, **kw: (seen.append((z.clone(), t.clone())), forward(z, t, *rest, **kw))[1]
+    dit.forward_cached = lambda z, t, *rest, **kw: (seen.append((z.clone(), t.clone())),
+                                                    forward_cached(z, t, *rest, **kw))[1]
+    fast, _ = run(sampler, dit, 3, 6, C, context_noise=level)
+    g = torch.Generator().manual_seed(0)
+    torch.randn(2, 6, dit.num_tokens, dit.latent_dim, generator=g)
+    context = torch.randn(2, C, dit.num_tokens, dit.latent_dim, generator=g)
+    t0, z0 = seen[0][1], seen[0][0]
+    assert (t0[:, :C] == level).all() and (t0[:, C:] > level).all()  # the first call: context frames, then new ones
+    from engine.sampling import CONTEXT_NOISE_SEED
+    eps = torch.randn(2, C + 6, dit.num_tokens, dit.latent_dim, generator=torch.Generator().manual_seed(CONTEXT_NOISE_SEED))
+    # float32: a * z + b * eps computed once each side, a few ulps of values of size ~3
+    torch.testing.assert_close(z0[:, :C], a * context + b * eps[:, :C], rtol=0, atol=1e-5)
+    assert not any(bool((t == 0).any()) for _, t in seen)  # no call shows a frame as perfectly clean
 
 
 def test_result_depends_on_context_and_noise():

@@ -167,8 +167,8 @@ def test_diffusion_trains_on_fopp_compositions_by_default(vae_run, tmp_path, mon
     monkeypatch.setattr(fopp.FoPPScheduler, "sample", spy)
     seen = []
     monkeypatch.setattr(stages_mod, "diffusion_loss",
-                        lambda dit, sched, z0, t, noise, pred: (seen.append(t.clone()), _real_loss(dit, sched, z0, t,
-                                                                                                   noise, pred))[1])
+                        lambda dit, sched, z0, t, noise, pred, shown=None: (
+                            seen.append(t.clone()), _real_loss(dit, sched, z0, t, noise, pred, shown))[1])
     cfg = load_config("diffusion", None, [*FAST, f"vae={vae_run.run_dir}", "max_steps=6", "batch_size=8"])
     assert cfg.scheduler == "fopp" and cfg.clean_prefix_p == 0.25  # the defaults, with no config file
     train(cfg, tmp_path / "d")
@@ -185,7 +185,7 @@ def test_diffusion_trains_on_fopp_compositions_by_default(vae_run, tmp_path, mon
 
 def test_x0_prev_loss_of_a_silent_network_is_the_repeat_last_frame_error():
     from engine.diffusion import DiffusionSchedule
-    from trainer.losses import diffusion_loss
+    from engine.objective import diffusion_loss
 
     class Silent(torch.nn.Module):
         def forward(self, z, t):
@@ -210,7 +210,7 @@ def test_x0_prev_loss_of_a_silent_network_is_the_repeat_last_frame_error():
 
 
 def _real_loss(*args):
-    from trainer.losses import diffusion_loss
+    from engine.objective import diffusion_loss
 
     return diffusion_loss(*args)
 
@@ -221,16 +221,25 @@ def _real_loss(*args):
     ["scheduler=naive-nondecreasing"],
     ["prediction=eps", "attention=full"],
     ["prediction=x0-prev"],
+    ["context_noise=50", "clean_prefix_p=1"],
 ])
 def test_ablation_switches_are_real_code_paths(sets, vae_run, tmp_path, monkeypatch):
     seen = []
     monkeypatch.setattr(stages_mod, "diffusion_loss",
-                        lambda dit, sched, z0, t, noise, pred: (seen.append((dit, t.clone(), pred)),
-                                                                _real_loss(dit, sched, z0, t, noise, pred))[1])
+                        lambda dit, sched, z0, t, noise, pred, shown=None: (
+                            seen.append((dit, t.clone(), pred, shown)),
+                            _real_loss(dit, sched, z0, t, noise, pred, shown))[1])
     cfg = cfg_for("diffusion", f"vae={vae_run.run_dir}", "max_steps=2", *sets)
     train(cfg, tmp_path / "a")
-    dit, t, pred = seen[0]
+    dit, t, pred, shown = seen[0]
     assert pred == cfg.prediction and dit.causal == (cfg.attention == "causal")
+    clean = t == 0
+    if cfg.context_noise:  # clean frames shown at levels 0..50 (some above 0), the rest as drawn
+        assert bool(clean.any()) and bool((shown[clean] <= 50).all()) and bool((shown[clean] > 0).any())
+        assert torch.equal(shown[~clean], t[~clean])
+        assert load_run(tmp_path / "a").model_config.diffusion.context_noise == 50  # the sampler's level
+    else:
+        assert torch.equal(shown, t)
     if cfg.scheduler == "equal":
         assert bool((t == t[:, :1]).all())
     if cfg.scheduler == "independent":

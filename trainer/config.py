@@ -75,6 +75,8 @@ class TrainConfig:
     # ---- model overrides (Table 3 ablations)
     attention: str = "causal"  # causal | full (DiT temporal attention)
     prediction: str = "x0"  # x0 | eps | x0-prev (what the DiT outputs: engine.models.presets.PREDICTIONS)
+    context_noise: int = 0  # clean frames shown at a level drawn from 0..this in training, at this when sampling
+    #   (engine.objective); 0 = clean, as the paper
     # ---- VAE stages
     vae: str = ""  # vae-temporal: the vae-image run; diffusion: a VAE run dir or an ardiff checkpoint;
     #   vae-image (optional): a VAE run or checkpoint to train further (its image stage, from its EMA weights)
@@ -212,7 +214,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                 "num_items", "frame_stride", "frame_every", "disc_layers", "disc_channels", "latent_scale_samples"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"config key {key!r} must be >= 1, got {getattr(cfg, key)}")
-    for key in ("num_frames", "warmup_steps", "num_workers", "disc_start", "seed", "pca_init_frames"):
+    for key in ("num_frames", "warmup_steps", "num_workers", "disc_start", "seed", "pca_init_frames", "context_noise"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"config key {key!r} must be >= 0, got {getattr(cfg, key)}")
     for key in ("lr", "disc_lr", "min_lr", "weight_decay", "grad_clip", "l1_weight", "disc_weight",

@@ -25,10 +25,11 @@ from trainer.state import load_run, prefixed, weights_digest
 
 
 def model_config(cfg: TrainConfig) -> ModelConfig:
-    """The model config a run trains: its preset with the config's ablation switches (attention, prediction)."""
+    """The model config a run trains: its preset with the config's switches (attention, prediction, context noise)."""
     mc = get_preset(cfg.preset)
     mc.dit.attention = cfg.attention
     mc.diffusion.prediction = cfg.prediction
+    mc.diffusion.context_noise = cfg.context_noise
     return ModelConfig.from_dict(mc.to_dict())  # re-validated
 
 
@@ -152,6 +153,14 @@ def load_diffusion_source(path: str) -> DiffusionSource:
                            run.train_config.ema_decay, dict(run.meta.get("sampling") or {}))
 
 
+def _architecture(cfg: ModelConfig) -> dict:
+    """A model config less what a run may change when it continues a DiT: the context-noise level (a
+    continuation fine-tune may start or change it)."""
+    data = cfg.to_dict()
+    data["diffusion"] = {k: v for k, v in data["diffusion"].items() if k != "context_noise"}
+    return data
+
+
 def init_dit_from(dit: DiT, path: str, model_cfg: ModelConfig, vae: VAEProvenance, other_vae: bool = False
                   ) -> list[dict]:
     """Load the DiT at `path` (init_dit) into `dit`; return the recipe stages it went through.
@@ -159,7 +168,7 @@ def init_dit_from(dit: DiT, path: str, model_cfg: ModelConfig, vae: VAEProvenanc
     Only a DiT trained on this run's latents may be continued (the same encoder and latent scale), unless
     `other_vae` (init_dit_other_vae): a warm start."""
     src = load_diffusion_source(path)
-    if src.model_config.to_dict() != model_cfg.to_dict():
+    if _architecture(src.model_config) != _architecture(model_cfg):
         raise ConfigError(f"init_dit: the DiT at {path} (preset {src.model_config.name!r}) has another model "
                           f"config than this run's; set preset= and the model keys to its own")
     used = src.vae_source or VAEProvenance()

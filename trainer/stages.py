@@ -28,7 +28,8 @@ from engine.models.presets import ModelConfig
 from engine.schedulers import make_training_scheduler
 from trainer.config import ConfigError, TrainConfig, stage_num_frames
 from trainer.latent_stats import init_vae_from_pca, measure_latent_scale, normalize_latent_channels
-from trainer.losses import adaptive_gan_weight, diffusion_loss
+from engine.objective import context_levels, diffusion_loss
+from trainer.losses import adaptive_gan_weight
 from trainer.metrics import Log
 from trainer.runtime import Process
 from trainer.sources import VAESource, check_vae_matches, init_dit_from, load_vae_source, previous_discriminator
@@ -325,7 +326,7 @@ class DiffusionStage(Stage):
         self.scheduler = make_training_scheduler(cfg.scheduler, self.num_frames, d.num_timesteps,
                                                  clean_prefix_p=cfg.clean_prefix_p)
         log.info(f"timestep compositions: {self.scheduler.name} (clean_prefix_p {cfg.clean_prefix_p}); "
-                 f"prediction {cfg.prediction}, attention {cfg.attention}")
+                 f"prediction {cfg.prediction}, attention {cfg.attention}, context noise {cfg.context_noise}")
         self.model.to(ctx.proc.device).train()
 
     def prepare_data(self, dataset, run_dir: Path):
@@ -375,15 +376,16 @@ class DiffusionStage(Stage):
         gb = x.shape[0] * proc.world  # draws for the global batch, this rank's slice
         t = self.scheduler.sample(gb, generator=gen)[proc.rank::proc.world].to(proc.device)
         noise = torch.randn((gb, *z0.shape[1:]), generator=gen)[proc.rank::proc.world].to(proc.device)
+        seen = context_levels(t, cfg.context_noise, gen)
         with proc.autocast():
-            loss, _ = diffusion_loss(self.net, self.schedule, z0, t, noise, cfg.prediction)
+            loss, _ = diffusion_loss(self.net, self.schedule, z0, t, noise, cfg.prediction, seen)
         (loss / cfg.grad_accum).backward()
         return loss.item()
 
     def recipe_entry(self, step: int) -> dict:
         cfg = self.cfg
         entry = {**super().recipe_entry(step), "scheduler": cfg.scheduler, "clean_prefix_p": cfg.clean_prefix_p,
-                 "prediction": cfg.prediction, "attention": cfg.attention}
+                 "prediction": cfg.prediction, "attention": cfg.attention, "context_noise": cfg.context_noise}
         if cfg.init_dit:
             ref = cfg.init_dit  # a reference (hf:, https://) is kept as written, a path made absolute
             entry.update(init_dit=ref if is_reference(ref) else str(Path(ref).resolve()))

@@ -60,6 +60,7 @@ class DiffusionConfig:
     beta_end: float = 0.02  # the paper's Table 6 says 0.002, which never reaches noise; the released code uses 0.02
     schedule: str = "linear"
     prediction: str = "x0"  # one of PREDICTIONS
+    context_noise: int = 0  # the level clean frames are shown at when sampling (engine.objective); 0 = clean
 
 
 @dataclass
@@ -124,6 +125,9 @@ def validate_config(cfg: ModelConfig) -> None:
     if cfg.diffusion.prediction not in PREDICTIONS:
         raise ValueError(f"diffusion.prediction must be one of {', '.join(PREDICTIONS)}, "
                          f"got {cfg.diffusion.prediction!r}")
+    if not 0 <= cfg.diffusion.context_noise <= cfg.diffusion.num_timesteps:
+        raise ValueError(f"diffusion.context_noise must be in 0..{cfg.diffusion.num_timesteps}, "
+                         f"got {cfg.diffusion.context_noise}")
     if v.local_latents:
         side, grid = math.isqrt(v.num_latent_tokens), v.image_size // v.patch_size
         if side * side != v.num_latent_tokens or grid % side:
