@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from textual import on, work
 from textual.app import App, ComposeResult
-from textual.containers import Grid, Horizontal, Vertical
+from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Button, Checkbox, DirectoryTree, Footer, Header, Input, Label, ProgressBar, Select
 from textual.worker import Worker
@@ -138,35 +138,38 @@ class ArdiffApp(LiveRun, TakeSession, App[list[Path]]):
         yield Header(icon="▶")
         with Horizontal(id="body"):
             with Vertical(id="sidebar"):
-                with Vertical(id="clip-panel") as panel:
-                    panel.border_title = "Clip"
-                    yield Input(str(self.initial_clip or ""), placeholder="clip path, enter opens", id="path",
-                                compact=True)
-                    yield VideoTree(self.start_dir, id="files")
-                with Grid(id="form") as form:
-                    form.border_title = "Settings"
-                    for field, label in INT_FIELDS.items():
-                        yield Label(label)
-                        yield Input(str(getattr(self.initial, field)), id=f"set-{field}", type="integer",
-                                    compact=True)
-                    yield Label("hist. guide")
-                    guidance = self.initial.history_guidance
-                    yield Input("" if guidance is None else str(guidance), placeholder="model default",
-                                id="set-history_guidance", type="number", valid_empty=True, compact=True,
-                                tooltip=f"history guidance: {HISTORY_GUIDANCE_HELP}")
-                    yield Label("checkpoint")
-                    yield Input(str(self.initial.checkpoint or ""), placeholder="embedded default",
-                                id="set-checkpoint", compact=True)
-                    yield Label("device")
-                    devices = list(dict.fromkeys([*DEVICES, self.initial.device]))  # keeps e.g. cuda:1
-                    yield Select([(d, d) for d in devices], value=self.initial.device, allow_blank=False,
-                                 id="set-device", compact=True)
-                    yield Label("precision")
-                    yield Select([(PRECISION_LABELS[p], p) for p in PRECISIONS], value=self.initial.precision,
-                                 allow_blank=False, id="set-precision", compact=True, tooltip=PRECISION_HELP)
-                    yield Label("adapt")
-                    yield Checkbox("to this clip", self.initial.adapt, id="set-adapt", compact=True,
-                                   tooltip=ADAPT_HELP, disabled=True)
+                # scrolls when the terminal is too short for the form; the buttons below stay in view
+                with VerticalScroll(id="sidebar-scroll"):
+                    with Vertical(id="clip-panel") as panel:
+                        panel.border_title = "Clip"
+                        yield Input(str(self.initial_clip or ""), placeholder="clip path, enter opens",
+                                    id="path", compact=True)
+                        yield VideoTree(self.start_dir, id="files")
+                    with Grid(id="form") as form:
+                        form.border_title = "Settings"
+                        for field, label in INT_FIELDS.items():
+                            yield Label(label)
+                            yield Input(str(getattr(self.initial, field)), id=f"set-{field}", type="integer",
+                                        compact=True)
+                        yield Label("hist. guide")
+                        guidance = self.initial.history_guidance
+                        yield Input("" if guidance is None else str(guidance), placeholder="model default",
+                                    id="set-history_guidance", type="number", valid_empty=True, compact=True,
+                                    tooltip=f"history guidance: {HISTORY_GUIDANCE_HELP}")
+                        yield Label("checkpoint")
+                        yield Input(str(self.initial.checkpoint or ""), placeholder="embedded default",
+                                    id="set-checkpoint", compact=True)
+                        yield Label("device")
+                        devices = list(dict.fromkeys([*DEVICES, self.initial.device]))  # keeps e.g. cuda:1
+                        yield Select([(d, d) for d in devices], value=self.initial.device, allow_blank=False,
+                                     id="set-device", compact=True)
+                        yield Label("precision")
+                        yield Select([(PRECISION_LABELS[p], p) for p in PRECISIONS],
+                                     value=self.initial.precision, allow_blank=False, id="set-precision",
+                                     compact=True, tooltip=PRECISION_HELP)
+                        yield Label("adapt")
+                        yield Checkbox("to this clip", self.initial.adapt, id="set-adapt", compact=True,
+                                       tooltip=ADAPT_HELP, disabled=True)
                 with Horizontal(id="buttons"):
                     yield Button("Generate", id="generate", variant="primary", compact=True,
                                  disabled=self.preload_model)
@@ -176,8 +179,10 @@ class ArdiffApp(LiveRun, TakeSession, App[list[Path]]):
                 with Horizontal(id="previews"):
                     yield FramePreview("Context: last frame", self.image_mode, empty="open a clip (o)",
                                        id="context-preview")
-                    yield FramePreview("Newest frame", self.image_mode, empty="generate (g) to see frames",
-                                       id="newest-preview")
+                    result = FramePreview("Newest frame", self.image_mode, empty="generate (g) to see frames",
+                                          id="newest-preview")
+                    result.can_focus = True  # the player's panel: Space, arrows, Home/End play the take
+                    yield result
                 yield Filmstrip(text_only=text_only, id="filmstrip")
                 with Horizontal(id="lower"):
                     yield ScheduleHeatmap(text_only=text_only, id="heatmap")

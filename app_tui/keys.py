@@ -22,7 +22,9 @@ APP_BINDINGS = [
     Binding("ctrl+o", "open", "Open", priority=True),
     Binding("ctrl+t", "takes", "Takes", priority=True),
     Binding("f1", "help", "Help"),
-    Binding("ctrl+q,ctrl+c,f10", "quit", "Quit", priority=True),
+    Binding("ctrl+q,f10", "quit", "Quit", priority=True),
+    # not in the footer: the screen's own ctrl+c (copy) sits earlier in its list and would show instead of q
+    Binding("ctrl+c", "quit", "Quit", priority=True, show=False),
 ]
 
 # Outside text fields only: MainScreen turns these off while an Input has the focus.

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from app_tui.settings import Settings
 from engine import settings_file
+from engine.hub import checkpoint_arg
 from engine.run import DEVICES, PRECISIONS, RunRequest
 from engine.save_options import PARTS, SIZES, SaveOptions
 
@@ -74,7 +75,7 @@ class Prefs:
     def settings(self) -> Settings:
         """The run settings these prefs hold."""
         return Settings(s=self.s, frames=self.frames, steps=self.steps, context=self.context, seed=self.seed,
-                        checkpoint=self.checkpoint or None, device=self.device, precision=self.precision,
+                        checkpoint=checkpoint_arg(self.checkpoint) if self.checkpoint else None, device=self.device, precision=self.precision,
                         history_guidance=self.history_guidance, adapt=self.adapt)
 
     def remember(self, settings: Settings) -> None:

@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 from textual import work
+from textual.widgets import Checkbox, Input, Select
 
 from app_tui.prompts import CANCEL, SAVE, UnsavedScreen
 from app_tui.screens import SaveChoice, SaveScreen
@@ -40,6 +41,9 @@ class TakeSession:
         self.player.load(len(take.video), take.fps)
         self.sub_title = take.label
         self._set_buttons()
+        result = self.main_screen.query_one("#newest-preview", FramePreview)
+        if not isinstance(self.main_screen.focused, (Input, Select, Checkbox)):
+            result.focus()  # the player's keys act now; a field being edited keeps the focus
 
     def _show_frame(self, index: int) -> None:
         """The player's view: frame `index` of the shown take in the result panel."""
