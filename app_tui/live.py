@@ -188,5 +188,5 @@ class LiveRun:
         if event.details:
             self.say(f"details: {event.details}", "dim")
         if self.takes.current is not None:  # what is on screen again: the shown take, not the failed run
-            self.show_take(self.takes.current.number)
+            self.show_take(self.takes.current.number, focus=False)  # the field to fix keeps the focus
         self._set_buttons()

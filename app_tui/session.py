@@ -32,8 +32,9 @@ class TakeSession:
 
     # ------------------------------------------------------------------ showing
 
-    def show_take(self, number: int) -> None:
-        """Make take `number` the shown one: previews, filmstrip and the player follow it."""
+    def show_take(self, number: int, focus: bool = True) -> None:
+        """Make take `number` the shown one: previews, filmstrip and the player follow it; with `focus`, the
+        result panel takes the focus (unless a field is being edited) so the player's keys act at once."""
         take = self.takes.select(number)
         self.frames = list(take.video)
         self.num_context, self.num_new = take.num_context, take.num_new
@@ -42,7 +43,7 @@ class TakeSession:
         self.sub_title = take.label
         self._set_buttons()
         result = self.main_screen.query_one("#newest-preview", FramePreview)
-        if not isinstance(self.main_screen.focused, (Input, Select, Checkbox)):
+        if focus and not isinstance(self.main_screen.focused, (Input, Select, Checkbox)):
             result.focus()  # the player's keys act now; a field being edited keeps the focus
 
     def _show_frame(self, index: int) -> None:

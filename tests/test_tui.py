@@ -73,10 +73,10 @@ async def model_ready(pilot) -> None:
     """Wait for the model the app loads behind its first paint (Generate is off until then)."""
     app = pilot.app
     for _ in range(100):
-        if app.model_worker is not None or not app.preload_model:
+        if getattr(app, "model_worker", None) is not None or not getattr(app, "preload_model", False):
             break
         await pilot.pause(0.02)
-    if app.model_worker is not None:
+    if getattr(app, "model_worker", None) is not None:
         await app.model_worker.wait()
     await pilot.pause()
 

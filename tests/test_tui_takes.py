@@ -534,14 +534,16 @@ async def test_log_rewraps_after_a_resize():
     async with app.run_test(size=(200, 60)) as pilot:
         app.say(words)
         await pilot.pause()
-        text = app.query_one("#log-text")
-        wide = text.size.height
+        log = app.query_one("#log")
+        wide = log.virtual_size.height
         await pilot.resize_terminal(60, 18)
         await pilot.pause()
         await pilot.pause()
-        narrow_lines = [line.text for line in text.render_lines(text.region.reset_offset)]
-        assert text.size.height > wide  # the same message, wrapped to the new width
-        shown = " ".join(" ".join(narrow_lines).split())
+        assert log.virtual_size.height > wide  # the same message, wrapped again to the new width
+        text = app.query_one("#log-text")
+        lines = [strip.text for strip in text.render_lines(text.region.reset_offset)]
+        assert max(len(line.rstrip()) for line in lines) <= log.scrollable_content_region.width
+        shown = " ".join(" ".join(lines).split())
         assert "word39" in shown and "word20" in shown  # nothing cut off at the old width
 
 
