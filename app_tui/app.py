@@ -201,8 +201,7 @@ class ArdiffApp(LiveRun, TakeSession, App[list[Path]]):
         self.sub_title = "no clip"
         if self.preload_model:
             self.model_loading = True
-            self._stats("loading the model ...")
-            self.call_after_refresh(self._start_preload)  # the layout is painted before torch loads
+            self._stats("loading the model ...")  # on_ready starts it: the layout is painted before torch loads
         if self.initial_clip:
             self.open_clip(self.initial_clip)
         else:
@@ -222,8 +221,10 @@ class ArdiffApp(LiveRun, TakeSession, App[list[Path]]):
 
     # ------------------------------------------------------------------ the model, behind the layout
 
-    def _start_preload(self) -> None:
-        self.model_worker = self._preload(self.initial)
+    def on_ready(self) -> None:
+        """Textual posts Ready right after the first paint: only now start loading torch and the model."""
+        if self.preload_model and self.model_worker is None:
+            self.model_worker = self._preload(self.initial)
 
     @work(thread=True, group="model", exit_on_error=False, description="load the model")
     def _preload(self, settings: Settings) -> None:

@@ -67,11 +67,12 @@ def _size(text: str) -> tuple[int, int]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Torch's CPU thread pool busy-waits; with the UI thread on one of its cores both crawl, so the policy
-    # keeps a core for the UI (engine.threads).
-    from engine.threads import apply_thread_policy
+    # keeps a core for the UI (engine.threads). It is applied where torch loads, on the worker thread, after
+    # the layout is drawn: here the count is only checked.
+    from engine.threads import configure_threads
 
     try:
-        apply_thread_policy(args.threads, reserve=1)
+        configure_threads(args.threads, reserve=1)
     except ValueError as err:
         print(f"ardiff-tui: error: {err}", file=sys.stderr)
         return 2

@@ -65,6 +65,9 @@ class PipelineCache:
     def get(self, checkpoint: Path | None, device: str, precision: str = "auto") -> Pipeline:
         """The pipeline for these settings: the cached one, or a fresh load when any of them changed."""
         key = (str(checkpoint) if checkpoint else None, device, precision)
+        from engine.threads import apply_thread_policy
+
+        apply_thread_policy()  # what main() configured (engine.threads), before torch loads
         from engine.pipeline import load_pipeline
 
         with self._lock:
