@@ -95,7 +95,7 @@ class ArdiffApp(LiveRun, TakeSession, App[list[Path]]):
         self.clip: Clip | None = None
         self.pipes = PipelineCache()
         self.takes = Takes()
-        self.take_input_hw: dict[int, tuple[int, int] | None] = {}  # take -> its clip's size (save at input's)
+        self.take_input_hw: dict[int, tuple[int, int] | None] = {}  # take -> its clip's (height, width)
         self.player = Player(self, self._show_frame)
         self.job: Job | None = None
         self.job_worker: Worker | None = None
@@ -201,7 +201,7 @@ class ArdiffApp(LiveRun, TakeSession, App[list[Path]]):
         self.sub_title = "no clip"
         if self.preload_model:
             self.model_loading = True
-            self._stats("loading the model ...")  # on_ready starts it: the layout is painted before torch loads
+            self._stats("loading the model ...")  # on_ready starts it: the layout is painted first
         if self.initial_clip:
             self.open_clip(self.initial_clip)
         else:
@@ -233,7 +233,9 @@ class ArdiffApp(LiveRun, TakeSession, App[list[Path]]):
         try:
             described = preload(settings, self.pipes)
         except Exception as err:  # shown once; Generate tries again with what the form says then
-            message = one_line(err) if isinstance(err, ArdiffError) else f"{type(err).__name__}: {one_line(err)}"
+            message = one_line(err)
+            if not isinstance(err, ArdiffError):
+                message = f"{type(err).__name__}: {message}"
             self.call_from_thread(self._model_loaded, None, message)
         else:
             self.call_from_thread(self._model_loaded, described, None)

@@ -168,8 +168,8 @@ class LiveRun:
         summary = f"{word}: {len(event.video)} frames ({event.num_context} context + {new} new)"
         job = self.job
         if new > 0 and job is not None and self.plan is not None:
-            take = self.takes.add(np.asarray(event.video), event.num_context, job.fps or DEFAULT_FPS, job.clip,
-                                  self.plan.request, cancelled=event.cancelled)
+            take = self.takes.add(np.asarray(event.video), event.num_context, job.fps or DEFAULT_FPS,
+                                  job.clip, self.plan.request, cancelled=event.cancelled)
             self.take_input_hw[take.number] = job.input_hw
             self.say(f"{summary} in {event.elapsed:.1f} s{rate}: take {take.number}; ctrl+s saves, "
                      f"t lists the takes", "yellow" if event.cancelled else "green")

@@ -75,7 +75,8 @@ class Prefs:
     def settings(self) -> Settings:
         """The run settings these prefs hold."""
         return Settings(s=self.s, frames=self.frames, steps=self.steps, context=self.context, seed=self.seed,
-                        checkpoint=checkpoint_arg(self.checkpoint) if self.checkpoint else None, device=self.device, precision=self.precision,
+                        checkpoint=checkpoint_arg(self.checkpoint) if self.checkpoint else None,
+                        device=self.device, precision=self.precision,
                         history_guidance=self.history_guidance, adapt=self.adapt)
 
     def remember(self, settings: Settings) -> None:

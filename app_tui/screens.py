@@ -17,7 +17,7 @@ from engine.save_options import PART_LABELS, PARTS, SIZE_LABELS, SIZES, SaveOpti
 
 # Letters work outside text fields; the ctrl keys work everywhere, in a field too (the footer shows which).
 KEYS = [
-    ("g, ctrl+g, F5", "generate (continue the clip; with no clip, generate from nothing); every run is a take"),
+    ("g, ctrl+g, F5", "generate (continue the clip; with no clip, from nothing): every run is a take"),
     ("esc", "cancel the run (its frames become a take); in a field, leave the field"),
     ("ctrl+s", "save the shown take: .mp4, .gif, or a folder path for PNG frames; what and at which size"),
     ("t, ctrl+t", "the takes list: enter shows, s saves, d deletes, c on two takes compares them"),

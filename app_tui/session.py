@@ -95,7 +95,8 @@ class TakeSession:
         except ArdiffError as err:
             self.call_from_thread(self.show_error, one_line(err))
         except Exception as err:
-            self.call_from_thread(self.show_error, f"cannot save {path}: {type(err).__name__}: {one_line(err)}")
+            self.call_from_thread(self.show_error,
+                                  f"cannot save {path}: {type(err).__name__}: {one_line(err)}")
         else:
             return written.resolve()
         return None
@@ -131,7 +132,8 @@ class TakeSession:
 
     def _unsaved_lines(self, takes: list[Take]) -> list[str]:
         """What Save would write where, one line per take (at most a few: the rest counted)."""
-        lines = [f"take {t.number} ({t.source}, {t.num_new} new) -> {suggested_output(t.clip)}" for t in takes[:4]]
+        lines = [f"take {t.number} ({t.source}, {t.num_new} new) -> {suggested_output(t.clip)}"
+                 for t in takes[:4]]
         if len(takes) > 4:
             lines.append(f"and {len(takes) - 4} more, each beside its clip")
         return lines
@@ -159,7 +161,8 @@ class TakeSession:
             self.call_later(go_on)
 
         count = f"{len(takes)} take{'s' if len(takes) > 1 else ''}"
-        self.push_screen(UnsavedScreen(f"{question}: {count} not saved.", self._unsaved_lines(takes)), answered)
+        prompt = UnsavedScreen(f"{question}: {count} not saved.", self._unsaved_lines(takes))
+        self.push_screen(prompt, answered)
 
     async def _save_then(self, takes: list[Take], go_on: Callable[[], object]) -> None:
         if await self.save_unsaved(takes):

@@ -27,7 +27,7 @@ def config_path(file_name: str) -> Path:
 
 
 def read_json(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The JSON object stored at `path`; None when the file is missing, unreadable, not JSON or not an object."""
+    """The JSON object stored at `path`; None when the file is missing, unreadable, not JSON or no object."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):

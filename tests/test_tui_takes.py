@@ -285,7 +285,8 @@ async def test_player_keys_play_and_scrub_the_result(tiny_checkpoint):
         assert keys["Play"] == "space" and keys["Step"] == "←/→"
         assert app.player.head.index == len(take.video) - 1
         await pilot.press("home")
-        assert np.array_equal(result.frame, take.video[0]) and "frame 1/10 (context)" in result.border_subtitle
+        assert np.array_equal(result.frame, take.video[0])
+        assert "frame 1/10 (context)" in result.border_subtitle
         await pilot.press("full_stop", "right")
         assert app.player.head.index == 2
         await pilot.press("comma")
@@ -343,7 +344,8 @@ async def test_footer_offers_only_keys_that_work_in_a_text_field(tiny_checkpoint
         screen = app.screen.region
         assert screen.contains_region(app.query_one("#generate").region)
         for name in ("#path", "#files", "#set-s", "#set-frames", "#set-steps", "#set-context", "#set-seed",
-                     "#set-history_guidance", "#set-checkpoint", "#set-device", "#set-precision", "#set-adapt",
+                     "#set-history_guidance", "#set-checkpoint", "#set-device", "#set-precision",
+                     "#set-adapt",
                      "#generate", "#save"):
             widget = app.query_one(name)
             widget.focus()
@@ -368,7 +370,7 @@ def test_settings_file_round_trip_and_fallback(tmp_path):
     data.update(s="five", steps=True, frames=-3, save_part="odd", device="tpu", history_guidance=float("nan"))
     path.write_text(json.dumps(data))
     broken = Prefs.load(path)  # each bad field falls back; the good ones stay
-    assert broken.s == RunRequest.s and broken.steps == RunRequest.steps and broken.frames == RunRequest.new_frames
+    assert (broken.s, broken.steps, broken.frames) == (RunRequest.s, RunRequest.steps, RunRequest.new_frames)
     assert broken.save_part == "all" and broken.device == "auto" and broken.history_guidance is None
     assert broken.save_size == "input" and broken.adapt and broken.last_dir == str(tmp_path)
     path.write_text("{ not json")
@@ -427,16 +429,16 @@ async def test_save_part_and_size_are_offered_and_remembered(tiny_checkpoint, cl
         await pilot.press("ctrl+s")
         await pilot.pause()
         dialog = app.screen
-        assert dialog.query_one("#save-part").value == "all" and dialog.query_one("#save-size").value == "model"
-        dialog.query_one("#save-part").value = "new"
-        dialog.query_one("#save-size").value = "input"
+        part, size = dialog.query_one("#save-part"), dialog.query_one("#save-size")
+        assert (part.value, size.value) == ("all", "model")
+        part.value, size.value = "new", "input"
         out = tmp_path / "new-only.mp4"
         await paste_into(pilot, "#save-path", str(out))
         await pilot.press("enter")
         await app.save_worker.wait()
         await pilot.pause()
         video = read_video(out)
-        side = min(probe_video(clip).height, probe_video(clip).width)  # the square the model saw, at full size
+        side = min(probe_video(clip).height, probe_video(clip).width)  # the square the model saw, full size
         assert video.shape == (take.num_new, side, side, 3)
         assert (prefs.save_part, prefs.save_size) == ("new", "input")
         await pilot.press("ctrl+s")  # offered again as chosen
@@ -497,7 +499,8 @@ async def test_adapt_toggle_events_and_cancel(tiny_checkpoint, monkeypatch):
         assert requests[-1].adapt_steps == DEFAULT_ADAPT_STEPS
         assert any("adapted to the clip: held-out loss 0.50 -> 0.40" in m for m in app.messages)
         adapting = [entry for entry in seen if entry[0].startswith("adapting")]
-        assert adapting[0] == (f"adapting 1/{DEFAULT_ADAPT_STEPS}  loss 0.5000  ETA 1.0 s", DEFAULT_ADAPT_STEPS, 1)
+        first_step = f"adapting 1/{DEFAULT_ADAPT_STEPS}  loss 0.5000  ETA 1.0 s"
+        assert adapting[0] == (first_step, DEFAULT_ADAPT_STEPS, 1)
         assert [entry[2] for entry in adapting] == [1, 2, 3]
         emit = app._emit
 
@@ -525,7 +528,8 @@ async def test_idle_progress_bar_is_still_and_defaults_are_the_engines(tiny_chec
         request = RunRequest()
         assert (settings.s, settings.frames, settings.steps, settings.context, settings.seed) == (
             request.s, request.new_frames, request.steps, request.context, request.seed)
-        assert (settings.device, settings.precision, settings.adapt) == (request.device, request.precision, False)
+        assert (settings.device, settings.precision) == (request.device, request.precision)
+        assert not settings.adapt
 
 
 async def test_log_rewraps_after_a_resize():
