@@ -177,6 +177,8 @@ class LiveRun:
         else:
             self.say(f"{summary}: nothing new to keep", "yellow")
             self.frames = list(event.video)
+            if self.takes.current is not None:  # on screen again: the take Ctrl+S would save
+                self.show_take(self.takes.current.number, focus=False)
         self._stats(f"{word} in {clock(event.elapsed)}")
         self._set_buttons()
 

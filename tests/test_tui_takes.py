@@ -232,6 +232,8 @@ async def test_quit_mid_run_cancels_first_and_keeps_the_partial_take(tiny_checkp
         emit(job, event)
         if isinstance(event, FrameReady):
             made.append(event.index)
+            if len(made) == 1:  # ctrl+o mid-run: refused, saying why
+                app.call_from_thread(app.action_open)
             if len(made) == 3:
                 app.call_from_thread(lambda: app.run_worker(app.action_quit(), group="test-quit"))
 
@@ -244,6 +246,9 @@ async def test_quit_mid_run_cancels_first_and_keeps_the_partial_take(tiny_checkp
         (take,) = app.takes
         assert take.cancelled and 3 <= take.num_new < 12 and not app.running
         assert app.last_done.cancelled
+        told = [n.message for n in app._notifications]
+        assert "a run is in progress: esc cancels it, then open a clip" in told
+        assert app.focused is not app.query_one("#path")
         await pilot.press("d")  # discard: leaves
         await pilot.pause()
     assert app.return_value == []
