@@ -79,6 +79,8 @@ class TakeSession:
             if choice is None:
                 return
             self.prefs.save_part, self.prefs.save_size = choice.options.part, choice.options.size
+            if choice.options.size == "input" and self.take_input_hw.get(take.number) is None:
+                self.say(f"take {take.number} was made from nothing: no input size, saved at the model's")
             self.save_worker = self._write(take, choice.path, choice.options, after)
 
         title = f"Save take {take.number} · {take.source} · {take.num_new} new"
