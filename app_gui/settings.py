@@ -6,17 +6,15 @@ as they left it. Unknown or malformed values fall back to defaults: a damaged fi
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import platformdirs
-
+from engine import settings_file
 from engine.run import DEVICES, PRECISIONS, RunRequest
 
-APP_NAME = "ardiff"
+APP_NAME = settings_file.APP_NAME
 FILE_NAME = "gui.json"
 MAX_RECENT = 8
 MODEL_HISTORY_GUIDANCE = None  # "the model's own" history guidance, as engine.run.RunRequest says it
@@ -24,7 +22,7 @@ MODEL_HISTORY_GUIDANCE = None  # "the model's own" history guidance, as engine.r
 
 def config_path() -> Path:
     """Where the settings live (looked up on each call, so tests can redirect platformdirs)."""
-    return Path(platformdirs.user_config_dir(APP_NAME, appauthor=False)) / FILE_NAME
+    return settings_file.config_path(FILE_NAME)
 
 
 @dataclass
@@ -54,22 +52,10 @@ class Settings:
         """Read settings from `path` (default: `config_path()`); missing or broken files give defaults."""
         path = Path(path) if path is not None else config_path()
         settings = cls(path=path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        data = settings_file.read_json(path)
+        if data is None:
             return settings
-        if not isinstance(data, dict):
-            return settings
-        for f in fields(cls):
-            if f.name in ("path", "history_guidance") or f.name not in data:
-                continue
-            default, value = getattr(settings, f.name), data[f.name]
-            if isinstance(default, bool) or not isinstance(value, type(default)):
-                if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-                    value = float(value)
-                else:
-                    continue  # wrong type: keep the default rather than crash later
-            setattr(settings, f.name, value)
+        settings_file.apply_fields(settings, data, skip=("path", "history_guidance"))
         settings.recent = [p for p in settings.recent if isinstance(p, str)][:MAX_RECENT]
         if settings.device not in DEVICES:
             settings.device = "auto"
@@ -83,15 +69,8 @@ class Settings:
 
     def save(self) -> None:
         """Write atomically (temp file + rename): a crash mid-write keeps the previous settings."""
-        path = self.path or config_path()
-        data = {k: v for k, v in asdict(self).items() if k != "path"}
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-            os.replace(tmp, path)
-        except OSError:
-            pass  # a read-only home must not break the app; settings are a convenience
+        # a read-only home must not break the app; settings are a convenience
+        settings_file.write_json(self.path or config_path(), settings_file.to_json(self, leave_out=("path",)))
 
     def add_recent(self, clip: str | os.PathLike) -> None:
         """Put `clip` first in the recent list (no duplicates, at most MAX_RECENT)."""

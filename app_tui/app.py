@@ -1,29 +1,33 @@
-"""The ardiff terminal app: pick a clip, set the run, watch frames arrive, save them.
+"""The ardiff terminal app: pick a clip, set the run, watch frames arrive, keep every run as a take, play
+and save them.
 
-The app only consumes the pipeline's events (see app_tui.worker); it holds the frames made so far, so a
-cancelled or failed run never loses them.
+The layout is drawn first and the model loaded behind it (a worker); the app consumes the pipeline's events
+(app_tui.live), keeps the session's takes (app_tui.session, engine.takes) and asks before unsaved takes would
+be lost (app_tui.prompts). Keys: app_tui.keys. What it remembers between sessions: app_tui.prefs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import queue
-import time
-import traceback
 from pathlib import Path
 
 import numpy as np
-from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult
-from textual.binding import Binding
-from textual.containers import Grid, Horizontal, Vertical
-from textual.css.query import NoMatches
-from textual.widgets import Button, DirectoryTree, Footer, Header, Input, Label, ProgressBar, RichLog, Select
+from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Button, Checkbox, DirectoryTree, Footer, Header, Input, Label, ProgressBar, Select
 from textual.worker import Worker
 
 from app_tui.clip import Clip, load_clip
+from app_tui.keys import APP_BINDINGS, MainScreen
+from app_tui.live import EVENT_BUFFER, REFRESH_HZ, LiveRun
+from app_tui.prefs import Prefs
+from app_tui.prompts import UnsavedScreen
 from app_tui.screens import HelpScreen, SaveScreen
+from app_tui.session import TakeSession
 from app_tui.settings import (
     DEVICES,
     HISTORY_GUIDANCE_HELP,
@@ -34,72 +38,80 @@ from app_tui.settings import (
     SettingsError,
     parse_settings,
 )
-from app_tui.widgets.filmstrip import Filmstrip
+from app_tui.takes import TakesScreen
+from app_tui.player import Player
 from app_tui.widgets.files import VideoTree
+from app_tui.widgets.filmstrip import Filmstrip
 from app_tui.widgets.heatmap import ScheduleHeatmap
+from app_tui.widgets.log import LogView
 from app_tui.widgets.preview import FramePreview, ImageMode
-from app_tui.worker import Failed, Job, PipelineCache, Started, one_line, run_job
+from app_tui.worker import Job, PipelineCache, one_line, preload, run_job
 from engine.errors import ArdiffError
-from engine.pipeline import Done, FrameReady, Progress
-from engine.run import DEFAULT_FPS, PRECISION_LABELS, Plan, clock
-from engine.video_io import write_video
+from engine.run import PRECISION_LABELS, Plan
+from engine.takes import Takes
 
-REFRESH_HZ = 10  # live views redraw at most this often; enough to watch, cheap over SSH
-EVENT_BUFFER = 4096  # events the model may run ahead of the screen (a few MB of frames at most)
+ADAPT_HELP = ("adapt to this clip: fine-tune the model on the clip first (slower; kept only when it predicts "
+              "held-out frames of the clip better). Needs a clip.")
+# actions that act on the main screen: off while a dialog is on top (its own keys work there)
+_MAIN_ONLY = {"generate", "cancel", "save", "open", "takes", "play", "step", "first", "last", "focus_files"}
 
 
-def _tree_root(clip: Path | None) -> Path:
-    """The working directory, like any terminal tool; the clip's folder when the clip lives elsewhere."""
+def _tree_root(clip: Path | None, last_dir: str = "") -> Path:
+    """The working directory, like any terminal tool; the clip's folder when the clip lives elsewhere; with
+    no clip, the folder last opened from when it is elsewhere and still there."""
     cwd = Path.cwd()
     if clip is None:
-        return cwd
+        last = Path(last_dir) if last_dir else None
+        return last if last is not None and last.is_dir() else cwd
     folder = clip.expanduser().resolve().parent
     return cwd if folder.is_relative_to(cwd) else folder
 
 
-class ArdiffApp(App[list[Path]]):
-    """Continue a video with AR-Diffusion from a terminal. `exit` returns the paths saved, for printing."""
+class ArdiffApp(LiveRun, TakeSession, App[list[Path]]):
+    """Continue a video with AR-Diffusion from a terminal. `exit` returns the paths saved, for printing.
+
+    `prefs`: what to remember between sessions (main() loads them from the config folder; None: defaults,
+    and nothing is written, as in tests and screenshots)."""
 
     CSS_PATH = "app.tcss"
     TITLE = "ardiff"
     ENABLE_COMMAND_PALETTE = False
     AUTO_FOCUS = "#files"  # start on the tree, not in a text field, so single-letter keys work at once
-    BINDINGS = [
-        Binding("g,f5", "generate", "Generate", key_display="g"),
-        Binding("escape", "cancel", "Cancel"),
-        Binding("ctrl+s", "save", "Save", priority=True),
-        Binding("o", "open", "Open"),
-        Binding("f", "focus_files", "Files", show=False),
-        Binding("question_mark,f1", "help", "Help", key_display="?"),
-        Binding("q,f10,ctrl+q", "quit", "Quit", key_display="q"),
-    ]
+    BINDINGS = APP_BINDINGS
 
     def __init__(self, clip: str | Path | None = None, settings: Settings | None = None,
                  image_mode: ImageMode = "auto", start_dir: str | Path | None = None,
-                 screenshot_after: tuple[int, str] | None = None) -> None:
+                 screenshot_after: tuple[int, str] | None = None, prefs: Prefs | None = None,
+                 preload_model: bool = True) -> None:
         super().__init__()
+        self.remember = prefs is not None
+        self.prefs = prefs if prefs is not None else Prefs()
         self.initial_clip = Path(clip) if clip else None
-        self.initial = settings or Settings()
+        self.initial = settings or self.prefs.settings()
         self.image_mode: ImageMode = image_mode
-        self.start_dir = Path(start_dir) if start_dir else _tree_root(self.initial_clip)
+        self.start_dir = Path(start_dir) if start_dir else _tree_root(self.initial_clip, self.prefs.last_dir)
         self.screenshot_after = screenshot_after
+        self.preload_model = preload_model
         self.clip: Clip | None = None
         self.pipes = PipelineCache()
+        self.takes = Takes()
+        self.take_input_hw: dict[int, tuple[int, int] | None] = {}  # take -> its clip's (height, width)
+        self.player = Player(self, self._show_frame)
         self.job: Job | None = None
         self.job_worker: Worker | None = None
         self.load_worker: Worker | None = None
+        self.model_worker: Worker | None = None
         self.save_worker: Worker | None = None
         self.running = False
-        self.frames: list[np.ndarray] = []  # the output so far: fitted context first, then new frames
+        self.model_loading = False
+        self.frames: list[np.ndarray] = []  # on screen: the running job's frames, or the shown take's video
         self.num_context = 0
         self.num_new = 0
         self.plan: Plan | None = None  # the running (or last) run's plan
-        self.last_done: Done | None = None
-        self.unsaved = False
+        self.last_done = None  # the last run's engine.pipeline.Done
         self.saved: list[Path] = []
         self.messages: list[str] = []  # every log line as plain text
         self.errors: list[str] = []
-        self._quit_armed = False
         self._leaving = False  # set just before exit: the worker then stops talking to the UI
         # Events from the worker thread, applied by _pump; bounded so a stalled terminal pauses the model
         # instead of filling memory.
@@ -109,7 +121,15 @@ class ArdiffApp(App[list[Path]]):
         self._pending: list[np.ndarray] = []
         self._pending_reset = False
         self._newest: tuple[np.ndarray, str] | None = None
-        self._progress: Progress | None = None
+        self._progress = None
+
+    @property
+    def unsaved(self) -> bool:
+        """Whether any take would be lost if the session ended now."""
+        return bool(self.takes.unsaved())
+
+    def get_default_screen(self) -> Screen:
+        return MainScreen(id="_default")
 
     # ------------------------------------------------------------------ layout
 
@@ -118,50 +138,60 @@ class ArdiffApp(App[list[Path]]):
         yield Header(icon="▶")
         with Horizontal(id="body"):
             with Vertical(id="sidebar"):
-                with Vertical(id="clip-panel") as panel:
-                    panel.border_title = "Clip"
-                    yield Input(str(self.initial_clip or ""), placeholder="clip path, enter opens", id="path",
-                                compact=True)
-                    yield VideoTree(self.start_dir, id="files")
-                with Grid(id="form") as form:
-                    form.border_title = "Settings"
-                    for field, label in INT_FIELDS.items():
-                        yield Label(label)
-                        yield Input(str(getattr(self.initial, field)), id=f"set-{field}", type="integer",
-                                    compact=True)
-                    yield Label("hist. guide")
-                    guidance = self.initial.history_guidance
-                    yield Input("" if guidance is None else str(guidance), placeholder="model default",
-                                id="set-history_guidance", type="number", valid_empty=True, compact=True,
-                                tooltip=f"history guidance: {HISTORY_GUIDANCE_HELP}")
-                    yield Label("checkpoint")
-                    yield Input(str(self.initial.checkpoint or ""), placeholder="embedded default",
-                                id="set-checkpoint", compact=True)
-                    yield Label("device")
-                    devices = list(dict.fromkeys([*DEVICES, self.initial.device]))  # keeps e.g. cuda:1
-                    yield Select([(d, d) for d in devices], value=self.initial.device, allow_blank=False,
-                                 id="set-device", compact=True)
-                    yield Label("precision")
-                    yield Select([(PRECISION_LABELS[p], p) for p in PRECISIONS], value=self.initial.precision,
-                                 allow_blank=False, id="set-precision", compact=True, tooltip=PRECISION_HELP)
+                # scrolls when the terminal is too short for the form; the buttons below stay in view
+                with VerticalScroll(id="sidebar-scroll"):
+                    with Vertical(id="clip-panel") as panel:
+                        panel.border_title = "Clip"
+                        yield Input(str(self.initial_clip or ""), placeholder="clip path, enter opens",
+                                    id="path", compact=True)
+                        yield VideoTree(self.start_dir, id="files")
+                    with Grid(id="form") as form:
+                        form.border_title = "Settings"
+                        for field, label in INT_FIELDS.items():
+                            yield Label(label)
+                            yield Input(str(getattr(self.initial, field)), id=f"set-{field}", type="integer",
+                                        compact=True)
+                        yield Label("hist. guide")
+                        guidance = self.initial.history_guidance
+                        yield Input("" if guidance is None else str(guidance), placeholder="model default",
+                                    id="set-history_guidance", type="number", valid_empty=True, compact=True,
+                                    tooltip=f"history guidance: {HISTORY_GUIDANCE_HELP}")
+                        yield Label("checkpoint")
+                        yield Input(str(self.initial.checkpoint or ""), placeholder="embedded default",
+                                    id="set-checkpoint", compact=True)
+                        yield Label("device")
+                        devices = list(dict.fromkeys([*DEVICES, self.initial.device]))  # keeps e.g. cuda:1
+                        yield Select([(d, d) for d in devices], value=self.initial.device, allow_blank=False,
+                                     id="set-device", compact=True)
+                        yield Label("precision")
+                        yield Select([(PRECISION_LABELS[p], p) for p in PRECISIONS],
+                                     value=self.initial.precision, allow_blank=False, id="set-precision",
+                                     compact=True, tooltip=PRECISION_HELP)
+                        yield Label("adapt")
+                        yield Checkbox("to this clip", self.initial.adapt, id="set-adapt", compact=True,
+                                       tooltip=ADAPT_HELP, disabled=True)
                 with Horizontal(id="buttons"):
-                    yield Button("Generate", id="generate", variant="primary", compact=True)
+                    yield Button("Generate", id="generate", variant="primary", compact=True,
+                                 disabled=self.preload_model)
                     yield Button("Cancel", id="cancel", variant="error", compact=True, disabled=True)
                     yield Button("Save", id="save", variant="success", compact=True, disabled=True)
             with Vertical(id="main"):
                 with Horizontal(id="previews"):
                     yield FramePreview("Context: last frame", self.image_mode, empty="open a clip (o)",
                                        id="context-preview")
-                    yield FramePreview("Newest frame", self.image_mode, empty="generate (g) to see frames",
-                                       id="newest-preview")
+                    result = FramePreview("Newest frame", self.image_mode, empty="generate (g) to see frames",
+                                          id="newest-preview")
+                    result.can_focus = True  # the player's panel: Space, arrows, Home/End play the take
+                    yield result
                 yield Filmstrip(text_only=text_only, id="filmstrip")
                 with Horizontal(id="lower"):
                     yield ScheduleHeatmap(text_only=text_only, id="heatmap")
-                    log = RichLog(id="log", wrap=True, markup=False, min_width=10)
+                    log = LogView(id="log")
                     log.border_title = "Log"
                     yield log
         with Horizontal(id="status"):
-            yield ProgressBar(id="progress", show_eta=False, show_percentage=True)
+            # a real 0 while idle: total None would draw Textual's indeterminate pulse
+            yield ProgressBar(total=1, id="progress", show_eta=False, show_percentage=True)
             yield Label("idle", id="stats")
         yield Footer()
 
@@ -169,14 +199,17 @@ class ArdiffApp(App[list[Path]]):
         self._fit_layout()
         self.set_interval(1 / REFRESH_HZ, self._pump)
         self.sub_title = "no clip"
+        if self.preload_model:
+            self.model_loading = True
+            self._stats("loading the model ...")  # on_ready starts it: the layout is painted first
         if self.initial_clip:
             self.open_clip(self.initial_clip)
         else:
             self.say("open a clip: type a path (o) or pick one in the tree; ? shows the keys")
 
     @property
-    def main_screen(self):
-        """The app's own screen (self.screen is the help or save dialog while one is open)."""
+    def main_screen(self) -> Screen:
+        """The app's own screen (self.screen is a dialog while one is open)."""
         return self.screen_stack[0]
 
     def on_resize(self) -> None:
@@ -186,14 +219,43 @@ class ArdiffApp(App[list[Path]]):
         width, height = self.size
         self.screen.set_class(width < 100 or height < 32, "-small")
 
+    # ------------------------------------------------------------------ the model, behind the layout
+
+    def on_ready(self) -> None:
+        """Textual posts Ready right after the first paint: only now start loading torch and the model."""
+        if self.preload_model and self.model_worker is None:
+            self.model_worker = self._preload(self.initial)
+
+    @work(thread=True, group="model", exit_on_error=False, description="load the model")
+    def _preload(self, settings: Settings) -> None:
+        where = settings.checkpoint or "the embedded default model"
+        self.call_from_thread(self.say, f"loading {where} ...")
+        try:
+            described = preload(settings, self.pipes)
+        except Exception as err:  # shown once; Generate tries again with what the form says then
+            message = one_line(err)
+            if not isinstance(err, ArdiffError):
+                message = f"{type(err).__name__}: {message}"
+            self.call_from_thread(self._model_loaded, None, message)
+        else:
+            self.call_from_thread(self._model_loaded, described, None)
+
+    def _model_loaded(self, described: str | None, problem: str | None) -> None:
+        self.model_loading = False
+        if described is not None:
+            self.say(f"model ready: {described}")
+            self._stats("idle")
+        else:
+            self.say(f"the model did not load: {problem}", "yellow")
+            self._stats("no model loaded: check the checkpoint, then generate")
+        self._set_buttons()
+
     # ------------------------------------------------------------------ messages to the user
 
     def say(self, text: str, style: str = "") -> None:
         """A line in the log pane (and in `messages`, which tests and the screenshot read)."""
         self.messages.append(text)
-        line = Text(time.strftime("%H:%M:%S "), style="dim")
-        line.append(text, style=style)
-        self.main_screen.query_one("#log", RichLog).write(line)
+        self.main_screen.query_one("#log", LogView).write(text, style)
 
     def show_error(self, message: str, field: str | None = None) -> None:
         """A one-line problem: logged in red, a toast, and the field to fix focused. Nothing else changes."""
@@ -210,12 +272,26 @@ class ArdiffApp(App[list[Path]]):
     @on(Input.Submitted, "#path")
     def _path_submitted(self, event: Input.Submitted) -> None:
         if event.value.strip():
-            self.open_clip(Path(event.value.strip()))
+            self.request_open(Path(event.value.strip()))
 
     @on(DirectoryTree.FileSelected)
     def _file_selected(self, event: DirectoryTree.FileSelected) -> None:
         self.main_screen.query_one("#path", Input).value = str(event.path)
-        self.open_clip(event.path)
+        self.request_open(event.path)
+
+    def request_open(self, path: Path) -> None:
+        """Open a clip the person picked: never mid-run (saying why); asks first when takes are unsaved
+        (Discard drops them). The takes that are kept stay in the list, labelled with their own clip."""
+        if self.running:
+            self.notify("a run is in progress: esc cancels it, then open the clip", severity="warning")
+            return
+
+        def discard() -> None:
+            for take in self.takes.unsaved():
+                self.takes.remove(take.number)
+            self.say("discarded the unsaved takes")
+
+        self.ask_unsaved("Open another clip", lambda: self.open_clip(path), discard=discard)
 
     def open_clip(self, path: Path) -> None:
         """Load a clip on a worker thread; a bad file leaves the current clip as it was."""
@@ -235,14 +311,20 @@ class ArdiffApp(App[list[Path]]):
             self.call_from_thread(self._clip_loaded, clip)
 
     def _clip_loaded(self, clip: Clip) -> None:
+        if self.clip is not None and self.takes.current is not None:
+            self.clear_result()  # the old result is not this clip's: it stays in the takes list (t)
+            self.say("the takes of the other clip are in the takes list (t)")
         self.clip = clip
         self.sub_title = clip.summary()
+        self.prefs.last_dir = str(clip.path.expanduser().resolve().parent)
         self.say(f"opened {clip.summary()}")
         self.main_screen.query_one("#context-preview", FramePreview).show(
             clip.tail[-1], f"frame {clip.num_frames - 1}, {clip.info.width}x{clip.info.height}")
         context = self._int_setting("context")
         if context is not None and context > clip.num_frames:
-            self.say(f"note: the clip has {clip.num_frames} frames, fewer than context {context}", "yellow")
+            self.say(f"note: the clip has {clip.num_frames} frames, fewer than context {context}: a run uses "
+                     f"all {clip.num_frames}", "yellow")
+        self._set_buttons()
 
     def _int_setting(self, field: str) -> int | None:
         try:
@@ -259,6 +341,7 @@ class ArdiffApp(App[list[Path]]):
         values["checkpoint"] = self.main_screen.query_one("#set-checkpoint", Input).value
         values["device"] = str(self.main_screen.query_one("#set-device", Select).value)
         values["precision"] = str(self.main_screen.query_one("#set-precision", Select).value)
+        values["adapt"] = "on" if self.main_screen.query_one("#set-adapt", Checkbox).value else "off"
         return parse_settings(values)
 
     @on(Input.Changed)
@@ -278,21 +361,33 @@ class ArdiffApp(App[list[Path]]):
         self.action_save()
 
     def action_generate(self) -> None:
-        """Check the settings and the clip here (instant messages), then run on a worker thread."""
+        """Check the settings and the clip here (instant messages), then run on a worker thread. A new run
+        never replaces a result: it becomes a take of its own."""
         if self.running:
             self.notify("a run is in progress; esc cancels it", severity="warning")
+            return
+        if self.model_loading:
+            self.notify("the model is still loading: Generate works once it is ready", severity="warning")
             return
         try:
             settings = self.read_settings()
         except SettingsError as err:
             self.show_error(one_line(err), err.field)
             return
-        context = self.clip.tail if self.clip else None  # the plan takes the last `context` frames of it
-        if self.clip is None:
+        clip = self.clip
+        if clip is None:
             self.say("no clip open: generating from nothing")
-        self.job = Job(settings, context)
+        elif len(clip.tail) < settings.context:  # a short clip: all of it is the context, said aloud
+            self.say(f"the clip has {len(clip.tail)} frame(s), fewer than context {settings.context}: using "
+                     f"all {len(clip.tail)}", "yellow")
+            settings = dataclasses.replace(settings, context=len(clip.tail))
+        self._store_prefs()
+        self.job = Job(settings, clip.tail if clip else None,  # the plan takes the last `context` frames
+                       clip=clip.path if clip else None,
+                       input_hw=(clip.info.height, clip.info.width) if clip else None,
+                       fps=clip.info.fps if clip else None)
         self.running = True
-        self._quit_armed = False
+        self.player.clear()
         self._set_buttons()
         where = settings.checkpoint or "the embedded default model"
         self.say(f"loading {where} on {settings.device}, precision {settings.precision} ...")
@@ -303,155 +398,8 @@ class ArdiffApp(App[list[Path]]):
     def _run_job(self, job: Job) -> None:
         run_job(job, self.pipes, lambda event: self._emit(job, event))
 
-    def _emit(self, job: Job, event: object) -> None:
-        """Worker thread: queue an event for the UI. Blocks only while the queue is full (a stalled
-        terminal), so the model runs at its own speed, not at the terminal's."""
-        while True:
-            if self._leaving or not self.is_running:  # the app is going: stop the model within a row
-                job.cancel.set()
-                return
-            try:
-                self._events.put((job, event), timeout=0.2)
-                return
-            except queue.Full:
-                continue
-
-    async def _pump(self) -> None:
-        """UI thread, REFRESH_HZ times a second: apply every queued event, then draw once."""
-        while not self._leaving:
-            try:
-                job, event = self._events.get_nowait()
-            except queue.Empty:
-                break
-            if job is not self.job:
-                continue  # a late event from a run the user already replaced
-            try:
-                self._apply(event)
-            except Exception as err:  # a bug in drawing must not kill the run or the app
-                self.say(f"display error: {type(err).__name__}: {one_line(err)}", "red")
-                self.log.error(traceback.format_exc())
-            if self._shoot:
-                break
-        self._draw_pending()
-        if self._shoot and self.screenshot_after:
-            self._shoot = False
-            await self._screenshot_now(self.screenshot_after[1])
-
-    def _apply(self, event: object) -> None:
-        if isinstance(event, FrameReady):
-            self._on_frame(event)
-        elif isinstance(event, Progress):
-            self._on_progress(event)
-        elif isinstance(event, Started):
-            self._on_started(event)
-        elif isinstance(event, Done):
-            self._on_done(event)
-        elif isinstance(event, Failed):
-            self._on_failed(event)
-
-    def _on_started(self, event: Started) -> None:
-        plan = self.plan = event.plan
-        self.say(event.description)
-        if plan.fit_note:
-            self.say(f"input {plan.fit_note} for the model")
-        self.num_context, self.num_new = plan.num_context, plan.num_new
-        self.frames = list(plan.context)
-        self.last_done = None
-        self._pending, self._pending_reset, self._newest, self._progress = [], False, None, None
-        self.sub_title = f"{self.clip.summary() if self.clip else 'from nothing'} | {event.description}"
-        self.main_screen.query_one("#filmstrip", Filmstrip).set_frames(self.frames, self.num_context)
-        self.main_screen.query_one("#heatmap", ScheduleHeatmap).set_schedule(
-            plan.levels, plan.steps, self.num_context)
-        if self.num_context:
-            self.main_screen.query_one("#context-preview", FramePreview).show(
-                self.frames[-1], f"frame {self.num_context - 1}, as the model sees it")
-        self.main_screen.query_one("#newest-preview", FramePreview).show(None)
-        self.main_screen.query_one("#progress", ProgressBar).update(
-            total=plan.total_rows, progress=0)
-        self._stats(f"0/{self.num_new} frames")
-
-    def _on_frame(self, event: FrameReady) -> None:
-        # Only state here: drawing happens once per _pump, however many frames arrived since.
-        if event.index == len(self.frames):
-            self.frames.append(event.image)
-            self._pending.append(event.image)
-        else:  # not expected from the pipeline, but an index is an index
-            self.frames[event.index:event.index + 1] = [event.image]
-            self._pending_reset = True
-        new = event.index - self.num_context + 1
-        self._newest = (event.image, f"frame {event.index} ({new}/{self.num_new} new)")
-        self.unsaved = True
-        if self.screenshot_after and new == self.screenshot_after[0]:
-            self._shoot = True
-
-    def _on_progress(self, event: Progress) -> None:
-        self._progress = event
-
-    def _draw_pending(self) -> None:
-        """Draw what arrived since the last flush (a timer calls this REFRESH_HZ times a second)."""
-        if self._leaving or not self.screen_stack:
-            return
-        try:
-            strip = self.main_screen.query_one("#filmstrip", Filmstrip)
-        except NoMatches:  # shutting down: the widgets are already gone
-            return
-        if self._pending_reset:
-            strip.set_frames(self.frames, self.num_context)
-        else:
-            for frame in self._pending:
-                strip.add(frame)
-        if self._pending or self._pending_reset:
-            self.main_screen.query_one("#save", Button).disabled = len(self.frames) <= self.num_context
-        self._pending, self._pending_reset = [], False
-        if self._newest is not None:
-            self.main_screen.query_one("#newest-preview", FramePreview).show(*self._newest)
-            self._newest = None
-        event, self._progress = self._progress, None
-        if event is None:
-            return
-        bar = self.main_screen.query_one("#progress", ProgressBar)
-        bar.update(total=event.total_rows, progress=event.row)
-        self.main_screen.query_one("#heatmap", ScheduleHeatmap).set_row(event.row)
-        rate = event.frames_done / event.elapsed if event.elapsed > 0 else 0.0
-        left = self.plan.seconds_left(event.row, event.elapsed) if self.plan else None  # weighs rows by work
-        made = len(self.frames) - self.num_context  # counts frames already shown, not only finished rows
-        self._stats(
-            f"{made}/{self.num_new} frames  row {event.row}/{event.total_rows}  "
-            f"{rate:.1f} fr/s  ETA {'?' if left is None else clock(left)}")
-
-    def _stats(self, text: str) -> None:
-        # A fixed size: no relayout of the whole screen per row.
-        self.main_screen.query_one("#stats", Label).update(text, layout=False)
-
-    def _on_done(self, event: Done) -> None:
-        self._draw_pending()
-        self.running = False
-        self.last_done = event
-        self.frames = list(event.video)
-        self.main_screen.query_one("#filmstrip", Filmstrip).set_frames(self.frames, event.num_context)
-        new = len(event.video) - event.num_context
-        self.unsaved = new > 0
-        rate = f", {new / event.elapsed:.1f} frames/s" if event.elapsed > 0 and new else ""
-        if event.cancelled:
-            summary = f"cancelled: kept {len(event.video)} frames ({event.num_context} context + {new} new)"
-            self.say(f"{summary}; ctrl+s saves them", "yellow")
-        else:
-            summary = f"done: {len(event.video)} frames ({event.num_context} context + {new} new)"
-            self.say(f"{summary} in {event.elapsed:.1f} s{rate}; ctrl+s saves", "green")
-        self._stats(f"{summary.split(':')[0]} in {clock(event.elapsed)}")
-        self._set_buttons()
-
-    def _on_failed(self, event: Failed) -> None:
-        self._draw_pending()
-        self.running = False
-        self._stats("failed")
-        self.show_error(event.message, event.field)
-        if event.details:
-            self.say(f"details: {event.details}", "dim")
-        self._set_buttons()
-
     def action_cancel(self) -> None:
-        """Esc: stop the run within one row, keeping its frames; with nothing running, leave the field."""
+        """Esc: stop the run within one row (or one adapting step), keeping its frames as a take."""
         if self.running and self.job:
             if not self.job.cancel.is_set():
                 self.job.cancel.set()
@@ -461,52 +409,60 @@ class ArdiffApp(App[list[Path]]):
             self.set_focus(None)
 
     def _set_buttons(self) -> None:
-        self.main_screen.query_one("#generate", Button).disabled = self.running
-        self.main_screen.query_one("#cancel", Button).disabled = not self.running
-        self.main_screen.query_one("#save", Button).disabled = not self.frames
+        screen = self.main_screen
+        screen.query_one("#generate", Button).disabled = self.running or self.model_loading
+        screen.query_one("#cancel", Button).disabled = not self.running
+        screen.query_one("#save", Button).disabled = self.takes.current is None
+        screen.query_one("#set-adapt", Checkbox).disabled = self.clip is None  # nothing to adapt to
+        self.refresh_bindings()
 
-    # ------------------------------------------------------------------ save
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Keys that would do nothing are off (and so not in the footer): the player's without a take or
+        mid-run, Cancel with no run, Save with no take; the main screen's while a dialog is on top."""
+        if action in _MAIN_ONLY and self.screen is not self.main_screen:
+            return False
+        if action == "quit" and isinstance(self.screen, (UnsavedScreen, SaveScreen)):
+            return False
+        if action in ("play", "step", "first", "last"):
+            return self.takes.current is not None and not self.running
+        if action == "cancel":
+            return self.running
+        if action == "save":
+            return self.takes.current is not None
+        return True
 
-    def suggested_output(self) -> str:
-        stem = f"{self.clip.path.stem}_ardiff" if self.clip else "ardiff"
-        return str(Path("out") / f"{stem}.mp4")
+    # ------------------------------------------------------------------ save, takes, player
 
     def action_save(self) -> None:
-        if not self.frames or (self.num_context == len(self.frames) and not self.last_done):
+        """Ctrl+S: save the shown take (mid-run too: the run's own frames become a take when it ends)."""
+        take = self.takes.current
+        if take is None:
             self.notify("nothing to save yet: generate first", severity="warning")
             return
-        video = np.stack(self.frames)
-        if self.running:
-            self.say(f"saving the {len(video)} frames made so far; the run goes on")
-        fps = self.clip.info.fps if self.clip else DEFAULT_FPS
+        self.save_take_dialog(take.number)
 
-        def chosen(path: str | None) -> None:
-            if path:
-                self.save_worker = self._write(path, video, fps)
+    def action_takes(self) -> None:
+        if not isinstance(self.screen, TakesScreen):
+            self.push_screen(TakesScreen())
 
-        self.push_screen(SaveScreen(self.suggested_output(), len(video)), chosen)
+    def action_play(self) -> None:
+        self.player.toggle()
 
-    @work(thread=True, group="save", exit_on_error=False, description="save")
-    def _write(self, path: str, video: np.ndarray, fps: float) -> None:
-        try:
-            written = write_video(path, video, fps=fps)
-        except ArdiffError as err:
-            self.call_from_thread(self.show_error, one_line(err))
-        except Exception as err:
-            self.call_from_thread(self.show_error,
-                                  f"cannot save {path}: {type(err).__name__}: {one_line(err)}")
-        else:
-            self.call_from_thread(self._saved, written.resolve(), len(video))
+    def action_step(self, delta: int) -> None:
+        self.player.step(delta)
 
-    def _saved(self, path: Path, count: int) -> None:
-        self.saved.append(path)
-        self.unsaved = False
-        self.say(f"saved {count} frames to {path}", "green")
-        self.notify(str(path), title=f"saved {count} frames")
+    def action_first(self) -> None:
+        self.player.first()
+
+    def action_last(self) -> None:
+        self.player.last()
 
     # ------------------------------------------------------------------ other keys
 
     def action_open(self) -> None:
+        if self.running:
+            self.notify("a run is in progress: esc cancels it, then open a clip", severity="warning")
+            return
         self.main_screen.query_one("#path", Input).focus()
 
     def action_focus_files(self) -> None:
@@ -517,19 +473,28 @@ class ArdiffApp(App[list[Path]]):
             self.push_screen(HelpScreen())
 
     async def action_quit(self) -> None:
-        """Stop a run first (within a row); with unsaved frames, the first press only warns."""
+        """Stop a run first (within a row: its frames become a take); with unsaved takes, ask."""
         if self.running and self.job:
             self.action_cancel()
             if self.job_worker is not None:
                 await self.job_worker.wait()
-            await self._pump()  # Done(cancelled) with the frames made so far
-        if self.unsaved and not self._quit_armed:
-            self._quit_armed = True
-            self.notify(f"{len(self.frames)} frames are not saved: ctrl+s saves them, q again quits",
-                        severity="warning", timeout=6)
-            return
+            await self._pump()  # Done(cancelled) with the frames made so far: a take
+        self.ask_unsaved("Quit", self._leave)
+
+    def _leave(self) -> None:
+        self._store_prefs()
         self._leaving = True
         self.exit(list(self.saved))
+
+    def _store_prefs(self) -> None:
+        """Remember the settings (only when the app was given prefs to keep: main(), not tests)."""
+        if not self.remember:
+            return
+        try:
+            self.prefs.remember(self.read_settings())
+        except SettingsError:
+            pass  # a half-typed field: keep what the last good form said
+        self.prefs.save()
 
     async def _screenshot_now(self, path: str) -> None:
         """--screenshot-after: let the screen catch up (no events are applied meanwhile), save, leave."""

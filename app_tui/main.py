@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -25,22 +26,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("clip", nargs="?", help="video file, image (a one-frame clip) or frame folder to open")
     p.add_argument("--checkpoint", help="model checkpoint: a file, hf:OWNER/REPO[/FILE][@REV] or https://URL "
                                         "(default: the embedded model)")
-    defaults = Settings()
-    p.add_argument("--device", default=defaults.device, help=f"{' | '.join(DEVICES)}")
-    p.add_argument("--precision", default=defaults.precision, choices=PRECISIONS, help=PRECISION_HELP)
-    p.add_argument("--s", type=int, default=defaults.s, help="levels between neighbouring frames")
-    p.add_argument("--frames", type=int, default=defaults.frames, help="new frames to make")
-    p.add_argument("--steps", type=int, default=defaults.steps, help="DDIM steps per frame")
-    p.add_argument("--context", type=int, default=defaults.context,
-                   help="frames taken from the end of the clip")
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--history-guidance", type=_history_guidance, default=defaults.history_guidance,
-                   metavar="W", help=HISTORY_GUIDANCE_HELP)
+    # No defaults here: an option not given keeps the remembered value (app_tui.prefs), else the engine's.
+    p.add_argument("--device", help=f"{' | '.join(DEVICES)}")
+    p.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
+    p.add_argument("--s", type=int, help="levels between neighbouring frames")
+    p.add_argument("--frames", type=int, help="new frames to make")
+    p.add_argument("--steps", type=int, help="DDIM steps per frame")
+    p.add_argument("--context", type=int, help="frames taken from the end of the clip")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--history-guidance", type=_history_guidance, metavar="W", help=HISTORY_GUIDANCE_HELP)
     p.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads for torch (default: the cores other work leaves free, less one for the "
                         "UI; also ARDIFF_THREADS)")
     p.add_argument("--no-images", action="store_true", help="text only: no graphics, no colour blocks")
-    p.add_argument("--screenshot", metavar="PATH.svg", help="render the app to an SVG and exit (no terminal)")
+    p.add_argument("--screenshot", metavar="PATH.svg",
+                   help="render the app to an SVG and exit (no terminal; the engine's defaults, and the "
+                        "remembered settings are neither read nor changed)")
     p.add_argument("--screenshot-after", type=int, metavar="N",
                    help="with --screenshot: generate, and take it when N new frames are made")
     p.add_argument("--size", default="120x36", help="with --screenshot: columns x rows (default 120x36)")
@@ -66,17 +67,19 @@ def _size(text: str) -> tuple[int, int]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Torch's CPU thread pool busy-waits; with the UI thread on one of its cores both crawl, so the policy
-    # keeps a core for the UI (engine.threads).
-    from engine.threads import apply_thread_policy
+    # keeps a core for the UI (engine.threads). It is applied where torch loads, on the worker thread, after
+    # the layout is drawn: here the count is only checked.
+    from engine.threads import configure_threads
 
     try:
-        apply_thread_policy(args.threads, reserve=1)
+        configure_threads(args.threads, reserve=1)
     except ValueError as err:
         print(f"ardiff-tui: error: {err}", file=sys.stderr)
         return 2
-    settings = Settings(s=args.s, frames=args.frames, steps=args.steps, context=args.context, seed=args.seed,
-                        checkpoint=checkpoint_arg(args.checkpoint) if args.checkpoint else None,
-                        device=args.device, precision=args.precision, history_guidance=args.history_guidance)
+    from app_tui.prefs import Prefs
+
+    prefs = None if args.screenshot else Prefs.load()
+    settings = _settings(args, prefs.settings() if prefs else Settings())
     mode = "text" if args.no_images else ("halfcell" if args.screenshot else "auto")
 
     from app_tui.app import ArdiffApp
@@ -90,13 +93,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         mode = "halfcell"
     if args.screenshot:
         return _screenshot(args, settings, mode)
-    app = ArdiffApp(clip=args.clip, settings=settings, image_mode=mode)
+    app = ArdiffApp(clip=args.clip, settings=settings, image_mode=mode, prefs=prefs)
     saved = app.run() or []
     for path in saved:
         print(f"ardiff-tui: saved {path}")
     if app.unsaved:
-        print(f"ardiff-tui: {len(app.frames)} generated frames were not saved", file=sys.stderr)
+        print(f"ardiff-tui: {len(app.takes.unsaved())} take(s) were not saved", file=sys.stderr)
     return app.return_code or 0
+
+
+def _settings(args: argparse.Namespace, base: Settings) -> Settings:
+    """`base` (the remembered settings) with the options given on the command line."""
+    given = {name: getattr(args, name) for name in ("s", "frames", "steps", "context", "seed", "device",
+                                                    "precision", "history_guidance")
+             if getattr(args, name) is not None}
+    if args.checkpoint:
+        given["checkpoint"] = checkpoint_arg(args.checkpoint)
+    return dataclasses.replace(base, **given)
 
 
 def _screenshot(args: argparse.Namespace, settings: Settings, mode: str) -> int:
@@ -106,7 +119,8 @@ def _screenshot(args: argparse.Namespace, settings: Settings, mode: str) -> int:
     out = Path(args.screenshot)
     out.parent.mkdir(parents=True, exist_ok=True)
     after = (args.screenshot_after, str(out)) if args.screenshot_after else None
-    app = ArdiffApp(clip=args.clip, settings=settings, image_mode=mode, screenshot_after=after)
+    app = ArdiffApp(clip=args.clip, settings=settings, image_mode=mode, screenshot_after=after,
+                    preload_model=bool(after))
 
     async def pilot(pilot) -> None:
         await pilot.pause()
@@ -114,6 +128,10 @@ def _screenshot(args: argparse.Namespace, settings: Settings, mode: str) -> int:
             await app.load_worker.wait()  # the clip has loaded (or failed)
         await pilot.pause(0.2)
         if after:
+            if app.model_worker is None:
+                await pilot.pause(0.2)  # the preload starts after the first paint
+            if app.model_worker is not None:
+                await app.model_worker.wait()
             app.action_generate()
             return  # the app takes the picture at frame N and exits
         app.save_screenshot(filename=out.name, path=str(out.parent))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from engine.errors import RunError
 from engine.hub import checkpoint_arg
-from engine.run import DEVICES, PRECISION_HELP, PRECISIONS, RunRequest
+from engine.run import DEFAULT_ADAPT_STEPS, DEVICES, PRECISION_HELP, PRECISIONS, RunRequest
 
 __all__ = ["DEVICES", "PRECISIONS", "PRECISION_HELP", "HISTORY_GUIDANCE_HELP", "Settings", "SettingsError",
            "form_field", "parse_settings", "parse_history_guidance"]
@@ -41,13 +41,16 @@ class Settings:
     device: str = RunRequest.device
     precision: str = RunRequest.precision  # "auto" | "fp32" | "bf16", as load_pipeline takes it
     history_guidance: float | None = None  # None: the model's own (Pipeline.history_guidance); 1.0 is off
+    adapt: bool = False  # "adapt to this clip": fine-tune on the clip first (engine.run.DEFAULT_ADAPT_STEPS)
 
-    def request(self) -> RunRequest:
-        """The run these settings ask for; SettingsError (naming the form's field) when one cannot work."""
+    def request(self, continuing: bool = True) -> RunRequest:
+        """The run these settings ask for (adapting only when `continuing` a clip: there is nothing to adapt
+        to otherwise); SettingsError (naming the form's field) when one cannot work."""
+        adapt_steps = DEFAULT_ADAPT_STEPS if self.adapt and continuing else 0
         try:
             return RunRequest(new_frames=self.frames, s=self.s, steps=self.steps, context=self.context,
                               seed=self.seed, device=self.device, precision=self.precision,
-                              history_guidance=self.history_guidance)
+                              history_guidance=self.history_guidance, adapt_steps=adapt_steps)
         except RunError as err:
             raise SettingsError(form_field(err.field), str(err)) from None
 
@@ -76,6 +79,7 @@ def parse_settings(values: dict[str, str]) -> Settings:
     parsed["device"] = values.get("device", "auto").strip() or "auto"
     parsed["precision"] = values.get("precision", "auto").strip() or "auto"
     parsed["history_guidance"] = parse_history_guidance(values.get("history_guidance", ""))
+    parsed["adapt"] = values.get("adapt", "") == "on"
     settings = Settings(**parsed)  # type: ignore[arg-type]
     settings.request()  # the engine's checks, in the order of its fields
     return settings

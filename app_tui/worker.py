@@ -2,6 +2,7 @@
 
 Knows nothing of Textual: the app passes `emit`, which hands each event to the UI thread and returns when
 the UI has drawn it (so a slow terminal throttles the model instead of queueing thousands of frames).
+torch (engine.pipeline) is imported here on first use, on the worker thread, so the layout is drawn first.
 """
 
 from __future__ import annotations
@@ -11,14 +12,16 @@ import threading
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from app_tui.settings import Settings, form_field
 from engine.errors import ArdiffError, CheckpointError, RunError, WeightsUnavailableError, one_line
-from engine.pipeline import Pipeline, Planned, load_pipeline
 from engine.run import Plan
+
+if TYPE_CHECKING:
+    from engine.pipeline import Pipeline
 
 
 @dataclass
@@ -46,6 +49,9 @@ class Job:
     settings: Settings
     context: np.ndarray | None
     cancel: threading.Event = field(default_factory=threading.Event)
+    clip: Path | None = None  # the clip continued (its takes are labelled with it); None: from nothing
+    input_hw: tuple[int, int] | None = None  # the clip's height and width, for saving at the input's size
+    fps: float | None = None  # the clip's frame rate; None: engine.run.DEFAULT_FPS
 
 
 class PipelineCache:
@@ -59,6 +65,11 @@ class PipelineCache:
     def get(self, checkpoint: Path | None, device: str, precision: str = "auto") -> Pipeline:
         """The pipeline for these settings: the cached one, or a fresh load when any of them changed."""
         key = (str(checkpoint) if checkpoint else None, device, precision)
+        from engine.threads import apply_thread_policy
+
+        apply_thread_policy()  # what main() configured (engine.threads), before torch loads
+        from engine.pipeline import load_pipeline
+
         with self._lock:
             if self._key != key or self._pipe is None:
                 self._pipe, self._key = None, None  # free the old model before loading the next
@@ -68,9 +79,11 @@ class PipelineCache:
 
 def run_job(job: Job, cache: PipelineCache, emit: Callable[[object], None]) -> None:
     """Run `job`, passing Started, then FrameReady/Progress events, then Done (or one Failed) to `emit`."""
+    from engine.pipeline import Planned
+
     s = job.settings
     try:
-        request = s.request()
+        request = s.request(continuing=job.context is not None)
         pipe = cache.get(s.checkpoint, request.device, request.precision)
         for event in pipe.run(request, job.context, job.cancel):
             emit(Started(_describe(pipe, s), event.plan) if isinstance(event, Planned) else event)
@@ -84,6 +97,14 @@ def run_job(job: Job, cache: PipelineCache, emit: Callable[[object], None]) -> N
         emit(Failed(one_line(err), field=_field_for(err)))
     except Exception as err:  # a bug or the machine (CUDA out of memory): one line here, the rest in a file
         emit(Failed(f"{type(err).__name__}: {one_line(err)}", details=_save_traceback()))
+
+
+def preload(settings: Settings, cache: PipelineCache) -> str:
+    """Load the model `settings` name into `cache` (the app does this behind its first paint); returns the
+    model's one-line description. Raises what loading raises."""
+    request = settings.request()
+    pipe = cache.get(settings.checkpoint, request.device, request.precision)
+    return pipe.describe()
 
 
 def _describe(pipe: Pipeline, s: Settings) -> str:

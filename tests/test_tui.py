@@ -21,6 +21,7 @@ import engine.device as device_mod  # noqa: E402
 import engine.pipeline as pipeline_mod  # noqa: E402
 from app_tui.app import ArdiffApp  # noqa: E402
 from app_tui.render import ASCII_RAMP  # noqa: E402
+from app_tui.prompts import UnsavedScreen  # noqa: E402
 from app_tui.screens import HelpScreen, SaveScreen  # noqa: E402
 from app_tui.settings import PRECISIONS, Settings, SettingsError, parse_settings  # noqa: E402
 from app_tui.widgets.heatmap import SHADES, ScheduleHeatmap, cell_indices  # noqa: E402
@@ -31,6 +32,12 @@ from engine.video_io import read_video, write_video  # noqa: E402
 
 DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo.mp4"
 FAST = dict(s=2, frames=6, steps=4, context=4, seed=0)  # 4 + (6 - 1) * 2 = 14 rows
+
+
+@pytest.fixture(autouse=True)
+def _own_config(tmp_path, monkeypatch):
+    """Settings files go to a fresh folder: a test never reads or writes the person's own tui.json."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
 
 
 def make_app(checkpoint: Path | None, clip: Path | None = None, mode: str = "halfcell",
@@ -62,7 +69,20 @@ async def open_clip(pilot, path: Path) -> None:
     await pilot.pause()
 
 
+async def model_ready(pilot) -> None:
+    """Wait for the model the app loads behind its first paint (Generate is off until then)."""
+    app = pilot.app
+    for _ in range(100):
+        if getattr(app, "model_worker", None) is not None or not getattr(app, "preload_model", False):
+            break
+        await pilot.pause(0.02)
+    if getattr(app, "model_worker", None) is not None:
+        await app.model_worker.wait()
+    await pilot.pause()
+
+
 async def generate(pilot, key: str = "f5") -> None:
+    await model_ready(pilot)
     await pilot.press(key)
     await finish(pilot)
 
@@ -106,6 +126,7 @@ async def test_pick_clip_generate_save_and_read_back(tiny_checkpoint, tmp_path):
         assert app.clip is not None and app.clip.num_frames == 32
         await type_into(pilot, "#set-s", "3")
         await type_into(pilot, "#set-frames", "5")
+        await model_ready(pilot)
         await pilot.press("escape", "g")  # esc leaves the field, so g is a key, not a letter
         await finish(pilot)
 
@@ -152,7 +173,10 @@ async def test_cancel_midway_keeps_frames_so_far(tiny_checkpoint, tmp_path):
         assert done is not None and done.cancelled
         assert len(done.video) == 4 + 3 and len(app.frames) == 7  # stopped within the row
         assert not app.running and app.unsaved
-        assert any("cancelled: kept 7 frames" in m for m in app.messages)
+        assert any(m.startswith("cancelled: 7 frames (4 context + 3 new)") and "take 1" in m
+                   for m in app.messages)
+        (take,) = app.takes
+        assert take.cancelled and take.num_new == 3 and app.takes.current is take  # the partial run is a take
 
         folder = tmp_path / "frames"
         await save_as(pilot, str(folder) + "/")
@@ -160,13 +184,15 @@ async def test_cancel_midway_keeps_frames_so_far(tiny_checkpoint, tmp_path):
         await save_as(pilot, str(tmp_path / "partial.gif"))
         assert len(read_video(tmp_path / "partial.gif")) == 7
 
-        await generate(pilot, "g")  # a fresh run after a cancel works and replaces the frames
+        await generate(pilot, "g")  # a fresh run after a cancel works: a second take, the first kept
         assert app.last_done.cancelled  # (the hook cancels again at the third frame)
-        assert len(app.frames) == 7 and app.unsaved
+        assert len(app.frames) == 7 and app.unsaved and len(app.takes) == 2
+        assert [t.unsaved for t in app.takes] == [False, True]
 
-        await app.action_quit()  # unsaved frames: the first quit only warns
-        assert app.is_running and app.return_value is None
-        await pilot.press("q")
+        await app.action_quit()  # an unsaved take: quit asks first
+        await pilot.pause()
+        assert isinstance(app.screen, UnsavedScreen) and app.return_value is None
+        await pilot.press("d")  # discard
     assert app.return_value == [folder.resolve(), (tmp_path / "partial.gif").resolve()]
 
 
@@ -254,14 +280,16 @@ async def test_corrupt_checkpoint_short_clip_and_no_cuda_are_messages(tiny_check
         app.query_one("#set-checkpoint", Input).value = str(tiny_checkpoint)
         await open_clip(pilot, short)
         assert app.clip.num_frames == 3
-        await generate(pilot)
-        assert "only 3 frame(s), fewer than context 4" in app.errors[-1]
-        assert app.job_worker is None or not app.running
+        errors = len(app.errors)
+        await generate(pilot)  # a clip shorter than the context: all of it is used, and the log says so
+        assert len(app.errors) == errors and app.last_done.num_context == 3
+        assert any("the clip has 3 frame(s), fewer than context 4: using all 3" in m for m in app.messages)
+        assert not app.running
 
         app.query_one("#set-steps", Input).value = "0"
         await generate(pilot)
         assert app.errors[-1] == "steps must be at least 1, got 0"
-        assert app.frames == [] and "Traceback" not in app.export_screenshot()
+        assert len(app.frames) == 9 and "Traceback" not in app.export_screenshot()  # the take stays shown
 
 
 # ------------------------------------------------------------------------------------------ modes, keys, CLI
