@@ -85,7 +85,12 @@ def run_job(job: Job, cache: PipelineCache, emit: Callable[[object], None]) -> N
     try:
         request = s.request(continuing=job.context is not None)
         pipe = cache.get(s.checkpoint, request.device, request.precision)
-        for event in pipe.run(request, job.context, job.cancel):
+        adapt_clip = None
+        if request.adapt_steps and job.clip is not None:  # adapting learns from more of the clip than the context
+            from engine.adapt import read_adapt_clip
+
+            adapt_clip = read_adapt_clip(job.clip, pipe.resolution)
+        for event in pipe.run(request, job.context, job.cancel, adapt_clip=adapt_clip):
             emit(Started(_describe(pipe, s), event.plan) if isinstance(event, Planned) else event)
     except (WeightsUnavailableError, CheckpointError) as err:
         emit(Failed(one_line(err), field="checkpoint"))

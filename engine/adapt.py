@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterator
 
+import numpy as np
 import torch
 
 from engine.diffusion import DiffusionSchedule
@@ -26,6 +27,14 @@ from engine.schedulers.fopp import make_training_scheduler
 ADAPT_CLIP_FRAMES = 128  # frames from the end of a clip that adapting learns from (surfaces read this many)
 MIN_TRAIN_FRAMES = 4  # fewer frames before the held-out ones leave nothing to learn motion from
 MIN_HELD_OUT = 2
+
+
+def read_adapt_clip(path, resolution: int, estimated_frames: int | None = None) -> np.ndarray:
+    """What adapting learns from, read from a clip file: its last ADAPT_CLIP_FRAMES frames, fitted to the
+    model's `resolution` while reading (every surface passes this as `Pipeline.run(..., adapt_clip=)`)."""
+    from engine.video_io import read_tail
+
+    return read_tail(path, ADAPT_CLIP_FRAMES, estimated_frames, fit=resolution)
 
 
 @dataclass(frozen=True)

@@ -158,7 +158,7 @@ def _request(args: argparse.Namespace, **extra) -> RunRequest:
 
 
 def cmd_continue(args: argparse.Namespace) -> int:
-    from engine.adapt import ADAPT_CLIP_FRAMES
+    from engine.adapt import read_adapt_clip
     from engine.video_io import probe_video, read_tail
 
     if args.adapt is not None and args.adapt < 1:
@@ -171,15 +171,15 @@ def cmd_continue(args: argparse.Namespace) -> int:
         _check_adapted_output(args)
     pipe = _load_sampling_pipeline(args)
     pipe.check(request)  # a context the model cannot take fails before the clip is read
-    # adapting learns from up to ADAPT_CLIP_FRAMES of the clip's last frames; a plain run reads only its context
-    frames = read_tail(args.input, max(request.context, ADAPT_CLIP_FRAMES if request.adapt_steps else 0),
-                       info.num_frames)
+    frames = read_tail(args.input, request.context, info.num_frames)
     # the default context shrinks to a shorter clip, and says so; an explicit --context longer than the clip fails
     if args.context is None and 0 < len(frames) < request.context:
         request = replace(request, context=len(frames))
         _say(args, f"context: the clip's {len(frames)} frame{'s' * (len(frames) != 1)} (fewer than the default "
                    f"{RunRequest.context})")
-    events = pipe.run(replace(request, fps=info.fps or request.fps), frames)  # the clip's rate carries over
+    adapt_clip = read_adapt_clip(args.input, pipe.resolution, info.num_frames) if request.adapt_steps else None
+    # the clip's rate carries over
+    events = pipe.run(replace(request, fps=info.fps or request.fps), frames, adapt_clip=adapt_clip)
     code = _run_and_write(args, pipe, events)
     if args.save_adapted and pipe.adaptation is not None:
         args.written.append(str(pipe.save_adapted(args.save_adapted)))

@@ -214,13 +214,15 @@ class Pipeline:
         return Plan(request, context, note, levels, self.window, history_guidance, work)
 
     def run(self, request: RunRequest, frames: np.ndarray | None = None,
-            cancel: threading.Event | None = None) -> Iterator[Event]:
+            cancel: threading.Event | None = None, adapt_clip: np.ndarray | None = None) -> Iterator[Event]:
         """Continue `frames` (uint8 [N, H, W, 3], any size; None: generate from nothing) as `request` asks.
 
-        With `request.adapt_steps` > 0, Adapting per fine-tuning step and one Adapted come first. Then
+        With `request.adapt_steps` > 0, Adapting per fine-tuning step and one Adapted come first; adapting learns
+        from `adapt_clip` (engine.adapt.read_adapt_clip: more of the clip than a context needs), else from
+        `frames`. Then
         Planned(plan), then FrameReady / Progress per row, then Done. `cancel` stops within one step or row."""
         plan = self.plan(request, frames)
-        adapter = self._adapter(request, frames) if request.adapt_steps else None
+        adapter = self._adapter(request, frames if adapt_clip is None else adapt_clip) if request.adapt_steps else None
         sampler = make_sampler(request.sampler, self.dit, self.schedule,
                                scheduler_for(request, self.window, plan.num_context),
                                prediction=self.config.diffusion.prediction, guidance_scale=request.guidance_scale,

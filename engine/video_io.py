@@ -345,22 +345,28 @@ def iter_frames(
     )
 
 
-def read_tail(path: str | os.PathLike[str], count: int, estimated_frames: int | None = None) -> np.ndarray:
-    """The last `count` (or fewer, when the clip is shorter) frames of a clip, uint8 [N, H, W, 3].
+def read_tail(path: str | os.PathLike[str], count: int, estimated_frames: int | None = None,
+              fit: int | None = None) -> np.ndarray:
+    """The last `count` (or fewer, when the clip is shorter) frames of a clip, uint8 [N, H, W, 3]; with `fit`,
+    each frame fitted to `fit` x `fit` as it is read (``fit_frames``), so many frames of an HD clip stay small.
 
     Frame counts from containers are estimates, so this seeks only near the end when `estimated_frames`
     leaves a safe margin, and falls back to reading from the start; memory stays at `count` frames."""
     from collections import deque
 
+    def frames(start: int = 0) -> Iterator[np.ndarray]:
+        for frame in iter_frames(path, start=start):
+            yield frame if fit is None else fit_frames(frame[None], fit)[0]
+
     margin = 64
     if estimated_frames and estimated_frames > count + 2 * margin:
         try:
-            tail = deque(iter_frames(path, start=estimated_frames - count - margin), maxlen=count)
+            tail = deque(frames(estimated_frames - count - margin), maxlen=count)
             if len(tail) == count:
                 return np.stack(tail)
         except VideoError:
             pass
-    return np.stack(deque(iter_frames(path), maxlen=count))
+    return np.stack(deque(frames(), maxlen=count))
 
 
 def _limited(

@@ -4,6 +4,7 @@ first paint. Textual pilot tests with the tiny random-weight checkpoint (CPU, se
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -463,9 +464,12 @@ async def test_adapt_toggle_events_and_cancel(tiny_checkpoint, monkeypatch):
     requests: list[RunRequest] = []
     original = pipeline_mod.Pipeline.run
 
-    def adapting_run(self, request, frames=None, cancel=None):  # the engine's adapt events, then the run
+    clips = []
+
+    def adapting_run(self, request, frames=None, cancel=None, adapt_clip=None):  # adapt events, then the run
         requests.append(request)
-        inner = original(self, request, frames, cancel)
+        clips.append(adapt_clip)
+        inner = original(self, dataclasses.replace(request, adapt_steps=0), frames, cancel)
 
         def events():
             for step in range(1, min(request.adapt_steps, 3) + 1):
@@ -502,6 +506,8 @@ async def test_adapt_toggle_events_and_cancel(tiny_checkpoint, monkeypatch):
         app._stats = watch
         await generate(pilot)
         assert requests[-1].adapt_steps == DEFAULT_ADAPT_STEPS
+        # adapting learns from the clip's last frames read at the model's size, more than the context
+        assert clips[-1] is not None and clips[-1].shape[1:3] == (16, 16) and len(clips[-1]) > 8
         assert any("adapted to the clip: held-out loss 0.50 -> 0.40" in m for m in app.messages)
         adapting = [entry for entry in seen if entry[0].startswith("adapting")]
         first_step = f"adapting 1/{DEFAULT_ADAPT_STEPS}  loss 0.5000  ETA 1.0 s"
