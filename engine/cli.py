@@ -355,6 +355,8 @@ def _count_params(params) -> int:
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from engine.limits import check_level_matrix
     from engine.outputs import check_output_file
     from engine.run import plan_rows
@@ -365,7 +367,8 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         if Path(args.output).suffix.lower() != ".png":
             raise ArdiffError(f"-o {args.output}: the heat map is a PNG; give a name ending in .png")
         check_output_file(args.output)
-    check_level_matrix(args.frames, args.context, args.steps, args.window)  # before the plan allocates it
+    # before anything is allocated; drawing or printing builds the whole matrix, a summary only the plan
+    check_level_matrix(args.frames, args.context, args.steps, args.window, full=bool(args.text or args.output))
     levels, work = plan_rows(request, args.window, args.context, cached=False)
     rows = len(levels) - 1
     frame_forwards = int(work.sum())
@@ -376,7 +379,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         for r, row in enumerate(levels):
             print(f"{r:>5} " + " ".join(f"{v:>{width}}" for v in row))
     if args.output:
-        path = schedule_heatmap(levels, args.steps, args.output, num_context=args.context)
+        path = schedule_heatmap(np.asarray(levels), args.steps, args.output, num_context=args.context)
         print(f"wrote {path}")
     return 0
 

@@ -167,3 +167,60 @@ def test_frame_rates_read_as_people_write_them():
     assert frame_rate(14.9999) == "15 fps"
     assert frame_rate(30000 / 1001) == "29.97 fps"
     assert frame_rate(25.0) == "25 fps" and frame_rate(7.5) == "7.5 fps"
+
+
+def test_a_long_plan_is_cheap_and_agrees_with_the_full_matrix(pipe, monkeypatch):
+    """A plan keeps its levels compactly: 100,000 frames plan from a few hundred scheduler rows in a few MB
+    (the whole matrix would be 500,046 x 100,008 int64, 400 GB, and was refused past ~22,000 frames), and every
+    row read from it is the scheduler's own, where the full matrix can be built to compare."""
+    import tracemalloc
+
+    from engine.run import plan_rows, scheduler_for
+    from engine.schedulers.ad import ADScheduler
+
+    rng = np.random.default_rng(0)
+    for s, new, ctx, steps, min_context in [(5, 200, 8, 50, 1), (0, 97, 0, 7, 1), (1, 60, 3, 4, 0),
+                                            (50, 40, 1, 50, 1), (3, 5, 2, 4, 1), (2, 33, 15, 20, 3)]:
+        request = RunRequest(new_frames=new, s=s, steps=steps, min_context=min_context)
+        levels, _ = plan_rows(request, WINDOW, ctx)
+        full = scheduler_for(request, WINDOW, ctx).level_matrix(new, ctx)
+        assert levels.shape == full.shape and np.array_equal(np.asarray(levels), full), (s, new, ctx, steps)
+        picked = rng.integers(0, len(full), 9)
+        assert np.array_equal(levels[picked], full[picked]) and np.array_equal(levels[-1], full[-1])
+        assert np.array_equal(levels[2:9:3, ctx:], full[2:9:3, ctx:]) and np.array_equal(levels[1, 3], full[1, 3])
+        if new >= 97:  # a run several windows long repeats one block of rows: stored once
+            assert levels.nbytes < full.nbytes / 10
+
+    made = []
+    rows = ADScheduler.rows
+
+    def counted(self, num_frames, num_context=0):
+        for row in rows(self, num_frames, num_context):
+            made.append(row.first)
+            yield row
+
+    monkeypatch.setattr(ADScheduler, "rows", counted)
+    clip = np.random.default_rng(1).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
+    tracemalloc.start()
+    try:
+        plan = pipe.plan(RunRequest(new_frames=100_000), clip)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # per row 8 bytes of work (500,046 rows: 4 MB) and a few hundred stored rows; the bound leaves 2x room
+    assert peak < 8 * 2**20, peak
+    assert len(made) < 1000, len(made)  # the scheduler ran a few windows' rows, not 500,046
+    assert plan.levels.shape == (plan.total_rows + 1, 100_008) and len(plan.frame_evaluations) == plan.total_rows
+    # its start, its end and its middle are those of a run short enough to build whole
+    monkeypatch.setattr(ADScheduler, "rows", rows)
+    short = RunRequest(new_frames=300)
+    small = scheduler_for(short, WINDOW, 8).level_matrix(300, 8)
+    small_work = plan_rows(short, WINDOW, 8)[1]
+    assert len(plan.levels) - len(small) == 5 * (100_000 - 300)  # s = 5: one row more per frame, five levels
+    assert np.array_equal(plan.level_matrix(slice(0, 120))[:, :300], small[:120, :300])
+    assert np.array_equal(plan.levels[-120:, -300:], small[-120:, -300:])
+    middle = plan.total_rows // 2
+    shift = (middle - 150) // 5  # the same state 5 rows later is one frame further on
+    assert np.array_equal(plan.levels[middle, shift:shift + 300], small[middle - 5 * shift, :300])
+    assert np.array_equal(plan.frame_evaluations[-100:], small_work[-100:])
+    assert int(plan.frame_evaluations.sum()) > 0
