@@ -224,3 +224,72 @@ def test_a_long_plan_is_cheap_and_agrees_with_the_full_matrix(pipe, monkeypatch)
     assert np.array_equal(plan.levels[middle, shift:shift + 300], small[middle - 5 * shift, :300])
     assert np.array_equal(plan.frame_evaluations[-100:], small_work[-100:])
     assert int(plan.frame_evaluations.sum()) > 0
+
+
+class _RecordingScheduler:
+    """The scheduler a run is given, recording the rows the sampler takes from it (and nothing else)."""
+
+    def __init__(self, scheduler):
+        self.inner, self.taken = scheduler, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def rows(self, num_frames, num_context=0):
+        for row in self.inner.rows(num_frames, num_context):
+            self.taken.append(row)
+            yield row
+
+
+class _Network:
+    """Stands in for the DiT: zeros out and no keys/values to keep. The network's numbers decide neither the
+    rows nor the work; the sampler's own row logic and its counts run unchanged, thousands of rows a second."""
+
+    num_classes, null_class = 0, 0
+
+    def __init__(self, window: int, num_tokens: int):
+        self.window, self.num_tokens = window, num_tokens
+
+    def __call__(self, z, t, labels=None):
+        import torch
+
+        return torch.zeros_like(z)
+
+    def conditioning_table(self, timesteps, labels):
+        return None
+
+    def forward_cached(self, z, t, cache, labels=None, table=None):
+        import torch
+
+        return torch.zeros_like(z), []
+
+
+@pytest.mark.parametrize("sampler", ["cached", "reference"])
+@pytest.mark.parametrize("s", [0, 1, 3, 5, 50])
+def test_the_plan_is_the_samplers_rows_over_a_grid(pipe, sampler, s):
+    """Issue 23, item 8: for s, new frames (1, window - 1, window, 2 window + 3), context (0: from nothing, 1, 3,
+    8) and steps (1, 4, 50), the plan a surface draws (Pipeline.plan) is the level matrix of the rows the
+    sampler actually takes from the scheduler it is given, and its work is the sampler's frame_forwards."""
+    import torch
+
+    from engine.run import scheduler_for
+    from engine.sampling import make_sampler
+
+    L, D = pipe.config.vae.num_latent_tokens, pipe.config.vae.latent_dim
+    network = _Network(pipe.window, pipe.dit.num_tokens)
+    for new, ctx, steps in itertools.product((1, WINDOW - 1, WINDOW, 2 * WINDOW + 3), (0, 1, 3, 8), (1, 4, 50)):
+        request = RunRequest(new_frames=new, s=s, steps=steps, context=max(ctx, 1), sampler=sampler)
+        clip = np.random.default_rng(ctx).integers(0, 256, (ctx, 12, 12, 3), dtype=np.uint8) if ctx else None
+        plan = pipe.plan(request, clip)
+        scheduler = _RecordingScheduler(scheduler_for(request, pipe.window, plan.num_context))
+        run = make_sampler(sampler, network, pipe.schedule, scheduler, prediction=pipe.config.diffusion.prediction,
+                           history_guidance=plan.history_guidance)
+        with torch.no_grad():
+            steps_done = sum(1 for _ in run.denoise(torch.zeros(1, ctx, L, D), torch.zeros(1, new, L, D)))
+        rows = scheduler.taken
+        ran = np.stack([rows[0].level_from] + [row.level_to for row in rows])
+        where = (sampler, s, new, ctx, steps)
+        assert steps_done == len(rows) == plan.total_rows == run.stats.rows, where
+        assert plan.levels.shape == ran.shape and np.array_equal(np.asarray(plan.levels), ran), where
+        assert np.array_equal(plan.level_matrix(slice(len(ran) // 2, None)), ran[len(ran) // 2:]), where
+        assert int(plan.frame_evaluations.sum()) == run.stats.frame_forwards, where
