@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -324,13 +325,21 @@ class Plan:
         [len(rows), context + new]: what a heat map draws, built for those rows only."""
         return self.levels[rows]
 
+    @cached_property
+    def _work_before(self) -> np.ndarray:
+        """[rows + 1] the work of the first k rows, so an ETA after every row of a long run costs O(1)."""
+        return np.concatenate([[0], np.cumsum(self.frame_evaluations)])
+
     def seconds_left(self, rows_done: int, elapsed: float) -> float | None:
         """Remaining time, from the time the rows done took and the work the rest will take; None before the
         first row."""
-        done = float(self.frame_evaluations[:rows_done].sum())
-        if rows_done <= 0 or done <= 0:
+        if rows_done <= 0:
             return None
-        return elapsed * float(self.frame_evaluations[rows_done:].sum()) / done
+        before = self._work_before
+        done = float(before[min(rows_done, len(before) - 1)])
+        if done <= 0:
+            return None
+        return elapsed * (float(before[-1]) - done) / done
 
 
 def plan_rows(request: RunRequest, window: int, num_context: int, *, cached: bool | None = None,

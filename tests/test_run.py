@@ -293,3 +293,18 @@ def test_the_plan_is_the_samplers_rows_over_a_grid(pipe, sampler, s):
         assert plan.levels.shape == ran.shape and np.array_equal(np.asarray(plan.levels), ran), where
         assert np.array_equal(plan.level_matrix(slice(len(ran) // 2, None)), ran[len(ran) // 2:]), where
         assert int(plan.frame_evaluations.sum()) == run.stats.frame_forwards, where
+
+
+def test_the_readmes_table_of_defaults_is_run_requests():
+    """The README's "Same everywhere" table shows RunRequest's values (a changed default changes the docs)."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    cells = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in text.splitlines()
+             if line.startswith("| ") and line.count("|") == 4}
+    r = RunRequest()
+    assert cells["new frames"] == str(r.new_frames) and cells["s (continuing and from nothing)"] == str(r.s)
+    assert cells["steps"] == str(r.steps) and cells["seed"] == str(r.seed)
+    assert cells["min context"] == str(r.min_context) and cells["context"].startswith(f"{r.context} frames")
+    assert cells["frame rate from nothing"].startswith(f"{r.fps:g} fps")
+    assert cells["device, precision"] == f"{r.device}, {r.precision}"
