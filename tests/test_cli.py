@@ -263,3 +263,18 @@ def test_every_run_default_is_run_requests():
         assert args.output is None  # the suggested name, chosen when the command runs
     args = parser.parse_args(["continue", "x"])
     assert SaveOptions(args.part, args.size) == SaveOptions()
+
+
+def test_an_input_too_large_to_save_at_is_refused_before_sampling(tmp_path, capsys, tiny_checkpoint, monkeypatch):
+    """--size input past engine.save_options.MAX_SIDE is one line naming --size, before any row runs (the
+    limit lowered to 20 here so a 24x32 clip is past it); nothing is written."""
+    import engine.pipeline
+    import engine.save_options
+
+    monkeypatch.setattr(engine.save_options, "MAX_SIDE", 20)
+    monkeypatch.setattr(engine.pipeline.Pipeline, "run", lambda *a, **k: pytest.fail("sampled before refusing"))
+    code, _, err = run_cli(capsys, "continue", _clip(tmp_path), "--checkpoint", tiny_checkpoint, *SMALL,
+                           "--size", "input", "-o", tmp_path / "big.mp4")
+    assert code == 2 and err.strip() == "ardiff: error: --size: an input of 32x24 cannot be the save size (sides " \
+                                        "1..20)", err
+    assert not (tmp_path / "big.mp4").exists() and not (tmp_path / "big_sheet.png").exists()
