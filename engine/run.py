@@ -260,22 +260,28 @@ def _plan_levels(scheduler: ADScheduler, num_new: int, num_context: int) -> tupl
     total, window = num_context + num_new, scheduler.window
     steady = max(scheduler.min_context, window)  # from here, the context and the window's start are fixed
     seen: dict[bytes, tuple[int, int]] = {}  # flight state before a row -> (that row, its first frame)
-    repeat = None
+    repeat, looking, rows = None, True, []
     for index, row in enumerate(scheduler.rows(num_new, num_context)):
-        if row.first < steady or row.first + window > total:
+        rows.append(row)
+        if not looking or row.first < steady:
             continue
         state = row.segment_from.tobytes()
-        if state in seen:
+        if row.first + window > total:
+            looking = False  # the end is in view: no block can repeat any more
+        elif state in seen:
             start, first = seen[state]
             shift = row.first - first
             copies = (total - row.first - window) // shift  # every repeat stays a window short of the end
             if copies > 0:
                 repeat = _Repeat(start, index, shift, copies)
-            break
-        seen[state] = (index, row.first)
-    short = num_new - (repeat.copies * repeat.shift if repeat else 0)
+                break
+            looking = False
+        else:
+            seen[state] = (index, row.first)
+    if repeat is not None:  # the rows of the run shorter by the repeats; those rows already made are its first
+        rows = list(scheduler.rows(num_new - repeat.copies * repeat.shift, num_context))
     firsts, offsets, values, spans = [], [0], [], []
-    for row in scheduler.rows(short, num_context):
+    for row in rows:
         firsts.append(row.first)
         values.append(row.segment_to)
         offsets.append(offsets[-1] + len(row.segment_to))
