@@ -215,7 +215,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return _run_and_write(args, pipe, pipe.run(request))
 
 
-def _run_and_write(args: argparse.Namespace, pipe, events, options: SaveOptions = SaveOptions(),
+def _run_and_write(args: argparse.Namespace, pipe, events, options: SaveOptions | None = None,
                    input_hw: Sequence[int] | None = None) -> int:
     from engine.outputs import OutputSet
     from engine.pipeline import Adapted, Done, FrameReady, Planned, Progress
@@ -242,6 +242,7 @@ def _run_and_write(args: argparse.Namespace, pipe, events, options: SaveOptions 
                 _say(args, event.message)
     # the video and its sheet are staged, then renamed together: both appear or neither
     sheet = _sheet_path(Path(args.output))
+    options = options or SaveOptions()
     saved = frames_to_save(done.video, done.num_context, options, input_hw)
     shown_context = done.num_context if options.part == "all" else 0  # the sheet shows what the video holds
     with OutputSet(args.written) as outputs:

@@ -10,7 +10,14 @@ import pytest
 from PIL import Image
 
 from engine.errors import RunError
-from engine.save_options import PART_LABELS, SIZE_LABELS, SaveOptions, frames_to_save, save_side, suggested_output
+from engine.save_options import (
+    PART_LABELS,
+    SIZE_LABELS,
+    SaveOptions,
+    frames_to_save,
+    save_side,
+    suggested_output,
+)
 
 
 def _video(context: int = 4, new: int = 3, side: int = 16) -> np.ndarray:
@@ -80,7 +87,9 @@ def test_suggested_output_is_numbered_past_anything_that_exists(tmp_path):
     assert suggested_output(tmp_path / "tree.avi") == tmp_path / "tree_continued-4.mp4"
     # a save that writes a companion file: the name is free only when that is free too
     (tmp_path / "tree_continued-4_sheet.png").write_bytes(b"a sheet")
-    sheet = lambda path: [path.with_name(path.stem + "_sheet.png")]  # noqa: E731
+    def sheet(path: Path) -> list[Path]:
+        return [path.with_name(path.stem + "_sheet.png")]
+
     assert suggested_output(tmp_path / "tree.avi", companions=sheet) == tmp_path / "tree_continued-5.mp4"
     # from nothing, in a folder that holds earlier ones
     (tmp_path / "ardiff_continued.mp4").write_bytes(b"x")
