@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
-from PIL import Image
 
 from engine.errors import RunError
 
@@ -60,6 +59,8 @@ def frames_to_save(video: np.ndarray, num_context: int, options: SaveOptions,
         return frames
     if side == frames.shape[1] == frames.shape[2]:
         return frames
+    from PIL import Image  # on first use: the CLI's --help and the apps' forms start without it
+
     return np.stack([np.asarray(Image.fromarray(f).resize((side, side), Image.Resampling.LANCZOS)) for f in frames])
 
 
