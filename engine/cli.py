@@ -15,14 +15,18 @@ from typing import Callable, Sequence
 
 
 from engine.errors import ArdiffError, RunError, one_line
+from engine.models.presets import ModelConfig
 from engine.run import BACKENDS, DEFAULT_ADAPT_STEPS, DEVICES, PRECISION_HELP, PRECISIONS, SAMPLERS, RunRequest
+from engine.save_options import PART_LABELS, PARTS, SIZE_LABELS, SIZES, SaveOptions
 
 EXIT_USAGE = 2
+DEMO_FRAMES = 24  # `ardiff demo` shows a longer continuation than the default, to show the scheduler at work
 # RunRequest field -> the flag that sets it, so a bad value is named the way the person typed it
 FLAGS = {"new_frames": "--frames", "s": "--s", "steps": "--steps", "seed": "--seed", "context": "--context",
          "min_context": "--min-context", "history_guidance": "--history-guidance", "guidance_scale": "--guidance",
          "class_label": "--class-label", "fps": "--fps", "device": "--device", "precision": "--precision",
-         "backend": "--backend", "sampler": "--sampler", "adapt_steps": "--adapt"}
+         "backend": "--backend", "sampler": "--sampler", "adapt_steps": "--adapt", "part": "--part",
+         "size": "--size"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -56,7 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("continue", help="continue a clip with new frames")
     p.add_argument("input", help="video file (mp4, avi, mov, mkv, webm, gif, ...), an image (png, jpg, webp, bmp, "
                                  "tiff: a one-frame context) or a folder of frames")
-    p.add_argument("-o", "--output", required=True, help="output .mp4, .gif or folder of PNGs")
+    p.add_argument("-o", "--output", default=None,
+                   help="output .mp4, .gif or folder of PNGs (default: CLIP_continued.mp4 beside the clip, "
+                        "numbered -2, -3, ... past files that exist: nothing is overwritten)")
+    p.add_argument("--part", default=SaveOptions.part, metavar="|".join(PARTS),
+                   help="what to save: " + ", ".join(f"{k} = {v}" for k, v in PART_LABELS.items()) +
+                        f" (default: {SaveOptions.part})")
+    p.add_argument("--size", default=SaveOptions.size, metavar="|".join(SIZES),
+                   help="frame size: " + ", ".join(f"{k} = {v}" for k, v in SIZE_LABELS.items()) +
+                        f", the side of its centred square, upscaled with Lanczos (default: {SaveOptions.size})")
     p.add_argument("--context", type=int, default=None,
                    help=f"context frames taken from the end of the clip (default: {RunRequest.context}, or the "
                         f"whole clip when it is shorter; an image is a one-frame context)")
@@ -70,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_continue)
 
     p = sub.add_parser("generate", help="generate a video from nothing")
-    p.add_argument("-o", "--output", required=True, help="output .mp4, .gif or folder of PNGs")
+    p.add_argument("-o", "--output", default=None,
+                   help="output .mp4, .gif or folder of PNGs (default: ardiff_continued.mp4 in the working "
+                        "folder, the name the apps suggest, numbered -2, -3, ... past files that exist)")
     p.add_argument("--fps", type=float, default=RunRequest.fps)
     p.add_argument("--class-label", type=int, default=None, help="class index for class-conditional models")
     _add_sampling_args(p)
@@ -88,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=RunRequest.steps, help="DDIM steps n")
     p.add_argument("--s", type=int, default=RunRequest.s, help="level offset between neighbouring frames")
     p.add_argument("--context", type=int, default=0, help="clean context frames in front")
-    p.add_argument("--window", type=int, default=16, help="frames the model sees at once")
+    p.add_argument("--window", type=int, default=ModelConfig.window,
+                   help="frames the model sees at once (default: the embedded model's)")
     p.add_argument("--min-context", type=int, default=RunRequest.min_context,
                    help="clean frames kept in view once any exists")
     p.add_argument("-o", "--output", help="heat map PNG (frames across, rows down, noise as colour)")
@@ -99,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="continue the demo clip in assets/ with the embedded model")
     p.add_argument("-o", "--output", default="out/demo.mp4")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default=RunRequest.device)
     _add_precision(p)
     _add_threads(p)
     p.set_defaults(func=cmd_demo)
@@ -149,23 +164,40 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
 # -- continue / generate ---------------------------------------------------------------------------------
 
 
-def _request(args: argparse.Namespace, **extra) -> RunRequest:
-    """The run the flags ask for (checked by RunRequest itself: a bad value is a RunError naming the flag)."""
+def request_for(args: argparse.Namespace) -> RunRequest:
+    """The run `continue` or `generate` flags ask for; what no flag sets is RunRequest's default (checked by
+    RunRequest itself: a bad value is a RunError naming the flag)."""
+    extra = {}
+    if args.command == "continue":
+        extra["context"] = RunRequest.context if args.context is None else args.context
+        if args.adapt is not None and args.adapt < 1:
+            raise RunError("adapt_steps", f"adapt steps must be at least 1, got {args.adapt}")
+        extra["adapt_steps"] = args.adapt or 0
+    else:
+        extra.update(class_label=args.class_label, fps=args.fps)
     return RunRequest(new_frames=args.frames, s=args.s, steps=args.steps, seed=args.seed,
                       min_context=args.min_context, history_guidance=args.history_guidance,
                       guidance_scale=args.guidance, device=args.device, precision=args.precision,
                       backend=args.backend, sampler=args.sampler, **extra)
 
 
+def _default_output(args: argparse.Namespace, clip: str | None) -> None:
+    """Without -o: the name every surface suggests (engine.save_options), past any existing video or sheet."""
+    from engine.save_options import suggested_output
+
+    if args.output is None:
+        args.output = str(suggested_output(clip, companions=lambda path: [_sheet_path(path)]))
+
+
 def cmd_continue(args: argparse.Namespace) -> int:
     from engine.adapt import read_adapt_clip
+    from engine.save_options import save_side
     from engine.video_io import probe_video, read_tail
 
-    if args.adapt is not None and args.adapt < 1:
-        raise RunError("adapt_steps", f"adapt steps must be at least 1, got {args.adapt}")
-    request = _request(args, context=RunRequest.context if args.context is None else args.context,
-                       adapt_steps=args.adapt or 0)
+    request = request_for(args)
+    options = SaveOptions(args.part, args.size)  # a bad --part/--size is one line before anything is read
     info = probe_video(args.input)
+    _default_output(args, args.input)
     _check_outputs(args, [args.input])
     if args.save_adapted:
         _check_adapted_output(args)
@@ -177,10 +209,17 @@ def cmd_continue(args: argparse.Namespace) -> int:
         request = replace(request, context=len(frames))
         _say(args, f"context: the clip's {len(frames)} frame{'s' * (len(frames) != 1)} (fewer than the default "
                    f"{RunRequest.context})")
+    input_hw = frames.shape[1:3]  # the clip as read (rotation applied), whose centred square the model saw
+    side = save_side(options, input_hw)
+    if side is not None:  # the upscaled video, held as frames and as one array, refused before sampling
+        from engine.limits import check_memory
+
+        count = request.new_frames + (request.context if options.part == "all" else 0)
+        check_memory(2.0 * count * side * side * 3, f"--size input: {count} frames at {side}x{side}")
     adapt_clip = read_adapt_clip(args.input, pipe.resolution, info.num_frames) if request.adapt_steps else None
     # the clip's rate carries over
     events = pipe.run(replace(request, fps=info.fps or request.fps), frames, adapt_clip=adapt_clip)
-    code = _run_and_write(args, pipe, events)
+    code = _run_and_write(args, pipe, events, options, input_hw)
     if args.save_adapted and pipe.adaptation is not None:
         args.written.append(str(pipe.save_adapted(args.save_adapted)))
         _say(args, f"wrote the adapted model to {args.save_adapted}"
@@ -200,15 +239,18 @@ def _check_adapted_output(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    request = _request(args, class_label=args.class_label, fps=args.fps)
+    request = request_for(args)
+    _default_output(args, None)
     _check_outputs(args, [])
     pipe = _load_sampling_pipeline(args)
     return _run_and_write(args, pipe, pipe.run(request))
 
 
-def _run_and_write(args: argparse.Namespace, pipe, events) -> int:
+def _run_and_write(args: argparse.Namespace, pipe, events, options: SaveOptions | None = None,
+                   input_hw: Sequence[int] | None = None) -> int:
     from engine.outputs import OutputSet
     from engine.pipeline import Adapted, Adapting, Done, FrameReady, Planned, Progress
+    from engine.save_options import frames_to_save
     from engine.video_io import is_frame_folder, stage_png, stage_video
     from engine.visualize import contact_sheet
 
@@ -234,10 +276,13 @@ def _run_and_write(args: argparse.Namespace, pipe, events) -> int:
                 done = event
     # the video and its sheet are staged, then renamed together: both appear or neither
     sheet = _sheet_path(Path(args.output))
+    options = options or SaveOptions()
+    saved = frames_to_save(done.video, done.num_context, options, input_hw)
+    shown_context = done.num_context if options.part == "all" else 0  # the sheet shows what the video holds
     with OutputSet(args.written) as outputs:
-        outputs.add(stage_video(args.output, done.video, fps=plan.request.fps), args.output,
+        outputs.add(stage_video(args.output, saved, fps=plan.request.fps), args.output,
                     may_replace=is_frame_folder)
-        outputs.add(stage_png(sheet, contact_sheet(done.video, context=done.num_context)), sheet)
+        outputs.add(stage_png(sheet, contact_sheet(saved, context=shown_context)), sheet)
         outputs.commit()
     output = Path(args.output)
     rate = ""
@@ -245,8 +290,11 @@ def _run_and_write(args: argparse.Namespace, pipe, events) -> int:
     if first_frame_at is not None and num_new > 1:
         after_first = time.perf_counter() - first_frame_at
         rate = f", {(num_new - 1) / max(after_first, 1e-9):.1f} frames/s after the first"
-    _say(args, f"wrote {output} ({len(done.video)} frames: {done.num_context} context + "
-               f"{len(done.video) - done.num_context} new) and {sheet}; {done.elapsed:.1f} s{rate}")
+    num_made = len(done.video) - done.num_context
+    held = (f"{len(saved)} frames: {done.num_context} context + {num_made} new" if shown_context else
+            f"{num_made} new frame{'s' * (num_made != 1)}")
+    _say(args, f"wrote {output} ({held}, {saved.shape[2]}x{saved.shape[1]}) and {sheet}; "
+               f"{done.elapsed:.1f} s{rate}")
     return 0
 
 
@@ -408,6 +456,8 @@ def _count_params(params) -> int:
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from engine.limits import check_level_matrix
     from engine.outputs import check_output_file
     from engine.run import plan_rows
@@ -418,7 +468,8 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         if Path(args.output).suffix.lower() != ".png":
             raise ArdiffError(f"-o {args.output}: the heat map is a PNG; give a name ending in .png")
         check_output_file(args.output)
-    check_level_matrix(args.frames, args.context, args.steps, args.window)  # before the plan allocates it
+    # before anything is allocated; drawing or printing builds the whole matrix, a summary only the plan
+    check_level_matrix(args.frames, args.context, args.steps, args.window, full=bool(args.text or args.output))
     levels, work = plan_rows(request, args.window, args.context, cached=False)
     rows = len(levels) - 1
     frame_forwards = int(work.sum())
@@ -429,7 +480,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         for r, row in enumerate(levels):
             print(f"{r:>5} " + " ".join(f"{v:>{width}}" for v in row))
     if args.output:
-        path = schedule_heatmap(levels, args.steps, args.output, num_context=args.context)
+        path = schedule_heatmap(np.asarray(levels), args.steps, args.output, num_context=args.context)
         print(f"wrote {path}")
     return 0
 
@@ -454,17 +505,18 @@ def _add_eval_parser(sub) -> None:
 
     q = ev.add_parser("continue", help="continue clips for several s; PSNR/SSIM per horizon, FVD, speed")
     _add_model_and_clips(q)
-    q.add_argument("--context", type=int, default=8, help="context frames: the first frames of every clip")
+    q.add_argument("--context", type=int, default=RunRequest.context,
+                   help="context frames: the first frames of every clip")
     q.add_argument("--frames", type=int, default=24, help="new frames, compared with the clip's next frames")
     q.add_argument("--s", default="0,5,10,25", help="comma-separated s values, e.g. 0,5,10,25")
-    q.add_argument("--steps", type=int, default=50, help="DDIM steps per frame")
-    q.add_argument("--seed", type=int, default=0, help="clip i is sampled with seed + i")
+    q.add_argument("--steps", type=int, default=RunRequest.steps, help="DDIM steps per frame")
+    q.add_argument("--seed", type=int, default=RunRequest.seed, help="clip i is sampled with seed + i")
     q.add_argument("--i3d", default=None, help="I3D weights for FVD (default: cache / download)")
     q.add_argument("--no-fvd", action="store_true", help="skip FVD")
-    q.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    q.add_argument("--device", default=RunRequest.device, help=" | ".join(DEVICES))
     _add_precision(q)
     _add_threads(q)
-    q.add_argument("--sampler", default="cached", choices=["cached", "reference"])
+    q.add_argument("--sampler", default=RunRequest.sampler, choices=SAMPLERS)
     _add_history_guidance(q)
     q.add_argument("-o", "--output", required=True, help="folder for results.md, results.json, horizon.png")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -491,7 +543,7 @@ def _add_eval_parser(sub) -> None:
     q = ev.add_parser("vae", help="AR-VAE reconstruction: PSNR/SSIM of encode -> decode on real clips")
     _add_model_and_clips(q)
     q.add_argument("--frames", type=int, default=32, help="frames per clip")
-    q.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    q.add_argument("--device", default=RunRequest.device, help=" | ".join(DEVICES))
     _add_precision(q)
     _add_threads(q)
     q.add_argument("-o", "--output", required=True, help="folder for results.md and results.json")
@@ -665,13 +717,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not default_checkpoint_path().is_file():
         print("The embedded default model is not shipped yet; here is what the sampler will do with it:\n")
         schedule_args = build_parser().parse_args(
-            ["schedule", "--frames", "24", "--context", "8", "--s", "5", "-o", str(Path(args.output).parent /
-                                                                              "schedule.png")])
+            ["schedule", "--frames", str(DEMO_FRAMES), "--context", str(RunRequest.context), "--s",
+             str(RunRequest.s), "-o", str(Path(args.output).parent / "schedule.png")])
         schedule_args.written = args.written
         return cmd_schedule(schedule_args)
     demo = ASSETS_DIR / "demo.mp4"
     continue_args = build_parser().parse_args(
-        ["continue", str(demo), "-o", args.output, "--context", "8", "--frames", "24", "--device", args.device,
+        ["continue", str(demo), "-o", args.output, "--context", str(RunRequest.context), "--frames",
+         str(DEMO_FRAMES), "--device", args.device,
          "--precision", args.precision])
     continue_args.written = args.written  # what the outputs' commit wrote, for an interrupt's message
     return cmd_continue(continue_args)

@@ -106,11 +106,15 @@ def min_schedule_rows(num_frames: int, steps: int, window: int) -> int:
     return max(steps, math.ceil(num_frames * steps / window))
 
 
-def check_level_matrix(num_frames: int, num_context: int, steps: int, window: int) -> None:
-    """Refuse an AD level matrix ([rows + 1, frames] int64) over half the machine's memory."""
+def check_level_matrix(num_frames: int, num_context: int, steps: int, window: int, full: bool = False) -> None:
+    """Refuse a plan over half the machine's memory: its compact levels and per-row work (8 bytes a row,
+    engine.run.LevelMatrix), or with `full` the whole [rows + 1, frames] int64 matrix (a heat map, --text)."""
     rows = min_schedule_rows(num_frames, steps, window)
-    check_memory(8.0 * (rows + 1) * (num_frames + num_context),
-                 f"the level matrix of {num_frames} frames (at least {rows} rows)")
+    if full:
+        check_memory(8.0 * (rows + 1) * (num_frames + num_context),
+                     f"the level matrix of {num_frames} frames (at least {rows} rows)")
+    else:
+        check_memory(8.0 * (rows + 1), f"the plan of {num_frames} frames (at least {rows} rows)")
 
 
 def check_model(parameters: int, what: str) -> None:

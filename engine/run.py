@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -147,18 +148,164 @@ def scheduler_for(request: RunRequest, window: int, num_context: int) -> ADSched
 
 
 @dataclass(frozen=True)
+class _Repeat:
+    """Explicit rows [start, stop) repeated `copies` times before row `stop`, each copy `shift` frames later."""
+
+    start: int
+    stop: int
+    shift: int
+    copies: int
+
+    @property
+    def period(self) -> int:
+        return self.stop - self.start
+
+
+class LevelMatrix:
+    """The [rows + 1, frames] DDIM levels of a plan, kept as the scheduler's rows are: per row, the first frame
+    not yet clean and the levels of the frames in flight after it (earlier frames are clean, later ones noise).
+
+    A long run repeats one block of rows, shifted, until its end (the AD rules look only at the frames in
+    flight); that block is stored once with how often it repeats, so 100,000 frames cost what a few windows
+    do. Indexing (an int, a slice, an index array, then columns) and `np.asarray` build only the rows asked
+    for.
+    """
+
+    ndim = 2
+    dtype = np.dtype(np.int64)
+
+    def __init__(self, firsts: np.ndarray, offsets: np.ndarray, values: np.ndarray, num_context: int,
+                 num_frames: int, num_steps: int, repeat: _Repeat | None = None) -> None:
+        self._firsts, self._offsets, self._values = firsts, offsets, values
+        self.num_context, self.num_frames, self.num_steps = num_context, num_frames, num_steps
+        self._repeat = repeat
+        extra = 0 if repeat is None else repeat.copies * repeat.period
+        self.shape = (len(firsts) + extra + 1, num_frames)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"LevelMatrix(shape={self.shape}, steps={self.num_steps})"
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this plan's levels hold (not the full matrix's)."""
+        return self._firsts.nbytes + self._offsets.nbytes + self._values.nbytes
+
+    def _source(self, row: int) -> tuple[int, int]:
+        """(stored row, frames it is shifted by) of network call `row` (0-based)."""
+        rep = self._repeat
+        if rep is None or row < rep.stop:
+            return row, 0
+        if row < rep.stop + rep.copies * rep.period:
+            copy, offset = divmod(row - rep.stop, rep.period)
+            return rep.start + offset, (copy + 1) * rep.shift
+        return row - rep.copies * rep.period, rep.copies * rep.shift
+
+    def _rows(self, indices: np.ndarray) -> np.ndarray:
+        out = np.full((len(indices), self.num_frames), self.num_steps, np.int64)
+        for k, r in enumerate(indices.tolist()):
+            if r == 0:  # before the first call: the context clean, every new frame pure noise
+                out[k, :self.num_context] = 0
+                continue
+            stored, shift = self._source(r - 1)
+            first = int(self._firsts[stored]) + shift
+            segment = self._values[self._offsets[stored]:self._offsets[stored + 1]]
+            out[k, :first] = 0
+            out[k, first:first + len(segment)] = segment
+        return out
+
+    def __getitem__(self, key):
+        columns = None
+        if isinstance(key, tuple):
+            if len(key) != 2:
+                raise IndexError(f"a level matrix has 2 dimensions, got an index of {len(key)}")
+            key, columns = key
+        if isinstance(key, (int, np.integer)):
+            index = int(key) + len(self) if key < 0 else int(key)
+            if not 0 <= index < len(self):
+                raise IndexError(f"row {key} is outside 0..{len(self) - 1}")
+            rows = self._rows(np.array([index]))[0]
+            return rows if columns is None else rows[columns]
+        if isinstance(key, slice):
+            indices = np.arange(*key.indices(len(self)))
+        else:
+            indices = np.asarray(key)
+            if indices.dtype == bool:
+                indices = np.flatnonzero(indices)
+            indices = np.where(indices < 0, indices + len(self), indices)
+            if indices.size and not (0 <= indices.min() and indices.max() < len(self)):
+                raise IndexError(f"rows outside 0..{len(self) - 1}")
+        rows = self._rows(indices.astype(np.int64).reshape(-1)).reshape(*indices.shape, self.num_frames)
+        return rows if columns is None else rows[..., columns]
+
+    def __iter__(self):
+        for r in range(len(self)):
+            yield self[r]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        full = self._rows(np.arange(len(self)))
+        return full if dtype is None else full.astype(dtype)
+
+
+def _plan_levels(scheduler: ADScheduler, num_new: int, num_context: int) -> tuple[LevelMatrix, list, _Repeat | None]:
+    """The plan's levels from the scheduler's own rows, and those rows' (first, window) for the work count.
+
+    Once the clean prefix covers a window, the rows depend only on the frames in flight (not on where they
+    are) until the end comes within a window: the first flight state seen twice marks a block that repeats,
+    shifted, for as long. The rows are then taken from a run shorter by whole repeats, and the repeats are
+    put back as a count, not as rows.
+    """
+    total, window = num_context + num_new, scheduler.window
+    steady = max(scheduler.min_context, window)  # from here, the context and the window's start are fixed
+    seen: dict[bytes, tuple[int, int]] = {}  # flight state before a row -> (that row, its first frame)
+    repeat, looking, rows = None, True, []
+    for index, row in enumerate(scheduler.rows(num_new, num_context)):
+        rows.append(row)
+        if not looking or row.first < steady:
+            continue
+        state = row.segment_from.tobytes()
+        if row.first + window > total:
+            looking = False  # the end is in view: no block can repeat any more
+        elif state in seen:
+            start, first = seen[state]
+            shift = row.first - first
+            copies = (total - row.first - window) // shift  # every repeat stays a window short of the end
+            if copies > 0:
+                repeat = _Repeat(start, index, shift, copies)
+                break
+            looking = False
+        else:
+            seen[state] = (index, row.first)
+    if repeat is not None:  # the rows of the run shorter by the repeats; those rows already made are its first
+        rows = list(scheduler.rows(num_new - repeat.copies * repeat.shift, num_context))
+    firsts, offsets, values, spans = [], [0], [], []
+    for row in rows:
+        firsts.append(row.first)
+        values.append(row.segment_to)
+        offsets.append(offsets[-1] + len(row.segment_to))
+        spans.append((row.first, *row.window))
+    matrix = LevelMatrix(np.asarray(firsts, np.int64), np.asarray(offsets, np.int64),
+                         np.concatenate(values).astype(np.int32), num_context, total, scheduler.num_steps, repeat)
+    return matrix, spans, repeat
+
+
+@dataclass(frozen=True)
 class Plan:
     """A request planned against a model, before any network call: what will run, row by row.
 
     `levels` [rows + 1, context + new] are the DDIM levels of every frame before the first row and after
-    each row, exactly the rows the sampler runs; `frame_evaluations` [rows] is the work of each row in
-    frames pushed through the DiT (guidance calls included), so an ETA can weigh rows that differ.
+    each row, exactly the rows the sampler runs (a `LevelMatrix`: indexed like an array, stored compactly, so
+    a plan of 100,000 frames is cheap; `level_matrix(rows)` draws a window of it); `frame_evaluations` [rows]
+    is the work of each row in frames pushed through the DiT (guidance calls included), so an ETA can weigh
+    rows that differ.
     """
 
     request: RunRequest
     context: np.ndarray  # the fitted context frames, uint8 [C, R, R, 3] (C = 0 from nothing)
     fit_note: str | None  # how the clip was resized for the model, or None when it fitted
-    levels: np.ndarray
+    levels: LevelMatrix
     window: int  # frames the network sees at once
     history_guidance: float  # the weight the run uses (the model's own when the request says None)
     frame_evaluations: np.ndarray
@@ -179,17 +326,30 @@ class Plan:
     def steps(self) -> int:
         return self.request.steps
 
+    def level_matrix(self, rows: slice = slice(None)) -> np.ndarray:
+        """The levels of the matrix rows `rows` (0: before the first network call) as an array
+        [len(rows), context + new]: what a heat map draws, built for those rows only."""
+        return self.levels[rows]
+
+    @cached_property
+    def _work_before(self) -> np.ndarray:
+        """[rows + 1] the work of the first k rows, so an ETA after every row of a long run costs O(1)."""
+        return np.concatenate([[0], np.cumsum(self.frame_evaluations)])
+
     def seconds_left(self, rows_done: int, elapsed: float) -> float | None:
         """Remaining time, from the time the rows done took and the work the rest will take; None before the
         first row."""
-        done = float(self.frame_evaluations[:rows_done].sum())
-        if rows_done <= 0 or done <= 0:
+        if rows_done <= 0:
             return None
-        return elapsed * float(self.frame_evaluations[rows_done:].sum()) / done
+        before = self._work_before
+        done = float(before[min(rows_done, len(before) - 1)])
+        if done <= 0:
+            return None
+        return elapsed * (float(before[-1]) - done) / done
 
 
 def plan_rows(request: RunRequest, window: int, num_context: int, *, cached: bool | None = None,
-              guided: bool = False, history_guidance: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+              guided: bool = False, history_guidance: float = 1.0) -> tuple[LevelMatrix, np.ndarray]:
     """(levels [rows + 1, context + new], frame evaluations [rows]) of `request` on a `window`-frame model.
 
     The work per row follows the samplers: the reference sampler pushes the whole window; the cached one
@@ -198,18 +358,25 @@ def plan_rows(request: RunRequest, window: int, num_context: int, *, cached: boo
     every call's batch. Unguided, the sum equals the sampler's `SamplerStats.frame_forwards`.
     """
     scheduler = scheduler_for(request, window, num_context)
-    rows = list(scheduler.rows(request.new_frames, num_context))
-    levels = np.stack([rows[0].level_from] + [r.level_to for r in rows])
+    levels, spans, repeat = _plan_levels(scheduler, request.new_frames, num_context)
     cached = request.sampler == "cached" if cached is None else cached
-    work = np.zeros(len(rows), np.int64)
+    work = np.zeros(len(spans), np.int64)
     cache_start, cache_end = -1, 0
-    for i, row in enumerate(rows):
-        a, b = row.window
+    for i, (first, a, b) in enumerate(spans):
         if cached:
             start = cache_end if cache_start == a else a
-            cache_start, cache_end = a, row.first
+            cache_start, cache_end = a, first
         else:
             start = a
-        free = b - row.first if history_guidance != 1.0 and row.first != a else 0  # no history: no free call
+        free = b - first if history_guidance != 1.0 and first != a else 0  # no history: no free call
         work[i] = (b - start + free) * (2 if guided else 1)
-    return levels, work
+    if repeat is None:
+        return levels, work
+    # a repeat's first row follows the block's last row, as the stored row `stop` does: it does that row's work
+    block = np.concatenate([work[repeat.stop:repeat.stop + 1], work[repeat.start + 1:repeat.stop]])
+    inserted = repeat.copies * repeat.period
+    full = np.empty(len(work) + inserted, np.int64)  # filled in place: no second copy of a long run's work
+    full[:repeat.stop] = work[:repeat.stop]
+    full[repeat.stop:repeat.stop + inserted].reshape(repeat.copies, repeat.period)[:] = block
+    full[repeat.stop + inserted:] = work[repeat.stop:]
+    return levels, full

@@ -6,6 +6,7 @@ quitting or opening a clip while `unsaved()` is not empty. Plain data: no Qt, no
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -15,7 +16,7 @@ import numpy as np
 from engine.run import RunRequest, frame_rate
 
 
-@dataclass
+@dataclass(eq=False)  # a take is itself: two runs with the same frames are two takes (and arrays have no ==)
 class Take:
     """One run's result: the whole video (context frames first) and what made it."""
 
@@ -104,9 +105,13 @@ class Takes:
         return [take for take in self._takes if take.unsaved]
 
     def of_clip(self, clip: Path | str | None) -> list[Take]:
-        """Takes made from `clip` (None: those made from nothing)."""
-        clip = None if clip is None else Path(clip)
-        return [take for take in self._takes if take.clip == clip]
+        """Takes made from `clip` (None: those made from nothing); the same file named another way
+        (relative, absolute, with ./) is the same clip."""
+        def where(path: Path | str | None) -> str | None:
+            return None if path is None else os.path.abspath(path)  # names only: the file may be gone
+
+        clip = where(clip)
+        return [take for take in self._takes if where(take.clip) == clip]
 
     def __iter__(self) -> Iterator[Take]:
         return iter(list(self._takes))

@@ -65,6 +65,9 @@ def test_generate_to_png_folder_and_gif(tmp_path, capsys, tiny_checkpoint):
         (["continue", "{demo}", "-o", "{out}", "--precision", "fp16"], "precision must be one of"),
         (["continue", "{demo}", "-o", "{out}", "--threads", "0"], "--threads must be at least 1, got 0"),
         (["generate", "-o", "{out}", "--threads", "-2"], "--threads must be at least 1, got -2"),
+        (["continue", "{demo}", "-o", "{out}", "--part", "middle"],
+         "--part: save part must be one of all, new, got 'middle'"),
+        (["continue", "{demo}", "-o", "{out}", "--size", "4k"], "--size: save size must be one of model, input, got '4k'"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, tiny_checkpoint, argv, message):
@@ -181,3 +184,97 @@ def test_info_summarises_the_provenance_for_people_and_keeps_json_whole(capsys):
     code, out, _ = run_cli(capsys, "info", "--json")
     meta = json.loads(out)["meta"]
     assert meta["steps"]["diffusion"] == 3700 and "sources" in meta and meta["recipe"][0]["stage"] == "vae-image"
+
+
+def _clip(tmp_path: Path, height: int = 24, width: int = 32, count: int = 6) -> Path:
+    """A lossless clip (a folder of PNGs) wider than tall: the model sees its centred height x height square."""
+    from engine.video_io import write_video
+
+    rng = np.random.default_rng(5)
+    return write_video(tmp_path / "clip", rng.integers(0, 255, (count, height, width, 3), dtype=np.uint8), fps=8.0)
+
+
+SMALL = ["--frames", "2", "--steps", "2", "--context", "4", "--device", "cpu", "--quiet"]
+
+
+def test_continue_saves_beside_the_clip_by_default_and_never_over_a_file(tmp_path, capsys, tiny_checkpoint):
+    """Without -o the result is <clip>_continued.mp4 beside the clip, as the apps suggest, numbered past a
+    video that exists and past a contact sheet that exists, and the wrote line names it; nothing is touched."""
+    clip = _clip(tmp_path)
+    (tmp_path / "clip_continued.mp4").write_bytes(b"an earlier result")
+    (tmp_path / "clip_continued-2_sheet.png").write_bytes(b"someone's sheet")
+    code, _, err = run_cli(capsys, "continue", clip, "--checkpoint", tiny_checkpoint, *SMALL[:-1])
+    assert code == 0, err
+    expected = tmp_path / "clip_continued-3.mp4"
+    assert f"wrote {expected} (6 frames: 4 context + 2 new, 16x16) and {tmp_path / 'clip_continued-3_sheet.png'}" \
+        in err, err
+    assert read_video(expected).shape == (6, 16, 16, 3)  # defaults: clip + continuation at the model's size
+    assert (tmp_path / "clip_continued.mp4").read_bytes() == b"an earlier result"
+    assert (tmp_path / "clip_continued-2_sheet.png").read_bytes() == b"someone's sheet"
+    assert not (tmp_path / "clip_continued-2.mp4").exists()
+
+
+def test_part_new_and_size_input_save_what_they_say(tmp_path, capsys, tiny_checkpoint):
+    """--part new drops exactly the context frames; --size input is the side of the clip's centred square
+    (24 of 24x32) made from the model's frames with PIL's Lanczos; the sheet shows what the video holds."""
+    from PIL import Image
+
+    clip = _clip(tmp_path)
+    args = ["continue", clip, "--checkpoint", tiny_checkpoint] + SMALL
+    assert run_cli(capsys, *args, "-o", tmp_path / "whole")[0] == 0
+    code, _, err = run_cli(capsys, *args[:-1], "-o", tmp_path / "new", "--part", "new", "--size", "input")
+    assert code == 0 and "(2 new frames, 24x24)" in err, err
+    whole, new = read_video(tmp_path / "whole"), read_video(tmp_path / "new")  # PNG folders: lossless
+    assert whole.shape == (6, 16, 16, 3) and new.shape == (2, 24, 24, 3)
+    lanczos = [np.asarray(Image.fromarray(f).resize((24, 24), Image.Resampling.LANCZOS)) for f in whole[4:]]
+    assert np.array_equal(new, np.stack(lanczos))  # same seed, same machine: the same frames, upscaled
+    for name, colour, thumbs in (("whole", (66, 133, 244), 6), ("new", (255, 152, 0), 2)):
+        sheet = np.asarray(Image.open(tmp_path / f"{name}_sheet.png"))
+        assert tuple(sheet[2, 2]) == colour  # the first cell's border: blue for the clip, orange for new frames
+        cell = 16 if name == "whole" else 24
+        assert sheet.shape[1] == thumbs * (cell + 4 + 2) + 2  # one cell (+ border and gap) per frame saved
+    code, _, err = run_cli(capsys, *args, "-o", tmp_path / "model_new", "--part", "new")
+    assert code == 0 and np.array_equal(read_video(tmp_path / "model_new"), whole[4:])
+
+
+def test_generate_without_o_uses_the_name_the_apps_suggest(tmp_path, capsys, tiny_checkpoint, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ardiff_continued.mp4").symlink_to(tmp_path / "gone.mp4")  # dangling: still taken
+    code, _, err = run_cli(capsys, "generate", "--frames", 2, "--steps", 2, "--checkpoint", tiny_checkpoint)
+    assert code == 0, err
+    assert "wrote ardiff_continued-2.mp4 (2 new frames, 16x16) and ardiff_continued-2_sheet.png" in err
+    assert read_video(tmp_path / "ardiff_continued-2.mp4").shape == (2, 16, 16, 3)
+    assert (tmp_path / "ardiff_continued.mp4").is_symlink() and not (tmp_path / "gone.mp4").exists()
+
+
+def test_every_run_default_is_run_requests():
+    """`ardiff continue x` and `ardiff generate` with no options ask for RunRequest() itself, field by field
+    (issue 23, item 7: one set of defaults), and save what SaveOptions() saves."""
+    from dataclasses import asdict
+
+    from engine.cli import build_parser, request_for
+    from engine.run import RunRequest
+    from engine.save_options import SaveOptions
+
+    parser = build_parser()
+    for argv in (["continue", "x"], ["generate"]):
+        args = parser.parse_args(argv)
+        assert asdict(request_for(args)) == asdict(RunRequest()), argv
+        assert args.output is None  # the suggested name, chosen when the command runs
+    args = parser.parse_args(["continue", "x"])
+    assert SaveOptions(args.part, args.size) == SaveOptions()
+
+
+def test_an_input_too_large_to_save_at_is_refused_before_sampling(tmp_path, capsys, tiny_checkpoint, monkeypatch):
+    """--size input past engine.save_options.MAX_SIDE is one line naming --size, before any row runs (the
+    limit lowered to 20 here so a 24x32 clip is past it); nothing is written."""
+    import engine.pipeline
+    import engine.save_options
+
+    monkeypatch.setattr(engine.save_options, "MAX_SIDE", 20)
+    monkeypatch.setattr(engine.pipeline.Pipeline, "run", lambda *a, **k: pytest.fail("sampled before refusing"))
+    code, _, err = run_cli(capsys, "continue", _clip(tmp_path), "--checkpoint", tiny_checkpoint, *SMALL,
+                           "--size", "input", "-o", tmp_path / "big.mp4")
+    assert code == 2 and err.strip() == "ardiff: error: --size: an input of 32x24 cannot be the save size (sides " \
+                                        "1..20)", err
+    assert not (tmp_path / "big.mp4").exists() and not (tmp_path / "big_sheet.png").exists()

@@ -40,8 +40,8 @@ def test_one_set_of_defaults_everywhere():
     assert cli.parse_args(["continue", "clip.mp4", "-o", "x.mp4"]).context is None
     tui = TuiSettings()
     assert (tui.frames, tui.s, tui.steps, tui.seed, tui.context) == (16, 5, 50, 0, 8)
-    args = tui_parser().parse_args([])
-    assert (args.frames, args.s, args.steps, args.context) == (16, 5, 50, 8)
+    args = tui_parser().parse_args([])  # unset flags leave the remembered settings, first RunRequest's (above)
+    assert (args.frames, args.s, args.steps, args.context) == (None, None, None, None)
     gui = pytest.importorskip("app_gui.settings").Settings()  # PySide6 is the gui extra
     assert (gui.new_frames, gui.s, gui.steps, gui.seed, gui.context) == (16, 5, 50, 0, 8)
 
@@ -167,3 +167,144 @@ def test_frame_rates_read_as_people_write_them():
     assert frame_rate(14.9999) == "15 fps"
     assert frame_rate(30000 / 1001) == "29.97 fps"
     assert frame_rate(25.0) == "25 fps" and frame_rate(7.5) == "7.5 fps"
+
+
+def test_a_long_plan_is_cheap_and_agrees_with_the_full_matrix(pipe, monkeypatch):
+    """A plan keeps its levels compactly: 100,000 frames plan from a few hundred scheduler rows in a few MB
+    (the whole matrix would be 500,046 x 100,008 int64, 400 GB, and was refused past ~22,000 frames), and every
+    row read from it is the scheduler's own, where the full matrix can be built to compare."""
+    import tracemalloc
+
+    from engine.run import plan_rows, scheduler_for
+    from engine.schedulers.ad import ADScheduler
+
+    rng = np.random.default_rng(0)
+    for s, new, ctx, steps, min_context in [(5, 200, 8, 50, 1), (0, 97, 0, 7, 1), (1, 60, 3, 4, 0),
+                                            (50, 40, 1, 50, 1), (3, 5, 2, 4, 1), (2, 33, 15, 20, 3)]:
+        request = RunRequest(new_frames=new, s=s, steps=steps, min_context=min_context)
+        levels, _ = plan_rows(request, WINDOW, ctx)
+        full = scheduler_for(request, WINDOW, ctx).level_matrix(new, ctx)
+        assert levels.shape == full.shape and np.array_equal(np.asarray(levels), full), (s, new, ctx, steps)
+        picked = rng.integers(0, len(full), 9)
+        assert np.array_equal(levels[picked], full[picked]) and np.array_equal(levels[-1], full[-1])
+        assert np.array_equal(levels[2:9:3, ctx:], full[2:9:3, ctx:]) and np.array_equal(levels[1, 3], full[1, 3])
+        if new >= 97:  # a run several windows long repeats one block of rows: stored once
+            assert levels.nbytes < full.nbytes / 10
+
+    made = []
+    rows = ADScheduler.rows
+
+    def counted(self, num_frames, num_context=0):
+        for row in rows(self, num_frames, num_context):
+            made.append(row.first)
+            yield row
+
+    monkeypatch.setattr(ADScheduler, "rows", counted)
+    clip = np.random.default_rng(1).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
+    tracemalloc.start()
+    try:
+        plan = pipe.plan(RunRequest(new_frames=100_000), clip)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # per row 8 bytes of work (500,046 rows: 4 MB) and a few hundred stored rows; the bound leaves 2x room
+    assert peak < 8 * 2**20, peak
+    assert len(made) < 1000, len(made)  # the scheduler ran a few windows' rows, not 500,046
+    assert plan.levels.shape == (plan.total_rows + 1, 100_008) and len(plan.frame_evaluations) == plan.total_rows
+    # its start, its end and its middle are those of a run short enough to build whole
+    monkeypatch.setattr(ADScheduler, "rows", rows)
+    short = RunRequest(new_frames=300)
+    small = scheduler_for(short, WINDOW, 8).level_matrix(300, 8)
+    small_work = plan_rows(short, WINDOW, 8)[1]
+    assert len(plan.levels) - len(small) == 5 * (100_000 - 300)  # s = 5: one row more per frame, five levels
+    assert np.array_equal(plan.level_matrix(slice(0, 120))[:, :300], small[:120, :300])
+    assert np.array_equal(plan.levels[-120:, -300:], small[-120:, -300:])
+    middle = plan.total_rows // 2
+    shift = (middle - 150) // 5  # the same state 5 rows later is one frame further on
+    assert np.array_equal(plan.levels[middle, shift:shift + 300], small[middle - 5 * shift, :300])
+    assert np.array_equal(plan.frame_evaluations[-100:], small_work[-100:])
+    assert int(plan.frame_evaluations.sum()) > 0
+
+
+class _RecordingScheduler:
+    """The scheduler a run is given, recording the rows the sampler takes from it (and nothing else)."""
+
+    def __init__(self, scheduler):
+        self.inner, self.taken = scheduler, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def rows(self, num_frames, num_context=0):
+        for row in self.inner.rows(num_frames, num_context):
+            self.taken.append(row)
+            yield row
+
+
+class _Network:
+    """Stands in for the DiT: zeros out and no keys/values to keep. The network's numbers decide neither the
+    rows nor the work; the sampler's own row logic and its counts run unchanged, thousands of rows a second."""
+
+    num_classes, null_class = 0, 0
+
+    def __init__(self, window: int, num_tokens: int):
+        self.window, self.num_tokens = window, num_tokens
+
+    def __call__(self, z, t, labels=None):
+        import torch
+
+        return torch.zeros_like(z)
+
+    def conditioning_table(self, timesteps, labels):
+        return None
+
+    def forward_cached(self, z, t, cache, labels=None, table=None):
+        import torch
+
+        return torch.zeros_like(z), []
+
+
+@pytest.mark.parametrize("sampler", ["cached", "reference"])
+@pytest.mark.parametrize("s", [0, 1, 3, 5, 50])
+def test_the_plan_is_the_samplers_rows_over_a_grid(pipe, sampler, s):
+    """Issue 23, item 8: for s, new frames (1, window - 1, window, 2 window + 3), context (0: from nothing, 1, 3,
+    8) and steps (1, 4, 50), the plan a surface draws (Pipeline.plan) is the level matrix of the rows the
+    sampler actually takes from the scheduler it is given, and its work is the sampler's frame_forwards."""
+    import torch
+
+    from engine.run import scheduler_for
+    from engine.sampling import make_sampler
+
+    L, D = pipe.config.vae.num_latent_tokens, pipe.config.vae.latent_dim
+    network = _Network(pipe.window, pipe.dit.num_tokens)
+    for new, ctx, steps in itertools.product((1, WINDOW - 1, WINDOW, 2 * WINDOW + 3), (0, 1, 3, 8), (1, 4, 50)):
+        request = RunRequest(new_frames=new, s=s, steps=steps, context=max(ctx, 1), sampler=sampler)
+        clip = np.random.default_rng(ctx).integers(0, 256, (ctx, 12, 12, 3), dtype=np.uint8) if ctx else None
+        plan = pipe.plan(request, clip)
+        scheduler = _RecordingScheduler(scheduler_for(request, pipe.window, plan.num_context))
+        run = make_sampler(sampler, network, pipe.schedule, scheduler, prediction=pipe.config.diffusion.prediction,
+                           history_guidance=plan.history_guidance)
+        with torch.no_grad():
+            steps_done = sum(1 for _ in run.denoise(torch.zeros(1, ctx, L, D), torch.zeros(1, new, L, D)))
+        rows = scheduler.taken
+        ran = np.stack([rows[0].level_from] + [row.level_to for row in rows])
+        where = (sampler, s, new, ctx, steps)
+        assert steps_done == len(rows) == plan.total_rows == run.stats.rows, where
+        assert plan.levels.shape == ran.shape and np.array_equal(np.asarray(plan.levels), ran), where
+        assert np.array_equal(plan.level_matrix(slice(len(ran) // 2, None)), ran[len(ran) // 2:]), where
+        assert int(plan.frame_evaluations.sum()) == run.stats.frame_forwards, where
+
+
+def test_the_readmes_table_of_defaults_is_run_requests():
+    """The README's "Same everywhere" table shows RunRequest's values (a changed default changes the docs)."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    cells = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in text.splitlines()
+             if line.startswith("| ") and line.count("|") == 4}
+    r = RunRequest()
+    assert cells["new frames"] == str(r.new_frames) and cells["s (continuing and from nothing)"] == str(r.s)
+    assert cells["steps"] == str(r.steps) and cells["seed"] == str(r.seed)
+    assert cells["min context"] == str(r.min_context) and cells["context"].startswith(f"{r.context} frames")
+    assert cells["frame rate from nothing"].startswith(f"{r.fps:g} fps")
+    assert cells["device, precision"] == f"{r.device}, {r.precision}"
