@@ -76,22 +76,27 @@ class AdaptStep:
 
 @dataclass
 class Adaptation:
-    """The outcome: the adapted DiT (float32, eval mode), the held-out losses before and after, and whether
-    the run uses it."""
+    """The outcome: the adapted DiT (float32, eval mode), the held-out scores before and after, and whether
+    the run uses it: only when it predicts the held-out frames better by both measures, the denoising loss over
+    fixed draws and the PSNR of a continuation of them (one alone can mislead: the loss can fall while the
+    frames a person sees get worse)."""
 
     dit: torch.nn.Module
     steps: int
-    before: float
+    before: float  # denoising loss on the held-out frames (lower is better)
     after: float
     split: Split
+    psnr_before: float = float("nan")  # dB, the held-out frames continued and decoded (higher is better)
+    psnr_after: float = float("nan")
 
     @property
     def kept(self) -> bool:
-        return self.after < self.before
+        return self.after < self.before and self.psnr_after > self.psnr_before
 
     @property
     def message(self) -> str:
-        change = f"held-out loss {self.before:.4f} -> {self.after:.4f} ({(self.after / self.before - 1) * 100:+.1f}%)"
+        change = (f"held-out frames: PSNR {self.psnr_before:.2f} -> {self.psnr_after:.2f} dB, loss {self.before:.4f} "
+                  f"-> {self.after:.4f}")
         where = f"{self.split.held_out} held-out frames after {self.split.train} learnt from, {self.steps} steps"
         if self.kept:
             return f"adapted to this clip: {change}; continuing with the adapted model ({where})"
@@ -103,12 +108,13 @@ class ClipAdapter:
 
     def __init__(self, dit: torch.nn.Module, schedule: DiffusionSchedule, latents: torch.Tensor, window: int,
                  prediction: str, context_noise: int, seed: int, recipe: AdaptRecipe = AdaptRecipe(),
-                 autocast=None) -> None:
+                 autocast=None, frames: np.ndarray | None = None) -> None:
         self.split = split_clip(latents.shape[1], window)
         self.schedule, self.prediction, self.context_noise = schedule, prediction, context_noise
         self.latents = latents.detach().float()
         self.window, self.recipe, self.seed = window, recipe, seed
         self.autocast = autocast
+        self.frames = frames  # the clip's frames as fitted for the model, for checks that need pixels
         self.source = dit
         self.dit = copy.deepcopy(dit).float().train().requires_grad_(True)
         self._check = self._check_batch()
@@ -181,7 +187,7 @@ class ClipAdapter:
         return float(loss)
 
     def finish(self, steps_done: int, before: float) -> Adaptation:
-        """Score the adapted DiT on the held-out frames; `before` is the source DiT's score."""
+        """Score the adapted DiT's loss on the held-out frames; `before` is the source DiT's."""
         self.dit.eval().requires_grad_(False)
         return Adaptation(self.dit, steps_done, before, self.held_out_loss(self.dit), self.split)
 

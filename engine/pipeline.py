@@ -49,8 +49,10 @@ class Adapted:
 
     kept: bool
     message: str
-    held_out_before: float  # the shipped DiT's loss on the clip's held-out frames
+    held_out_before: float  # the DiT as it came: its denoising loss on the clip's held-out frames
     held_out_after: float  # the adapted DiT's
+    psnr_before: float | None = None  # dB of each DiT's continuation of the held-out frames (None: not run)
+    psnr_after: float | None = None
 
 
 @dataclass
@@ -268,13 +270,41 @@ class Pipeline:
         if self.exported is not None:
             raise RunError("adapt_steps", f"adapting trains the DiT, which the {self.backend} graphs cannot; use "
                            f"backend eager or compile")
-        clip = self.encode_frames(np.asarray(frames)[-ADAPT_CLIP_FRAMES:])[1]
+        fitted, clip = self.encode_frames(np.asarray(frames)[-ADAPT_CLIP_FRAMES:])
         d = self.config.diffusion
         return ClipAdapter(self.checkpoint.dit, self.schedule, clip, self.window, d.prediction, d.context_noise,
-                           request.seed, autocast=self.autocast)
+                           request.seed, autocast=self.autocast, frames=fitted)
 
-    def _adapt(self, adapter: ClipAdapter, steps: int, sampler, cancel) -> Iterator[Event]:
+    @torch.no_grad()
+    def _held_out_psnr(self, dit: torch.nn.Module, adapter: ClipAdapter, request: RunRequest,
+                       history_guidance: float) -> float:
+        """Mean PSNR (dB) of `dit`'s continuation of the clip's held-out frames from the context frames before
+        them, decoded and compared with the real ones: the run's own settings and seed, so the check measures
+        what the person would see."""
+        from engine.metrics.image import psnr
+
+        split = adapter.split
+        num_context = min(request.context, split.train)
+        context = adapter.latents[:, split.train - num_context: split.train].to(self.device)
+        sampler = make_sampler("cached", dit, self.schedule, scheduler_for(request, self.window, num_context),
+                               prediction=self.config.diffusion.prediction, history_guidance=history_guidance,
+                               clip_x0=request.clip_x0, context_noise=self.config.diffusion.context_noise)
+        L, D = self.config.vae.num_latent_tokens, self.config.vae.latent_dim
+        noise = torch.randn(1, split.held_out, L, D, generator=torch.Generator().manual_seed(request.seed))
+        with self.autocast():
+            for _ in sampler.denoise(context, noise.to(self.device)):
+                pass
+            decoder = self.vae.start_decode()
+            for i in range(num_context):
+                self.vae.decode_next(context[:, i], decoder)
+            made = np.stack([self._decode(sampler.latents[:, num_context + i], decoder)
+                             for i in range(split.held_out)])
+        real = adapter.frames[split.train: split.train + split.held_out]
+        return float(np.mean(np.minimum(psnr(real, made), 100.0)))  # identical frames (inf) count as 100 dB
+
+    def _adapt(self, adapter: ClipAdapter, plan: Plan, sampler, cancel) -> Iterator[Event]:
         """Fine-tune on the clip, then sample with the adapted DiT only if it passed the held-out check."""
+        steps, request = plan.request.adapt_steps, plan.request
         before = adapter.held_out_loss(adapter.source)
         done = 0
         for step in adapter.train(steps, cancel):
@@ -284,9 +314,12 @@ class Pipeline:
         if cancel is not None and cancel.is_set():
             yield Adapted(False, f"adapting cancelled after {done} of {steps} steps", before, before)
             return
-        self.adaptation = adapter.finish(done, before)
-        result = self.adaptation
-        yield Adapted(result.kept, result.message, result.before, result.after)
+        result = adapter.finish(done, before)
+        result.psnr_before = self._held_out_psnr(adapter.source, adapter, request, plan.history_guidance)
+        result.psnr_after = self._held_out_psnr(result.dit, adapter, request, plan.history_guidance)
+        self.adaptation = result
+        yield Adapted(result.kept, result.message, result.before, result.after, result.psnr_before,
+                      result.psnr_after)
         if result.kept:
             sampler.dit = self._sampling_dit(result.dit)
 
@@ -311,14 +344,15 @@ class Pipeline:
         meta["recipe"] = (recipe if isinstance(recipe, list) else [recipe]) + [{
             "stage": "adapt", "steps": result.steps, "frames_learnt": result.split.train,
             "frames_held_out": result.split.held_out, "held_out_loss_before": result.before,
-            "held_out_loss_after": result.after, "kept": result.kept}]
+            "held_out_loss_after": result.after, "held_out_psnr_before": result.psnr_before,
+            "held_out_psnr_after": result.psnr_after, "kept": result.kept}]
         return save_checkpoint(path, self.checkpoint.vae, result.dit, self.config, meta)
 
     @torch.no_grad()
     def _stream(self, plan: Plan, context: torch.Tensor, sampler, label, cancel,
                 adapter: ClipAdapter | None = None) -> Iterator[Event]:
         if adapter is not None:
-            yield from self._adapt(adapter, plan.request.adapt_steps, sampler, cancel)
+            yield from self._adapt(adapter, plan, sampler, cancel)
         yield Planned(plan)
         start = time.perf_counter()
         num_context, num_new = plan.num_context, plan.num_new

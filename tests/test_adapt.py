@@ -74,6 +74,22 @@ def test_a_worse_adaptation_is_not_used(pipe, monkeypatch):
     assert np.array_equal(events[-1].video, plain.video)  # sampled exactly as without adapting
 
 
+def test_a_lower_loss_with_worse_frames_is_not_used(pipe, monkeypatch):
+    """The loss alone can mislead: the continuation of the held-out frames must get better too."""
+    import engine.pipeline as pipeline_mod
+
+    scores = iter([1.0, 0.5])  # the loss falls
+    monkeypatch.setattr(adapt_mod.ClipAdapter, "held_out_loss", lambda self, dit: next(scores))
+    psnrs = iter([21.0, 20.5])  # but the frames a person would see get worse
+    monkeypatch.setattr(pipeline_mod.Pipeline, "_held_out_psnr", lambda self, dit, *a: next(psnrs))
+    events = list(pipe.run(request(adapt_steps=3), still_clip()))
+    adapted = next(e for e in events if isinstance(e, Adapted))
+    assert not adapted.kept and (adapted.psnr_before, adapted.psnr_after) == (21.0, 20.5)
+    assert "PSNR 21.00 -> 20.50 dB" in adapted.message
+    plain = [e for e in pipe.run(request(), still_clip()) if isinstance(e, Done)][0]
+    assert np.array_equal(events[-1].video, plain.video)
+
+
 def test_cancel_while_adapting_stops_the_run(pipe):
     cancel = threading.Event()
     seen = []
@@ -121,7 +137,8 @@ def test_save_adapted_writes_a_checkpoint_of_the_adapted_dit(pipe, tmp_path):
         assert torch.equal(ck.dit.state_dict()[k], v), k
     stage = ck.meta["recipe"][-1]
     assert stage["stage"] == "adapt" and stage["steps"] == 5 and stage["frames_held_out"] == 6
-    assert stage["kept"] == (stage["held_out_loss_after"] < stage["held_out_loss_before"])
+    assert stage["kept"] == (stage["held_out_loss_after"] < stage["held_out_loss_before"]
+                             and stage["held_out_psnr_after"] > stage["held_out_psnr_before"])
 
 
 # --------------------------------------------------------------------------- the command line
@@ -148,7 +165,7 @@ def test_cli_adapt_reports_and_saves_the_adapted_model(tmp_path, capsys, tiny_ch
     code, _, err = run_cli(capsys, "continue", clip, "-o", out, "--checkpoint", tiny_checkpoint, "--frames", 2,
                            "--steps", 3, "--precision", "fp32", "--adapt", 5, "--save-adapted", saved)
     assert code == 0, err
-    assert "held-out loss" in err and "6 held-out frames after 18 learnt from, 5 steps" in err
+    assert "held-out frames: PSNR" in err and "6 held-out frames after 18 learnt from, 5 steps" in err
     assert out.exists() and load_checkpoint(saved).meta["recipe"][-1]["steps"] == 5
 
 
