@@ -85,6 +85,7 @@ def screenshot(args: argparse.Namespace) -> int:
 
     window = MainWindow(Settings(), checkpoint=args.checkpoint, device=args.device, persist=False,
                         precision=args.precision)
+    window.ask_unsaved = False  # nobody is there to answer: the picture's take is dropped on exit
     wait_for(lambda: not window.loading_model, 120)
     status = 0 if window.pipeline is not None or args.checkpoint is None else 2
     if args.clip:
@@ -160,6 +161,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from PySide6.QtWidgets import QApplication
     except ImportError:
         print("ardiff-gui needs PySide6: pip install 'ardiff[gui]'", file=sys.stderr)
+        return 2
+    from app_gui import xcb_check
+
+    problem = xcb_check.xcb_problem() if xcb_check.uses_xcb() else None
+    if problem:  # Qt would abort blaming the wrong library: name the missing ones before it starts
+        print(f"ardiff-gui: {problem}", file=sys.stderr)
         return 2
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
