@@ -5,16 +5,17 @@ row carries the run's warm-up (first calls, decoding the context frames into the
 frame that turns clean is decoded in its row, which the plan's work leaves out; with s = 0 every frame is
 decoded in the last row, so the old estimate ended at "0.1 s" for seconds. Here each row's time is fitted
 as `a · frames pushed + b · frames decoded` over the rows after the first, and the rest of the plan is
-priced the same way.
+priced the same way. Until rows that decode have been seen, `b` comes from the first row, which decodes the
+context frames (warm-up included: an early estimate errs long, not short), or, from nothing, a prior.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-# A decoded frame costs about this many DiT frame-forwards until the run has measured it (rows with and
-# without decodes); the embedded model's causal decoder is the heavier of the two per frame on CPU.
-DECODE_PRIOR = 2.0
+# A decoded frame costs about this many DiT frame-forwards, until a run has measured it: the embedded
+# model's causal decoder against its DiT, fp32 on one thread of the AMD EPYC (AVX512-BF16) CPU, measured ~7.
+DECODE_PRIOR = 6.0
 
 
 def decodes_per_row(levels: np.ndarray, num_context: int) -> np.ndarray:
@@ -27,6 +28,7 @@ class RunClock:
     """Follows a run's Progress events and says how long the rest of the plan will take."""
 
     def __init__(self, plan) -> None:
+        self.num_context = plan.num_context  # decoded in the first row, before the first network call
         self.work = np.asarray(plan.frame_evaluations, dtype=float)
         self.decodes = decodes_per_row(plan.levels, plan.num_context).astype(float)
         self.durations: list[float] = []  # seconds of each row done, in order
@@ -52,11 +54,15 @@ class RunClock:
             (a, b), *_ = np.linalg.lstsq(x, d, rcond=None)
             if a > 0 and b >= 0:
                 return float(a), float(b)
-        weighted = float((e + DECODE_PRIOR * k).sum())
+        ratio = DECODE_PRIOR
+        if not k.any() and self.num_context and e.sum() > 0:  # no decode seen yet: the first row's context
+            a = float(d.sum()) / float(e.sum())
+            ratio = max(0.0, self.durations[0] - a * self.work[0]) / self.num_context / a if a > 0 else ratio
+        weighted = float((e + ratio * k).sum())
         if weighted <= 0:
             return None
         a = float(d.sum()) / weighted
-        return a, DECODE_PRIOR * a
+        return a, ratio * a
 
     def seconds_left(self) -> float | None:
         """Time the remaining rows will take; None before the first row."""

@@ -159,7 +159,7 @@ class FramePlayer(QWidget):
         self.slider.valueChanged.connect(self._on_slider)
         self.slider.sliderPressed.connect(self._user_took_over)
         self.counter = QLabel("0 / 0")
-        self.counter.setMinimumWidth(130)
+        self.counter.setMinimumWidth(70)
         self.counter.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
 
         bar = QHBoxLayout()

@@ -82,7 +82,7 @@ class TakesControl:
     def compare_takes(self, a: int, b: int) -> None:
         """Play takes `a` and `b` side by side in the Compare tab."""
         self.compare_view.set_takes(self.takes.get(a), self.takes.get(b))
-        self.tabs.setCurrentWidget(self.compare_view)
+        self.tabs.setCurrentWidget(self.compare_view.parentWidget().parentWidget())  # its scroll area
 
     def delete_take(self, number: int) -> bool:
         """Delete take `number`; an unsaved one only after Save / Discard (Cancel keeps it)."""
@@ -121,7 +121,7 @@ class TakesControl:
 
     def _active_player(self) -> FramePlayer:
         widget = self.tabs.currentWidget()
-        return widget.driver if widget is self.compare_view else widget
+        return widget if isinstance(widget, FramePlayer) else self.compare_view.driver
 
     def toggle_play(self) -> None:
         self._active_player().toggle_play()

@@ -124,12 +124,17 @@ class MainWindow(ModelControl, ClipControl, RunControl, TakesControl, QMainWindo
         self.tabs.addTab(self.input_player, "Input clip")
         self.tabs.addTab(self.result_player, "Result")
         self.compare_view = CompareView()
-        self.tabs.addTab(self.compare_view, "Compare")
+        compare_scroll = QScrollArea()  # two players side by side need more width than a small window has
+        compare_scroll.setWidget(self.compare_view)
+        compare_scroll.setWidgetResizable(True)
+        compare_scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.tabs.addTab(compare_scroll, "Compare")
         self.filmstrip = Filmstrip()
         self.filmstrip.frameClicked.connect(self._filmstrip_clicked)
         self.heatmap = ScheduleHeatmap()
-        heat_box = QGroupBox("Noise schedule (frames → across, sampling rows ↓; "
-                             "dark = clean, yellow = noise)")
+        heat_box = QGroupBox("Noise schedule: dark = clean, yellow = noise")  # short: fits a small window
+        heat_box.setToolTip("Frames go across, sampling rows down; dark is clean, yellow is noise; the white "
+                            "line is where sampling is now")
         QVBoxLayout(heat_box).addWidget(self.heatmap)
         heat_box.layout().setContentsMargins(4, 4, 4, 4)
 
