@@ -39,6 +39,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="with --screenshot: press Generate and take the picture when half the frames are in")
     p.add_argument("--frames", type=int, default=RunRequest.new_frames,
                    help=f"with --mid-generation: new frames (default {RunRequest.new_frames})")
+    p.add_argument("--takes", type=int, default=0, metavar="N",
+                   help="with --mid-generation: make N whole takes first (seeds 1..N), so the takes list shows them")
     return p.parse_args(argv)
 
 
@@ -98,6 +100,11 @@ def screenshot(args: argparse.Namespace) -> int:
         window.params.new_frames.setValue(max(2, args.frames))
         window.resize(*SCREENSHOT_SIZE)
         window.show()
+        for seed in range(1, max(0, args.takes) + 1):
+            window.params.seed.setValue(seed)
+            if window.generate():
+                wait_for(lambda: not window.is_generating(), 600)
+        window.params.seed.setValue(RunRequest.seed)
         if window.generate():
             half = window.filmstrip.num_context + args.frames // 2
             wait_for(lambda: window.filmstrip.num_filled >= half or not window.is_generating(), 300)

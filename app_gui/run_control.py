@@ -213,6 +213,7 @@ class RunControl:
         video = np.concatenate([np.stack(prefix), done.video]) if prefix else done.video
         made = len(done.video) - done.num_context
         rate = made / done.elapsed if done.elapsed > 0 else 0.0
+        self._end_generation()
         take = self._keep(video, made, done.cancelled)
         if done.cancelled:
             text = f"Cancelled: kept {made} of {run.num_new} new frames"
@@ -222,7 +223,6 @@ class RunControl:
             text += f" · take {take.number}"
         self.run_panel.label.setText(text)
         self.statusBar().showMessage(text + (" · Ctrl+S saves" if take is not None else ""), 10000)
-        self._end_generation()
         self.eventReceived.emit(done)
         self.generationFinished.emit(done)
 
@@ -240,8 +240,8 @@ class RunControl:
         run = self._run
         kept = next((i for i, f in enumerate(run.frames) if f is None), len(run.frames))
         made = kept - run.head
-        take = self._keep(np.stack(run.frames[:kept]) if made > 0 else None, made, True)
         self._end_generation()
+        take = self._keep(np.stack(run.frames[:kept]) if made > 0 else None, made, True)
         if message == CANCELLED:  # the person stopped it while adapting: not a failure
             self.run_panel.label.setText("Cancelled while adapting: nothing was sampled")
             self.statusBar().showMessage("Cancelled while adapting: nothing was sampled", 10000)

@@ -52,8 +52,12 @@ class TakesControl:
         return take
 
     def _show_take(self, take: Take | None, keep_schedule: bool = False) -> None:
-        """Show `take` in the Result tab, filmstrip and list (None: an empty result view)."""
+        """Show `take` in the Result tab, filmstrip and list (None: an empty result view). During a run the
+        Result tab shows the run: only the list follows."""
         self.takes.current = take
+        if self.is_generating():
+            self._refresh_takes()
+            return
         video = [] if take is None else list(take.video)
         marker = 0 if take is None else take.num_context
         index = self.result_player.index

@@ -183,12 +183,12 @@ class MainWindow(ModelControl, ClipControl, RunControl, TakesControl, QMainWindo
         self.takes_panel.deleteRequested.connect(self.delete_take)
         self.takes_panel.compareRequested.connect(self.compare_takes)
 
-        # The settings scroll; the Run controls sit below them, always on screen however small the window.
+        # The settings scroll; the takes list and the Run controls sit below them, always on screen however
+        # small the window.
         right_inner = QWidget()
         right_layout = QVBoxLayout(right_inner)
         right_layout.addWidget(self.model_panel)
         right_layout.addWidget(param_box)
-        right_layout.addWidget(self.takes_panel)
         right_layout.addStretch(1)
         self.settings_scroll = scroll = QScrollArea()
         scroll.setWidget(right_inner)
@@ -199,7 +199,13 @@ class MainWindow(ModelControl, ClipControl, RunControl, TakesControl, QMainWindo
         right.setMinimumWidth(330)
         right_column = QVBoxLayout(right)
         right_column.setContentsMargins(0, 0, 0, 0)
-        right_column.addWidget(scroll, 1)
+        settings_and_takes = QSplitter(Qt.Orientation.Vertical)  # the takes list keeps its own share
+        settings_and_takes.addWidget(scroll)
+        settings_and_takes.addWidget(self.takes_panel)
+        settings_and_takes.setStretchFactor(0, 3)
+        settings_and_takes.setStretchFactor(1, 1)
+        settings_and_takes.setChildrenCollapsible(False)
+        right_column.addWidget(settings_and_takes, 1)
         right_column.addWidget(self.run_panel)
 
         main = QSplitter(Qt.Orientation.Horizontal)

@@ -96,6 +96,7 @@ def test_run_controls_stay_on_screen_at_the_minimum_size(qtbot, make_window):
         # not hidden behind a scroll area's edge: the whole button is in view
         assert button.visibleRegion().boundingRect().size() == button.size(), button.text()
     # The settings scroll, with their scroll bar inside the window.
+    qtbot.wait(50)
     bar = w.settings_scroll.verticalScrollBar()
     assert bar.isVisible() and central.contains(QRect(bar.mapTo(w, QPoint(0, 0)), bar.size()))
     # The status bar: a long model description is cut, not pushed past the window's edge.

@@ -289,6 +289,21 @@ def test_quit_asks_save_discard_cancel(qtbot, make_window, monkeypatch, tmp_path
     assert w2.close()
 
 
+def test_deleting_a_take_during_a_run_leaves_the_run_on_screen(qtbot, make_window):
+    w = make_window()
+    open_clip(qtbot, w, DEMO)
+    set_params(w, s=1, new=2, steps=2, context=2)
+    run(qtbot, w)
+    set_params(w, s=40, new=16, steps=40, context=3)
+    with qtbot.waitSignal(w.generationFinished, timeout=WAIT):
+        assert w.generate()
+        qtbot.waitUntil(lambda: w.filmstrip.num_new >= 1, timeout=WAIT)
+        assert w.delete_take(1) and len(w.takes) == 0
+        assert len(w.result_player.frames) == 3 + 16 and w.filmstrip.count() == 3 + 16  # still the run's
+        w.cancel()
+    assert len(w.takes) == 1 and w.result is w.takes.current.video
+
+
 def test_quit_mid_run_cancels_it_and_keeps_its_frames_as_a_take(qtbot, make_window, monkeypatch, tmp_path):
     w = make_window()
     open_clip(qtbot, w, DEMO)
@@ -305,3 +320,24 @@ def test_quit_mid_run_cancels_it_and_keeps_its_frames_as_a_take(qtbot, make_wind
     assert "1 take is not saved" in seen[-1][0]
     answer_next_box(Button.Discard, seen)
     assert w.close()
+
+
+def test_screenshot_mid_generation_with_earlier_takes(qapp, tmp_path, tiny_checkpoint, monkeypatch):
+    """`--takes N` makes N whole takes before the picture, so the README's screenshot shows the takes list."""
+    import app_gui.window as window_mod
+    from app_gui.main import main
+
+    made: list = []
+    real_init = window_mod.MainWindow.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(window_mod.MainWindow, "__init__", init)
+    out = tmp_path / "mid.png"
+    assert main(["--screenshot", str(out), "--checkpoint", str(tiny_checkpoint), "--device", "cpu",
+                 "--mid-generation", "--frames", "4", "--takes", "2", str(DEMO)]) == 0
+    takes = list(made[-1].takes)
+    assert [t.request.seed for t in takes[:2]] == [1, 2] and all(t.num_new == 4 for t in takes[:2])
+    assert len(takes) in (2, 3)  # the run in the picture, cancelled after it, is a take if it made a frame
