@@ -57,6 +57,8 @@ class RunControl:
         p = self.params
         window = self.pipeline.window
         context = 0 if p.generate_mode else p.context.value()
+        if self.clip is not None and not p.generate_mode:
+            context = min(context, len(self.clip))  # a short clip is used whole
         try:
             rows = len(schedule_levels(p.new_frames.value(), context, p.steps.value(), p.s_spin.value(),
                                        window)) - 1
@@ -104,9 +106,9 @@ class RunControl:
     def run_request(self, context: int | None) -> RunRequest:
         """The engine's request from the panel (`context` None: from nothing); RunError names a bad field."""
         p = self.params
-        fields = dict(new_frames=p.new_frames.value(), s=p.s_spin.value(), steps=p.steps.value(),
-                      seed=p.seed.value(), class_label=p.class_value(), guidance_scale=p.guidance.value(),
-                      history_guidance=p.history_guidance_value())
+        fields = {"new_frames": p.new_frames.value(), "s": p.s_spin.value(), "steps": p.steps.value(),
+                  "seed": p.seed.value(), "class_label": p.class_value(), "guidance_scale": p.guidance.value(),
+                  "history_guidance": p.history_guidance_value()}
         if context is not None:
             fields["context"] = context
             fields["adapt_steps"] = DEFAULT_ADAPT_STEPS if p.adapt.isChecked() else 0
@@ -180,7 +182,14 @@ class RunControl:
         self.run_panel.cancelling()
 
     def _on_event(self, event) -> None:
-        from engine.pipeline import Adapted, Adapting, Done, FrameReady, Planned, Progress  # loaded with the model
+        from engine.pipeline import (  # loaded with the model
+            Adapted,
+            Adapting,
+            Done,
+            FrameReady,
+            Planned,
+            Progress,
+        )
 
         run = self._run
         if isinstance(event, Adapting):

@@ -2,8 +2,8 @@
 save any (the whole video, one frame, the clipboard), asking before unsaved takes could be lost.
 
 A mixin of `MainWindow` (which sets up all the state): it keeps `takes` and uses the window's `tabs`,
-`result_player`, `compare_view`, `takes_panel`, `filmstrip`, `heatmap`, `settings`, `ask_unsaved`, `show_error`
-and `_update_actions`.
+`result_player`, `compare_view`, `compare_tab`, `takes_panel`, `filmstrip`, `heatmap`, `settings`,
+`ask_unsaved`, `is_generating`, `show_error` and `_update_actions`.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class TakesControl:
     def compare_takes(self, a: int, b: int) -> None:
         """Play takes `a` and `b` side by side in the Compare tab."""
         self.compare_view.set_takes(self.takes.get(a), self.takes.get(b))
-        self.tabs.setCurrentWidget(self.compare_view.parentWidget().parentWidget())  # its scroll area
+        self.tabs.setCurrentWidget(self.compare_tab)
 
     def delete_take(self, number: int) -> bool:
         """Delete take `number`; an unsaved one only after Save / Discard (Cancel keeps it)."""

@@ -124,7 +124,8 @@ class MainWindow(ModelControl, ClipControl, RunControl, TakesControl, QMainWindo
         self.tabs.addTab(self.input_player, "Input clip")
         self.tabs.addTab(self.result_player, "Result")
         self.compare_view = CompareView()
-        compare_scroll = QScrollArea()  # two players side by side need more width than a small window has
+        # two players side by side need more width than a small window has: they scroll
+        self.compare_tab = compare_scroll = QScrollArea()
         compare_scroll.setWidget(self.compare_view)
         compare_scroll.setWidgetResizable(True)
         compare_scroll.setFrameShape(QFrame.Shape.NoFrame)
@@ -250,7 +251,11 @@ class MainWindow(ModelControl, ClipControl, RunControl, TakesControl, QMainWindo
             file_menu.addAction(a)
         file_menu.addSeparator()
         # Ctrl+Q on every platform (Qt's standard Quit key is empty on Windows)
-        file_menu.addAction(self._action("&Quit", self.close, [QKeySequence.StandardKey.Quit, "Ctrl+Q"]))
+        quit_keys = [QKeySequence.StandardKey.Quit]
+        if QKeySequence(QKeySequence.StandardKey.Quit) != QKeySequence("Ctrl+Q"):
+            quit_keys.append("Ctrl+Q")
+        self.act_quit = self._action("&Quit", self.close, quit_keys)
+        file_menu.addAction(self.act_quit)
 
         model_menu = bar.addMenu("&Model")
         model_menu.setToolTipsVisible(True)

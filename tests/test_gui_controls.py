@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import pytest
 
 try:
@@ -19,22 +18,15 @@ from app_gui import xcb_check
 from app_gui.eta import decodes_per_row
 from app_gui.settings import Settings
 from app_gui.window import MINIMUM_SIZE
-from engine.pipeline import Adapted, Adapting, Done, FrameReady, Planned, Progress
+from engine.pipeline import Adapted, Adapting, FrameReady, Progress
 from engine.run import DEFAULT_ADAPT_STEPS, RunRequest
 from engine.video_io import read_video, write_video
-from tests.test_gui import (  # noqa: F401 (fixtures)
-    DEMO,
-    WAIT,
-    _gc_on_gui_thread,
-    _private_config,
-    close_dialogs,
-    make_window,
-    open_clip,
-    record_calls,
-    run,
-    set_params,
-    show_active,
-)
+from tests import test_gui
+from tests.test_gui import DEMO, WAIT, close_dialogs, open_clip, record_calls, run, set_params, show_active
+
+# the desktop tests' fixtures: a private config, garbage collected on the GUI thread, a window on the tiny model
+_gc_on_gui_thread, _private_config, make_window = (test_gui._gc_on_gui_thread, test_gui._private_config,
+                                                   test_gui.make_window)
 
 # --------------------------------------------------------------------------- keys
 

@@ -19,17 +19,12 @@ from app_gui.save_dialog import SaveDialog
 from app_gui.settings import Settings
 from engine.save_options import SaveOptions
 from engine.video_io import list_frame_files, read_video, write_video
-from tests.test_gui import (  # noqa: F401 (fixtures)
-    DEMO,
-    WAIT,
-    _gc_on_gui_thread,
-    _private_config,
-    make_window,
-    open_clip,
-    run,
-    set_params,
-    show_active,
-)
+from tests import test_gui
+from tests.test_gui import DEMO, WAIT, open_clip, run, set_params, show_active
+
+# the desktop tests' fixtures: a private config, garbage collected on the GUI thread, a window on the tiny model
+_gc_on_gui_thread, _private_config, make_window = (test_gui._gc_on_gui_thread, test_gui._private_config,
+                                                   test_gui.make_window)
 
 Button = QMessageBox.StandardButton
 
@@ -187,7 +182,7 @@ def test_save_dialog_parts_and_sizes_are_remembered(qtbot, make_window, monkeypa
     assert dialog.part.currentData() == "new"  # remembered
     assert dialog.size.currentData() == "model" and not dialog.size.model().item(1).isEnabled()
     assert Path(w2.default_save_name()).name == "ardiff_continued.mp4"
-    path, options = dialog.choice()
+    _, options = dialog.choice()
     assert options == SaveOptions("new", "model")
     assert len(list_frame_files(w2.save_take(w2.takes.current, tmp_path / "frames", options))) == 2
 
