@@ -4,6 +4,7 @@ takes are lost (Save / Discard / Cancel). Offscreen, with the tiny random checkp
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ except ImportError:  # the gui extra is not installed
     pytest.skip("PySide6 is not installed (pip install 'ardiff[gui]')", allow_module_level=True)
 
 from app_gui.save_dialog import SaveDialog
-from app_gui.settings import Settings
+from app_gui.settings import Settings, config_path
 from engine.save_options import SaveOptions
 from engine.video_io import list_frame_files, read_video, write_video
 from tests import test_gui
@@ -173,6 +174,11 @@ def test_save_dialog_parts_and_sizes_are_remembered(qtbot, make_window, monkeypa
     assert (w.settings.save_part, w.settings.save_size) == ("new", "input")
     w.close()
     assert (Settings.load().save_part, Settings.load().save_size) == ("new", "input")
+    data = json.loads(config_path().read_text())
+    config_path().write_text(json.dumps({**data, "save_part": "most", "save_size": 3, "adapt": 1}))
+    damaged = Settings.load()  # unknown choices fall back to the defaults, never to a crash
+    assert (damaged.save_part, damaged.save_size, damaged.adapt) == ("all", "model", False)
+    config_path().write_text(json.dumps(data))
 
     w2 = make_window(checkpoint=None)
     w2.params.mode.setCurrentIndex(1)  # from nothing: no input size to save at
