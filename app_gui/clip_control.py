@@ -18,6 +18,8 @@ from PySide6.QtWidgets import QFileDialog
 from app_gui.controls import MODE_CONTINUE
 from app_gui.loaders import read_clip
 from app_gui.worker import Task
+
+OPEN_BUSY = "A clip cannot be opened while a run is going: Esc cancels the run (its frames become a take)"
 from engine.run import frame_rate
 from engine.video_io import CLIP_EXTENSIONS
 
@@ -28,16 +30,26 @@ class ClipControl:
     """The input clip: where it comes from, and what the model will see of it."""
 
     def choose_clip(self) -> None:
+        """Open (Ctrl+O): during a run, say why not; with unsaved takes, ask first; then the file dialog."""
+        if self.is_generating():
+            self.statusBar().showMessage(OPEN_BUSY, 10000)
+            return
+        if not self.confirm_unsaved("opening another clip"):
+            return
         path, _ = QFileDialog.getOpenFileName(self, "Open a clip", self.settings.last_dir, CLIP_FILTER)
         if path:
-            self.open_clip(path)
+            self.open_clip(path, asked=True)
 
-    def open_clip(self, path: str | os.PathLike) -> bool:
-        """Read a clip in the background; the clip on screen stays until the new one is read."""
+    def open_clip(self, path: str | os.PathLike, asked: bool = False) -> bool:
+        """Read a clip in the background; the clip on screen stays until the new one is read. Unsaved takes
+        ask Save / Discard / Cancel first (unless `asked` already); the takes kept stay in the list, named
+        by their clip, and the result view clears for the new clip."""
         path = str(path)
         if self.is_generating():
-            self.show_error("Busy", "Wait for the current run to finish (or cancel it) "
-                                    "before opening a clip.")
+            self.statusBar().showMessage(OPEN_BUSY, 10000)
+            self.show_error("Busy", OPEN_BUSY)
+            return False
+        if not asked and not self.confirm_unsaved("opening another clip"):
             return False
         self.statusBar().showMessage(f"Opening {Path(path).name}…")
         task = Task(read_clip, path, name="ardiff-read-clip")
@@ -49,6 +61,7 @@ class ClipControl:
         """Use in-memory frames as the input clip (also how a read clip arrives)."""
         self.clip, self.clip_fps, self.clip_path = frames, fps, path
         self.input_player.set_frames(frames, fps)
+        self._show_take(None)  # a result of another clip is never shown (or saved) under this clip's name
         self.tabs.setCurrentWidget(self.input_player)
         self.params.mode.setCurrentIndex(MODE_CONTINUE)
         self.setWindowTitle(name)  # shown as "NAME — ardiff": Qt appends the application display name

@@ -43,12 +43,17 @@ def load_model(checkpoint: str, device: str, export_dir: str | None = None,
     return load_pipeline(checkpoint or None, device, precision=precision)
 
 
-def cuda_problem() -> str | None:
-    """Why CUDA cannot be used here, in words for the GUI (the engine's message names a CLI flag), or None."""
+def cuda_unavailable() -> str | None:
+    """Why this PyTorch cannot run on CUDA here ("this PyTorch build has no CUDA support", ...), or None."""
     import torch
 
     if torch.cuda.is_available():
         return None
-    why = ("this PyTorch build has no CUDA support" if torch.version.cuda is None
-           else "no NVIDIA GPU was found")
-    return f"CUDA was chosen, but {why}. Choose Auto or CPU as the device."
+    return ("this PyTorch build has no CUDA support" if torch.version.cuda is None
+            else "no NVIDIA GPU was found")
+
+
+def cuda_problem() -> str | None:
+    """Why CUDA cannot be used here, in words for the GUI (the engine's message names a CLI flag), or None."""
+    why = cuda_unavailable()
+    return None if why is None else f"CUDA was chosen, but {why}. Choose Auto or CPU as the device."

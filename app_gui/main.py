@@ -39,6 +39,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="with --screenshot: press Generate and take the picture when half the frames are in")
     p.add_argument("--frames", type=int, default=RunRequest.new_frames,
                    help=f"with --mid-generation: new frames (default {RunRequest.new_frames})")
+    p.add_argument("--takes", type=int, default=0, metavar="N",
+                   help="with --mid-generation: make N whole takes first (seeds 1..N), so the takes list shows them")
     return p.parse_args(argv)
 
 
@@ -85,6 +87,7 @@ def screenshot(args: argparse.Namespace) -> int:
 
     window = MainWindow(Settings(), checkpoint=args.checkpoint, device=args.device, persist=False,
                         precision=args.precision)
+    window.ask_unsaved = False  # nobody is there to answer: the picture's take is dropped on exit
     wait_for(lambda: not window.loading_model, 120)
     status = 0 if window.pipeline is not None or args.checkpoint is None else 2
     if args.clip:
@@ -97,6 +100,11 @@ def screenshot(args: argparse.Namespace) -> int:
         window.params.new_frames.setValue(max(2, args.frames))
         window.resize(*SCREENSHOT_SIZE)
         window.show()
+        for seed in range(1, max(0, args.takes) + 1):
+            window.params.seed.setValue(seed)
+            if window.generate():
+                wait_for(lambda: not window.is_generating(), 600)
+        window.params.seed.setValue(RunRequest.seed)
         if window.generate():
             half = window.filmstrip.num_context + args.frames // 2
             wait_for(lambda: window.filmstrip.num_filled >= half or not window.is_generating(), 300)
@@ -160,6 +168,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from PySide6.QtWidgets import QApplication
     except ImportError:
         print("ardiff-gui needs PySide6: pip install 'ardiff[gui]'", file=sys.stderr)
+        return 2
+    from app_gui import xcb_check
+
+    problem = xcb_check.xcb_problem() if xcb_check.uses_xcb() else None
+    if problem:  # Qt would abort blaming the wrong library: name the missing ones before it starts
+        print(f"ardiff-gui: {problem}", file=sys.stderr)
         return 2
 
     app = QApplication.instance() or QApplication(sys.argv[:1])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PySide6.QtWidgets import QFileDialog, QInputDialog
 
-from app_gui.loaders import cuda_problem, load_model
+from app_gui.loaders import cuda_problem, cuda_unavailable, load_model
 from app_gui.panels import DEVICE_LABELS, PRECISION_LABELS
 from app_gui.worker import Task
 from engine.hub import is_reference
@@ -67,6 +67,8 @@ class ModelControl:
         self.settings.precision = precision
         self._device_shown, self._precision_shown = device, precision
         self.model_panel.show_model(pipe.describe())
+        why = cuda_unavailable()  # torch is loaded now: asking costs nothing
+        self.model_panel.set_cuda_problem(None if why is None else f"CUDA is not available: {why}")
         self.params.set_limits(pipe.window, pipe.schedule.T)
         self.params.set_num_classes(int(getattr(pipe.config.dit, "num_classes", 0) or 0))
         self.params.set_model_history_guidance(pipe.history_guidance)

@@ -5,7 +5,8 @@ They hold widgets and wording only; the window decides what happens when a butto
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtGui import QPainter
 from PySide6.QtWidgets import (
     QComboBox,
     QGroupBox,
@@ -13,6 +14,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QProgressBar,
     QPushButton,
+    QSizePolicy,
     QVBoxLayout,
     QWidget,
 )
@@ -83,6 +85,12 @@ class ModelPanel(QGroupBox):
     def device(self) -> str:
         return self.device_combo.currentData() or "auto"
 
+    def set_cuda_problem(self, problem: str | None) -> None:
+        """Grey out CUDA in the device list, with `problem` (why it cannot run here) as its tooltip."""
+        item = self.device_combo.model().item(self.device_combo.findData("cuda"))
+        item.setEnabled(problem is None)
+        item.setToolTip(problem or "Run on the NVIDIA GPU")
+
     def select_device(self, device: str) -> None:
         index = self.device_combo.findData(device if device in DEVICES else "auto")
         self.device_combo.setCurrentIndex(max(0, index))
@@ -135,6 +143,7 @@ class RunPanel(QGroupBox):
         self.progress.setValue(0)
         self.label = QLabel("Ready")
         self.label.setWordWrap(True)
+        self.eta: float | None = None  # the time left last shown, in seconds
 
         run_row = QHBoxLayout()
         run_row.addWidget(self.generate_button, 2)
@@ -157,6 +166,7 @@ class RunPanel(QGroupBox):
         self.save_button.setEnabled(not busy and has_result)
 
     def start(self, num_new: int, rows: int) -> None:
+        self.eta = None
         self.progress.setFormat("%v / %m frames")
         self.progress.setRange(0, num_new)
         self.progress.setValue(0)
@@ -169,9 +179,45 @@ class RunPanel(QGroupBox):
         self.progress.setValue(min(frames_done, num_new))
         rate = frames_done / elapsed if elapsed > 0 else 0.0
         eta = seconds_left if seconds_left is not None else elapsed / row * (total_rows - row) if row else 0.0
+        self.eta = eta
         self.label.setText(f"Row {row}/{total_rows} · {frames_done}/{num_new} frames · "
                            f"{rate:.1f} frames/s · ETA {clock(eta)}")
+
+    def show_adapting(self, step: int, total: int, loss: float, seconds_left: float | None) -> None:
+        """One Adapting event: the fine-tuning steps on the progress bar, the loss and the time left."""
+        self.progress.setFormat("adapting %v / %m")
+        self.progress.setRange(0, max(1, total))
+        self.progress.setValue(min(step, total))
+        self.eta = seconds_left
+        eta = "" if seconds_left is None else f" · ETA {clock(seconds_left)}"
+        self.label.setText(f"Adapting to the clip: step {step}/{total} · loss {loss:.4f}{eta}")
 
     def cancelling(self) -> None:
         self.cancel_button.setEnabled(False)
         self.label.setText("Cancelling: finishing the current row…")
+
+
+class ElidedLabel(QLabel):
+    """A one-line label that shrinks with the window: it paints its text cut with "…" (whole in `text()` and
+    the tooltip) instead of pushing the status bar's message aside or off the window."""
+
+    def __init__(self, text: str = "", parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
+        self.setText(text)
+
+    def setText(self, text: str) -> None:
+        super().setText(text)
+        self.setToolTip(text)
+
+    def minimumSizeHint(self) -> QSize:
+        return QSize(40, super().minimumSizeHint().height())
+
+    def shown_text(self) -> str:
+        """The text as painted at the label's width."""
+        return self.fontMetrics().elidedText(self.text(), Qt.TextElideMode.ElideMiddle, self.contentsRect().width())
+
+    def paintEvent(self, _event) -> None:
+        painter = QPainter(self)
+        painter.drawText(self.contentsRect(), Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter,
+                         self.shown_text())

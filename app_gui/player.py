@@ -24,6 +24,8 @@ from PySide6.QtWidgets import (
 from app_gui.heatmap import CONTEXT_COLOUR, NEW_COLOUR
 from engine.run import DEFAULT_FPS
 
+MAX_SPEED = 8  # J / L pressed again double the speed up to this many frames per tick
+
 
 def to_qimage(frame: np.ndarray) -> QImage:
     """uint8 [H, W, 3] RGB -> a QImage that owns its pixels (safe after the array is gone)."""
@@ -130,6 +132,7 @@ class FramePlayer(QWidget):
         self.marker: int | None = None  # first new frame; frames before it are context
         self.index = 0
         self.follow_live = True  # jump to each new frame while sampling, until the user takes over
+        self.speed = 1  # playback: frames per tick and direction (J / L shuttle: -8..-1, 1..8)
         self._images: dict[int, QImage] = {}
 
         self.view = FrameView()
@@ -138,15 +141,17 @@ class FramePlayer(QWidget):
         style = self.style()
         self.play_button = QToolButton()
         self.play_button.setIcon(style.standardIcon(QStyle.StandardPixmap.SP_MediaPlay))
-        self.play_button.setToolTip("Play / pause (Space)")
+        self.play_button.setToolTip("Play / pause (Space; J plays backwards, K pauses, L plays forwards, "
+                                    "again for faster; Home / End: first / last frame)")
         self.play_button.clicked.connect(self.toggle_play)
+        # Words, not ◀◀ / ▶▶: those read as rewind and fast-forward, and these step one frame.
         self.back_button = QToolButton()
-        self.back_button.setIcon(style.standardIcon(QStyle.StandardPixmap.SP_MediaSeekBackward))
-        self.back_button.setToolTip("Previous frame")
+        self.back_button.setText("−1 frame")
+        self.back_button.setToolTip("Step back one frame (Left or ,)")
         self.back_button.clicked.connect(lambda: self.step(-1))
         self.next_button = QToolButton()
-        self.next_button.setIcon(style.standardIcon(QStyle.StandardPixmap.SP_MediaSeekForward))
-        self.next_button.setToolTip("Next frame")
+        self.next_button.setText("+1 frame")
+        self.next_button.setToolTip("Step forward one frame (Right or .)")
         self.next_button.clicked.connect(lambda: self.step(1))
         self.slider = MarkedSlider()
         self.slider.setMinimum(0)
@@ -154,7 +159,7 @@ class FramePlayer(QWidget):
         self.slider.valueChanged.connect(self._on_slider)
         self.slider.sliderPressed.connect(self._user_took_over)
         self.counter = QLabel("0 / 0")
-        self.counter.setMinimumWidth(130)
+        self.counter.setMinimumWidth(70)
         self.counter.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
 
         bar = QHBoxLayout()
@@ -254,13 +259,34 @@ class FramePlayer(QWidget):
         self.frameChanged.emit(index)
 
     def step(self, delta: int) -> None:
+        """Pause and move `delta` frames (a frame step, as `,` / `.` in mpv)."""
         self._user_took_over()
+        self.stop()
         self.seek(self.index + delta)
 
-    def play(self) -> None:
+    def first(self) -> None:
+        self.step(-self.index)
+
+    def last(self) -> None:
+        self.step(max(0, self.available - 1) - self.index)
+
+    def shuttle(self, direction: int) -> None:
+        """J / L as in video editors: play in `direction` (+1 forwards, -1 backwards); pressed again while
+        playing that way, twice as fast (up to 8x)."""
+        self._user_took_over()
+        if self.playing and (self.speed > 0) == (direction > 0):
+            self.speed = max(-MAX_SPEED, min(MAX_SPEED, self.speed * 2))
+        else:
+            self.speed = direction
+            self.stop()
+            self.play(keep_speed=True)
+
+    def play(self, keep_speed: bool = False) -> None:
         if self.available < 2:
             return
-        if self.index >= self.available - 1:
+        if not keep_speed:
+            self.speed = 1
+        if self.speed > 0 and self.index >= self.available - 1:
             self.seek(0)
         self.timer.start(max(10, int(1000 / self.fps)))
         self.play_button.setIcon(self.style().standardIcon(QStyle.StandardPixmap.SP_MediaPause))
@@ -280,8 +306,12 @@ class FramePlayer(QWidget):
         return self.timer.isActive()
 
     def _tick(self) -> None:
-        nxt = self.index + 1
-        self.seek(0 if nxt >= self.available else nxt)  # loop over the frames that exist
+        nxt = self.index + self.speed
+        if nxt >= self.available:  # loop over the frames that exist, both ways
+            nxt = 0
+        elif nxt < 0:
+            nxt = self.available - 1
+        self.seek(nxt)
 
     def _on_slider(self, value: int) -> None:
         self.seek(value)

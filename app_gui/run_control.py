@@ -3,21 +3,25 @@ they arrive (frames, progress, done, failure), and keep what arrived.
 
 A mixin of `MainWindow` (which sets up all the state): it keeps `generation` and the run's bookkeeping
 (`RunState`), and uses the window's `pipeline`, `loading_model`, `model_error`, `params`, `plan_label`,
-`clip`, `clip_fps`, `result`, `result_marker`, `result_fps`, the players, `filmstrip`, `heatmap`, `tabs`,
-`run_panel`, `show_error`, `_set_result`, `_show_result`, `_refresh_context_shade`, `_update_actions`,
-`_store_settings` and its signals.
+`clip`, `clip_path`, `clip_fps`, `takes`, `result`, `result_marker`, `result_fps`, the players, `filmstrip`,
+`heatmap`, `tabs`, `run_panel`, `show_error`, `_add_take`, `_show_take`, `_refresh_context_shade`,
+`_update_actions`, `_store_settings` and its signals. Every run that made frames becomes a take
+(`engine.takes`), so a new run never replaces an old result.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from app_gui.eta import RunClock
 from app_gui.heatmap import schedule_levels
 from app_gui.worker import Generation, Job
-
+from engine.errors import RunError
+from engine.run import DEFAULT_ADAPT_STEPS, RunRequest, clock
 from engine.run import DEFAULT_FPS as GENERATE_FPS  # a video made from nothing has no rate of its own
 
 
@@ -31,7 +35,13 @@ class RunState:
     fps: float
     num_new: int
     head: int  # frames in front of the first new one (earlier result + context)
+    request: RunRequest
+    clip: Path | None  # the clip the result continues (None: from nothing), for the take
+    parent: int | None = None  # the take continued further, if any
+    input_hw: tuple[int, int] | None = None  # the clip's frame size, for saving at the input's size
     plan: Any = None  # the engine's Plan of this run: its rows, and the work the ETA weighs them by
+    clock: RunClock | None = None
+    adapting: bool = False  # the run is fine-tuning on the clip (no row sampled yet)
 
 
 class RunControl:
@@ -48,6 +58,8 @@ class RunControl:
         p = self.params
         window = self.pipeline.window
         context = 0 if p.generate_mode else p.context.value()
+        if self.clip is not None and not p.generate_mode:
+            context = min(context, len(self.clip))  # a short clip is used whole
         try:
             rows = len(schedule_levels(p.new_frames.value(), context, p.steps.value(), p.s_spin.value(),
                                        window)) - 1
@@ -67,38 +79,47 @@ class RunControl:
         self.plan_label.setText(text)
 
     def generate(self) -> bool:
-        """Start a run with the panel's settings: continue the clip, or generate from nothing."""
+        """Start a run with the panel's settings: continue the clip, or generate from nothing. A clip shorter
+        than Context frames is used whole, and the status bar says so."""
         if self.is_generating():
             return False
         if self.params.generate_mode:
-            return self._start(None, None, GENERATE_FPS)
+            return self._start(None, None, GENERATE_FPS, clip=None)
         if self.clip is None:
             self.show_error("No clip", "Open a clip first (Ctrl+O), or choose “Generate from nothing”.")
             return False
-        c = self.params.context.value()
-        if len(self.clip) < c:
-            self.show_error("Clip too short",
-                            f"The clip has {len(self.clip)} frame{'s' * (len(self.clip) != 1)} "
-                            f"but Context frames "
-                            f"is {c}. Lower Context frames to {len(self.clip)} or open a longer clip.")
-            return False
-        return self._start(self.clip[-c:], None, self.clip_fps)
+        hw = (int(self.clip.shape[1]), int(self.clip.shape[2]))
+        return self._start(self.clip, None, self.clip_fps, clip=self.clip_path, input_hw=hw)
 
     def continue_further(self) -> bool:
-        """Continue again from the end of the result; the new frames are appended to it."""
+        """Continue the take on screen again from its end: a new take, its frames appended to that take's."""
         if self.is_generating():
             return False
-        if self.result is None or len(self.result) == 0:
+        take = self.takes.current
+        if take is None or take.num_new == 0:
             self.show_error("Nothing to continue",
                             "Generate a result first; then it can be continued further.")
             return False
-        c = min(self.params.context.value(), len(self.result))
-        return self._start(self.result[-c:], self.result[:-c], self.result_fps, self.result_marker)
+        c = min(self.params.context.value(), len(take.video))
+        return self._start(take.video[-c:], take.video[:-c], take.fps, take.num_context, clip=take.clip,
+                           parent=take.number, input_hw=take.input_hw)
 
-    def _start(self, context: np.ndarray | None, prefix: np.ndarray | None, fps: float,
-               marker: int | None = None) -> bool:
-        """Run on `context` (None: from nothing); `prefix` frames go in front of the result. `marker` is
-        the first frame the model made (default: right after the context)."""
+    def run_request(self, context: int | None) -> RunRequest:
+        """The engine's request from the panel (`context` None: from nothing); RunError names a bad field."""
+        p = self.params
+        fields = {"new_frames": p.new_frames.value(), "s": p.s_spin.value(), "steps": p.steps.value(),
+                  "seed": p.seed.value(), "class_label": p.class_value(), "guidance_scale": p.guidance.value(),
+                  "history_guidance": p.history_guidance_value()}
+        if context is not None:
+            fields["context"] = context
+            fields["adapt_steps"] = DEFAULT_ADAPT_STEPS if p.adapt.isChecked() else 0
+        return RunRequest(**fields)
+
+    def _start(self, frames: np.ndarray | None, prefix: np.ndarray | None, fps: float,
+               marker: int | None = None, *, clip: str | Path | None, parent: int | None = None,
+               input_hw: tuple[int, int] | None = None) -> bool:
+        """Run on the last Context frames of `frames` (None: from nothing); `prefix` frames go in front of the
+        result. `marker` is the first frame the model made (default: right after the context)."""
         if self.pipeline is None:
             if self.loading_model:
                 self.show_error("Model not ready", "The model is still loading; try again in a moment.")
@@ -106,22 +127,23 @@ class RunControl:
                 self.show_error("No model", (self.model_error or "No model is loaded.") +
                                 "\nOpen a checkpoint from the Model menu.")
             return False
-        pipe, p = self.pipeline, self.params
-        job = Job(context=context, num_new=p.new_frames.value(), s=p.s_spin.value(), steps=p.steps.value(),
-                  seed=p.seed.value(), class_label=p.class_value(), guidance_scale=p.guidance.value(),
-                  history_guidance=p.history_guidance_value())
+        pipe = self.pipeline
+        wanted = self.params.context.value()
+        context = None if frames is None else min(wanted, len(frames))
         try:
-            plan = pipe.plan(job.request(), context)  # the rows the sampler will run, checked up front
-        except ValueError as err:
+            request = self.run_request(context)
+            plan = pipe.plan(request, frames)  # the rows the sampler will run, checked up front
+        except (RunError, ValueError) as err:
             self.show_error("Cannot start", str(err))
             return False
-        fitted, num_context, levels = plan.context, plan.num_context, plan.levels
+        fitted, num_context = plan.context, plan.num_context
         head = fitted if prefix is None or not len(prefix) else np.concatenate([prefix, fitted])
         offset = len(head) - num_context
         marker = num_context if marker is None else marker
-        total = len(head) + job.num_new
-        self._run = RunState(offset=offset, frames=list(head), marker=marker, fps=fps, num_new=job.num_new,
-                             head=len(head), plan=plan)
+        total = len(head) + request.new_frames
+        self._run = RunState(offset=offset, frames=list(head), marker=marker, fps=fps,
+                             num_new=request.new_frames, head=len(head), request=request,
+                             clip=None if clip is None else Path(clip), parent=parent, input_hw=input_hw)
 
         self.result_player.set_frames(list(head), fps, marker=marker, total=total)
         self.result_player.seek(max(0, len(head) - 1))
@@ -129,18 +151,29 @@ class RunControl:
         self.filmstrip.num_context = marker
         for i, frame in enumerate(head):
             self.filmstrip.set_frame(i, frame)
-        self.heatmap.set_schedule(levels, job.steps, num_context)
+        self._show_plan(plan)
         self.tabs.setCurrentWidget(self.result_player)
-        self.run_panel.start(job.num_new, plan.total_rows)
-        self.statusBar().showMessage("Sampling… (Esc cancels and keeps the frames made so far)")
+        self.run_panel.start(request.new_frames, plan.total_rows)
+        status = "Sampling… (Esc cancels and keeps the frames made so far)"
+        if context is not None and context < wanted:
+            status = (f"The clip has only {len(frames)} frame{'s' * (len(frames) != 1)}: the model sees all "
+                      f"of them (Context frames is {wanted}). " + status)
+        if request.adapt_steps:
+            status = "Adapting the model to the clip first… (Esc cancels)"
+        self.statusBar().showMessage(status)
 
-        self.generation = Generation(pipe, job)
+        self.generation = Generation(pipe, Job(request, frames, None if clip is None else str(clip)))
         self.generation.event.connect(self._on_event)
         self.generation.failed.connect(self._on_failed)
         self.generation.start()
         self._store_settings()
         self._update_actions()
         return True
+
+    def _show_plan(self, plan) -> None:
+        """Draw the rows the engine will run, and time the run against them."""
+        self._run.plan, self._run.clock = plan, RunClock(plan)
+        self.heatmap.set_schedule(plan.levels, plan.steps, plan.num_context)
 
     def cancel(self) -> None:
         """Stop after the current row; the frames made so far stay."""
@@ -150,10 +183,26 @@ class RunControl:
         self.run_panel.cancelling()
 
     def _on_event(self, event) -> None:
-        from engine.pipeline import Done, FrameReady, Progress  # loaded with the model: no cost here
+        from engine.pipeline import (  # loaded with the model
+            Adapted,
+            Adapting,
+            Done,
+            FrameReady,
+            Planned,
+            Progress,
+        )
 
         run = self._run
-        if isinstance(event, FrameReady):
+        if isinstance(event, Adapting):
+            run.adapting = True
+            self.run_panel.show_adapting(event.step, event.total, event.loss, event.seconds_left)
+        elif isinstance(event, Adapted):
+            self.run_panel.label.setText(event.message)
+            self.statusBar().showMessage(event.message + " · sampling… (Esc cancels)")
+        elif isinstance(event, Planned):
+            self._show_plan(event.plan)
+            self.run_panel.start(run.num_new, event.plan.total_rows)
+        elif isinstance(event, FrameReady):
             index = run.offset + event.index
             frames = run.frames
             frames += [None] * max(0, index + 1 - len(frames))
@@ -161,9 +210,10 @@ class RunControl:
             self.result_player.set_frame(index, event.image)
             self.filmstrip.set_frame(index, event.image)
         elif isinstance(event, Progress):
+            run.adapting = False
             self.heatmap.set_row(event.row, event.levels)
             self.run_panel.show_progress(event.row, event.total_rows, event.frames_done, run.num_new,
-                                         event.elapsed, run.plan.seconds_left(event.row, event.elapsed))
+                                         event.elapsed, run.clock.row_done(event.row, event.elapsed))
         elif isinstance(event, Done):
             self._finish(event)
             return  # generationFinished follows
@@ -173,29 +223,40 @@ class RunControl:
         run = self._run
         prefix = run.frames[: run.offset]
         video = np.concatenate([np.stack(prefix), done.video]) if prefix else done.video
-        self._set_result(video, run.marker, run.fps)
         made = len(done.video) - done.num_context
         rate = made / done.elapsed if done.elapsed > 0 else 0.0
-        if done.cancelled:
+        self._end_generation()
+        take = self._keep(video, made, done.cancelled)
+        if done.cancelled and run.adapting:  # stopped before any row: the engine ends the run at once
+            text = "Cancelled while adapting: nothing was sampled"
+        elif done.cancelled:
             text = f"Cancelled: kept {made} of {run.num_new} new frames"
         else:
-            text = f"Done: {made} new frames in {done.elapsed:.1f} s ({rate:.1f} frames/s)"
+            text = f"Done: {made} new frames in {clock(done.elapsed)} ({rate:.1f} frames/s)"
+        if take is not None:
+            text += f" · take {take.number}"
         self.run_panel.label.setText(text)
-        self.statusBar().showMessage(text + " · Ctrl+S saves", 10000)
-        self._end_generation()
+        self.statusBar().showMessage(text + (" · Ctrl+S saves" if take is not None else ""), 10000)
         self.eventReceived.emit(done)
         self.generationFinished.emit(done)
+
+    def _keep(self, video: np.ndarray, made: int, cancelled: bool):
+        """The run's frames become a take (none when it made no new frame: the take on screen stays)."""
+        run = self._run
+        if made <= 0:
+            self._show_take(self.takes.current)
+            return None
+        return self._add_take(video, run.marker, run.fps, run.clip, run.request, parent=run.parent,
+                              cancelled=cancelled, input_hw=run.input_hw)
 
     def _on_failed(self, message: str) -> None:
         # Keep everything that did arrive: the context and every finished frame up to the first gap.
         run = self._run
         kept = next((i for i, f in enumerate(run.frames) if f is None), len(run.frames))
-        if kept > run.head:  # some new frames arrived: they are the result now
-            self._set_result(np.stack(run.frames[:kept]), run.marker, run.fps)
-        else:  # nothing new: the previous result (if any) is still the result; show it again
-            self._show_result()
-        self.run_panel.label.setText("Failed: " + message)
+        made = kept - run.head
         self._end_generation()
+        take = self._keep(np.stack(run.frames[:kept]) if made > 0 else None, made, True)
+        self.run_panel.label.setText("Failed: " + message + (f" · kept take {take.number}" if take else ""))
         self.show_error("Generation failed", message)
 
     def _end_generation(self) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from engine import settings_file
 from engine.run import DEVICES, PRECISIONS, RunRequest
+from engine.save_options import PARTS, SIZES
 
 APP_NAME = settings_file.APP_NAME
 FILE_NAME = "gui.json"
@@ -37,6 +38,9 @@ class Settings:
     guidance: float = RunRequest.guidance_scale
     history_guidance: float | None = MODEL_HISTORY_GUIDANCE  # >= 0: x0 = free + w (x0 - free); 1 = off
     class_label: int = -1  # -1: unconditional
+    adapt: bool = False  # "adapt to this clip" (RunRequest.adapt_steps = DEFAULT_ADAPT_STEPS when on)
+    save_part: str = "all"  # engine.save_options.SaveOptions: what a save holds ("all" | "new")
+    save_size: str = "model"  # ... and at what size ("model" | "input")
     checkpoint: str = ""  # "" = the embedded default model
     device: str = RunRequest.device
     precision: str = RunRequest.precision  # "auto" | "fp32" | "bf16", as load_pipeline takes it
@@ -61,6 +65,10 @@ class Settings:
             settings.device = "auto"
         if settings.precision not in PRECISIONS:
             settings.precision = "auto"
+        if settings.save_part not in PARTS:
+            settings.save_part = "all"
+        if settings.save_size not in SIZES:
+            settings.save_size = "model"
         settings.threads = max(settings.threads, 0)  # negative: automatic, as 0
         hg = data.get("history_guidance")  # a number >= 0, else the model's own (old files stored -1 for it)
         if isinstance(hg, (int, float)) and not isinstance(hg, bool) and math.isfinite(hg) and hg >= 0:

@@ -68,31 +68,20 @@ class Task(QObject):
 
 @dataclass(frozen=True)
 class Job:
-    """One sampling run as the user set it up. `context` None = generate from nothing (else the frames the
-    model sees); `history_guidance` None = the model's own."""
+    """One run as the person set it up: the engine's checked request and the frames it continues (the whole
+    clip, or the result continued further; the run sees their last `request.context`), None from nothing."""
 
-    context: np.ndarray | None
-    num_new: int
-    s: int
-    steps: int
-    seed: int
-    class_label: int | None = None
-    guidance_scale: float = RunRequest.guidance_scale
-    history_guidance: float | None = None
-
-    def request(self) -> RunRequest:
-        """The engine's run request for this job (its checks raise a one-line RunError)."""
-        context = RunRequest.context if self.context is None else max(1, len(self.context))
-        return RunRequest(new_frames=self.num_new, s=self.s, steps=self.steps, seed=self.seed,
-                          context=context, class_label=self.class_label, guidance_scale=self.guidance_scale,
-                          history_guidance=self.history_guidance)
+    request: RunRequest
+    frames: np.ndarray | None
+    clip: str | None = None  # the clip file continued: adapting reads more of it than `frames` holds
 
 
 class Generation(QObject):
     """Iterates a pipeline's event stream on a thread and re-emits each event as a signal.
 
-    `event(Planned | FrameReady | Progress | Done)` fires for every event in order; `failed(message)` if the
-    pipeline raised (bad arguments, out of memory). Exactly one of Done or failed ends a run.
+    `event(Adapting | Adapted | Planned | FrameReady | Progress | Done)` fires for every event in order;
+    `failed(message)` if the pipeline raised (bad arguments, out of memory) or the stream ended without Done
+    (never expected). Exactly one of Done or failed ends a run.
     """
 
     event = Signal(object)
@@ -119,21 +108,24 @@ class Generation(QObject):
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
-    def _events(self):
-        # The pipeline's keyword API (tests spy on it), built from the job's checked request.
-        r, pipe, context = self.job.request(), self.pipeline, self.job.context
-        common = {"s": r.s, "steps": r.steps, "seed": r.seed, "cancel": self.cancel_event,
-                  "class_label": r.class_label, "guidance_scale": r.guidance_scale,
-                  "history_guidance": r.history_guidance}
-        if context is None:
-            return pipe.generate(num_frames=r.new_frames, **common)
-        return pipe.continue_video(context, num_new_frames=r.new_frames, **common)
-
     def _run(self) -> None:
+        from engine.pipeline import Done  # the engine is loaded with the model: no cost here
+
+        done = False
         try:
-            for event in self._events():
+            adapt_clip = None
+            if self.job.request.adapt_steps and self.job.clip is not None:
+                from engine.adapt import read_adapt_clip
+
+                adapt_clip = read_adapt_clip(self.job.clip, self.pipeline.resolution)
+            for event in self.pipeline.run(self.job.request, self.job.frames, self.cancel_event,
+                                           adapt_clip=adapt_clip):
+                done = done or isinstance(event, Done)
                 self.event.emit(event)
         except Exception as err:  # noqa: BLE001 - shown in a dialog; frames already made stay on screen
             if not isinstance(err, ValueError):
                 traceback.print_exc()
             self.failed.emit(describe_error(err))
+            return
+        if not done:  # the engine always ends a stream with Done; anything else is a bug worth a dialog
+            self.failed.emit("the run ended without a result")

@@ -29,6 +29,7 @@ class Take:
     parent: int | None = None  # the take this one continued further, if any
     cancelled: bool = False  # the run was stopped: fewer new frames than asked
     saved_to: Path | None = None  # the last place it was saved, None while unsaved
+    input_hw: tuple[int, int] | None = None  # the clip's frame height and width: a save "at the input's size"
 
     @property
     def num_new(self) -> int:
@@ -66,10 +67,12 @@ class Takes:
     current: Take | None = None
 
     def add(self, video: np.ndarray, num_context: int, fps: float, clip: Path | str | None, request: RunRequest,
-            parent: int | None = None, cancelled: bool = False) -> Take:
-        """Keep a new take and make it the current one."""
+            parent: int | None = None, cancelled: bool = False,
+            input_hw: tuple[int, int] | None = None) -> Take:
+        """Keep a new take and make it the current one. `input_hw`: the clip's frame size (None: from nothing),
+        what `engine.save_options.frames_to_save` upscales to for a save at the input's size."""
         take = Take(self._next, video, num_context, fps, None if clip is None else Path(clip), request, parent,
-                    cancelled)
+                    cancelled, input_hw=None if input_hw is None else (int(input_hw[0]), int(input_hw[1])))
         self._next += 1
         self._takes.append(take)
         self.current = take

@@ -56,6 +56,7 @@ def make_window(qtbot, tiny_checkpoint):
     def make(checkpoint=tiny_checkpoint, **kw) -> MainWindow:
         w = MainWindow(Settings.load(), checkpoint=str(checkpoint) if checkpoint else None, device="cpu",
                        **kw)
+        w.ask_unsaved = False  # the prompts' own tests turn it on; elsewhere closing must not wait for a click
         qtbot.addWidget(w)
         qtbot.waitUntil(lambda: not w.loading_model, timeout=WAIT)
         return w
@@ -254,9 +255,7 @@ def test_errors_become_dialogs_and_lose_nothing(qtbot, make_window, tmp_path, mo
 
     short = write_video(tmp_path / "short.mp4", read_video(DEMO, max_frames=3), fps=8)
     open_clip(qtbot, w, short)
-    w.params.context.setValue(8)
-    message = expect_error("too short", w.generate)
-    assert "3 frames" in message and "8" in message and not w.is_generating()
+    assert w.result is None and len(w.takes) == 1  # the new clip shows no result; the take is kept
 
     bad = tmp_path / "corrupt.safetensors"
     bad.write_bytes(b"\x00garbage" * 100)
@@ -269,10 +268,10 @@ def test_errors_become_dialogs_and_lose_nothing(qtbot, make_window, tmp_path, mo
     assert "CUDA" in expect_error("model", lambda: combo.activated.emit(combo.currentIndex()))
     assert w.current_device() == "cpu" and w.pipeline is pipeline  # the choice that failed is undone
 
-    assert np.array_equal(w.result, result)  # nothing generated was lost
+    assert np.array_equal(w.takes.get(1).video, result)  # nothing generated was lost
     w.params.context.setValue(2)
     _, done = run(qtbot, w)  # and the window still works
-    assert len(done.video) == 4
+    assert len(done.video) == 4 and len(w.takes) == 2
 
 
 def test_failure_mid_stream_keeps_the_frames_made(qtbot, make_window, monkeypatch, tmp_path):
@@ -281,10 +280,10 @@ def test_failure_mid_stream_keeps_the_frames_made(qtbot, make_window, monkeypatc
     set_params(w, s=1, new=5, steps=3, context=2)
     run(qtbot, w)
     first = w.result.copy()
-    real = w.pipeline.continue_video
+    real = w.pipeline.run
 
     def failing(after: int):
-        def continue_video(*args, **kwargs):
+        def run(*args, **kwargs):
             def stream():
                 made = 0
                 for event in real(*args, **kwargs):
@@ -293,7 +292,7 @@ def test_failure_mid_stream_keeps_the_frames_made(qtbot, make_window, monkeypatc
                     yield event
                     made += isinstance(event, FrameReady)
             return stream()
-        return continue_video
+        return run
 
     def fails(title_part: str) -> str:
         with qtbot.waitSignal(w.errorShown, timeout=WAIT) as blocker:
@@ -304,15 +303,16 @@ def test_failure_mid_stream_keeps_the_frames_made(qtbot, make_window, monkeypatc
         return blocker.args[1]
 
     # Fails before any new frame: the previous result stays, on screen too.
-    monkeypatch.setattr(w.pipeline, "continue_video", failing(after=0))
+    monkeypatch.setattr(w.pipeline, "run", failing(after=0))
     assert "out of memory" in fails("Generation failed").lower()
     assert np.array_equal(w.result, first) and w.filmstrip.count() == len(first) == 7
     assert len(w.result_player.frames) == 7 and w.result_player.available == 7
 
     # Fails after two new frames: those two are kept (with their context) and can be saved.
-    monkeypatch.setattr(w.pipeline, "continue_video", failing(after=2))
+    monkeypatch.setattr(w.pipeline, "run", failing(after=2))
     fails("Generation failed")
     assert w.result.shape == (4, 16, 16, 3) and w.filmstrip.count() == 4  # 2 context + the 2 made
+    assert len(w.takes) == 2 and w.takes.current.cancelled and np.array_equal(w.takes.get(1).video, first)
     assert len(read_video(w.save_result(tmp_path / "kept.gif"))) == 4
     assert w.run_panel.generate_button.isEnabled()
 
@@ -537,7 +537,7 @@ def record_calls(monkeypatch, pipe, name: str) -> list[dict]:
     real = getattr(pipe, name)
 
     def recorded(*args, **kwargs):
-        calls.append(kwargs)
+        calls.append({**kwargs, **vars(args[0])} if args and hasattr(args[0], "new_frames") else kwargs)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(pipe, name, recorded)
@@ -557,7 +557,7 @@ def test_history_guidance_reaches_the_pipeline(qtbot, make_window, monkeypatch, 
     assert spin.maximum() == 10.0 and spin.singleStep() == 0.5
     open_clip(qtbot, w, DEMO)
     set_params(w, s=1, new=2, steps=2, context=2)
-    calls = record_calls(monkeypatch, w.pipeline, "continue_video")
+    calls = record_calls(monkeypatch, w.pipeline, "run")
     run(qtbot, w)
     assert calls[-1]["history_guidance"] is None  # untouched: the pipeline picks the model's own
     assert "history guidance" not in w.plan_label.text()  # the model's own is 1: no extra calls
@@ -571,10 +571,9 @@ def test_history_guidance_reaches_the_pipeline(qtbot, make_window, monkeypatch, 
     _, done = run(qtbot, w)
     assert calls[-1]["history_guidance"] == 2.5 and len(done.video) == 4 and w.errors == []
 
-    generated = record_calls(monkeypatch, w.pipeline, "generate")
     w.params.mode.setCurrentIndex(1)
     run(qtbot, w)
-    assert generated[-1]["history_guidance"] == 2.5
+    assert calls[-1]["history_guidance"] == 2.5 and calls[-1]["adapt_steps"] == 0
 
     # A checkpoint that recommends its own value: the "model" entry names it.
     cfg = get_preset("tiny")
