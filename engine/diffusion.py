@@ -85,6 +85,25 @@ class DiffusionSchedule:
         return DDIMGrid(self, num_steps)
 
 
+def chain_x0(out: torch.Tensor, latents: torch.Tensor, clean: torch.Tensor, before: torch.Tensor | None = None
+             ) -> torch.Tensor:
+    """x0 of an "x0-delta" DiT: a clean frame is its own latents; a noisy frame is the network's output plus the
+    x0 of the frame before (so a DiT whose output is zero repeats the last clean frame, and each frame is a
+    change from the estimate of the one before, never from its noise).
+
+    out, latents: [B, F, ...]; clean: [B, F] or [F] bools; `before` [B, ...] is the x0 of the frame before
+    frame 0 (None: zeros, nothing came before).
+    """
+    clean = clean.expand(out.shape[:2]) if clean.dim() == 1 else clean
+    previous = torch.zeros_like(out[:, 0]) if before is None else before.to(out.dtype)
+    frames = []
+    for i in range(out.shape[1]):  # a window is at most a few dozen frames: a loop reads plainer than a scan
+        keep = clean[:, i].reshape(-1, *(1,) * (out.dim() - 2))
+        previous = torch.where(keep, latents[:, i].to(out.dtype), out[:, i] + previous)
+        frames.append(previous)
+    return torch.stack(frames, 1)
+
+
 def _levels(k: torch.Tensor | np.ndarray) -> np.ndarray:
     """DDIM levels as an int64 numpy array (from a tensor on any device, or an array)."""
     return (k.cpu().numpy() if isinstance(k, torch.Tensor) else np.asarray(k)).astype(np.int64, copy=False)

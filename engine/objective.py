@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.diffusion import DiffusionSchedule
+from engine.diffusion import DiffusionSchedule, chain_x0
 
 
 def context_levels(t: torch.Tensor, context_noise: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -28,7 +28,7 @@ def diffusion_loss(
     dit: torch.nn.Module, schedule: DiffusionSchedule, z0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
     prediction: str = "x0", seen: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """MSE on x0 (or eps; "x0-prev" adds the previous-frame term to the output first): mean over tokens and
+    """MSE on x0 (or eps; "x0-prev" and "x0-delta" add the previous frame first): mean over tokens and
     channels per frame, then over the noisy frames of each clip (frames at t = 0, the clean prefix, are
     conditioning and excluded), then over clips.
 
@@ -40,6 +40,8 @@ def diffusion_loss(
     out = dit(z_t, seen).float()
     if prediction == "x0-prev":
         out = out + schedule.previous_frame_term(z_t, seen).float()
+    elif prediction == "x0-delta":
+        out = chain_x0(out, z0.float(), t == 0)
     target = noise if prediction == "eps" else z0
     per_frame = (out - target.float()).pow(2).mean(dim=(2, 3))  # [B, F]
     noisy = (t > 0).to(per_frame.dtype)

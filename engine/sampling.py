@@ -22,7 +22,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from engine.diffusion import DiffusionSchedule
+from engine.diffusion import DiffusionSchedule, chain_x0
 from engine.models.dit import DiT, KVCache
 from engine.schedulers.ad import ADScheduler, Row
 
@@ -69,9 +69,9 @@ class Sampler:
             raise ValueError(f"sampling window {self.scheduler.window} exceeds the model's window {self.dit.window}")
         if not (np.isfinite(self.history_guidance) and self.history_guidance >= 0):
             raise ValueError(f"history guidance must be a number >= 0, got {self.history_guidance!r}")
-        if self.history_guidance != 1.0 and self.prediction == "x0-prev":
-            raise ValueError("history guidance needs a DiT that predicts x0 or eps, not x0-prev (its output is "
-                             "tied to the frame before, which the history-free call does not see)")
+        if self.history_guidance != 1.0 and self.prediction in ("x0-prev", "x0-delta"):
+            raise ValueError(f"history guidance needs a DiT that predicts x0 or eps, not {self.prediction} (its "
+                             f"output is tied to the frame before, which the history-free call does not see)")
         if not 0 <= self.context_noise <= self.schedule.T:
             raise ValueError(f"context noise must be a timestep in 0..{self.schedule.T}, got {self.context_noise}")
         self.grid = self.schedule.ddim_grid(self.scheduler.num_steps)
@@ -159,6 +159,10 @@ class Sampler:
         if self.prediction == "eps":
             z, t = self._seen(start, stop, row.levels(start, stop)[0])
             return self.schedule.x0_from_eps(z, out, t)
+        if self.prediction == "x0-delta":  # chained from the frame before `start`, which is clean
+            clean = torch.from_numpy(row.levels(start, stop)[0] == 0).to(out.device)
+            before = self.latents[:, start - 1] if start > 0 else None
+            return chain_x0(out, self.latents[:, start:stop], clean, before)
         # x0-prev: the frame before `start` is part of the term (it lies outside the call's frames)
         lo = max(start - 1, 0)
         term = self.schedule.previous_frame_term(*self._seen(lo, stop, row.levels(lo, stop)[0]))

@@ -42,3 +42,27 @@ def test_loss_shows_noised_context_but_counts_only_noisy_frames():
     assert per_frame[0, 0] == 0 and per_frame[1, 0] == 0  # a noised context frame is still not a target
     assert float(per_frame[0, 0]) == 0 and float((z_shown[0, 0] - z0[0, 0]).abs().max()) > 0  # but it was noised
     torch.testing.assert_close(loss, (expected.sum(1) / (t > 0).sum(1)).mean(), rtol=1e-6, atol=0)
+
+
+def test_x0_delta_chains_each_noisy_frame_from_the_clean_estimate_before_it():
+    """x0-delta's x0: clean frames are their own latents; a noisy frame adds the network's output to the x0 of
+    the frame before, never to that frame's noisy latents (the loss sees exactly this)."""
+    from engine.diffusion import chain_x0
+
+    schedule = DiffusionSchedule()
+    g = torch.Generator().manual_seed(2)
+    z0 = torch.randn(1, 5, 3, 2, generator=g)
+    noise = torch.randn(z0.shape, generator=g)
+    t = torch.tensor([[0, 0, 300, 600, 900]])
+    out = torch.randn(z0.shape, generator=g)
+    x0 = chain_x0(out, z0, t == 0)
+    torch.testing.assert_close(x0[:, :2], z0[:, :2], rtol=0, atol=0)  # clean: their own latents
+    torch.testing.assert_close(x0[:, 2], z0[:, 1] + out[:, 2])
+    torch.testing.assert_close(x0[:, 4], z0[:, 1] + out[:, 2] + out[:, 3] + out[:, 4])  # sums of 3 values: ulps
+
+    class Fixed(torch.nn.Module):
+        def forward(self, z, t):
+            return out
+
+    loss, per_frame = diffusion_loss(Fixed(), schedule, z0, t, noise, "x0-delta")
+    torch.testing.assert_close(per_frame, (x0 - z0).pow(2).mean(dim=(2, 3)) * (t > 0), rtol=1e-6, atol=0)

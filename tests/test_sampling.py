@@ -50,7 +50,7 @@ def test_cached_equals_reference(s, N, C):
     assert [st.clean_frames for st in fast_steps] == [st.clean_frames for st in ref_steps]
 
 
-@pytest.mark.parametrize("prediction", ["x0", "x0-prev", "eps"])
+@pytest.mark.parametrize("prediction", ["x0", "x0-prev", "x0-delta", "eps"])
 @pytest.mark.parametrize("s,N,C", [(0, 40, 3), (3, 40, 3), (STEPS, 20, 2)])
 def test_cached_equals_reference_with_context_noise(prediction, s, N, C):
     dit, _ = tiny_dit()
@@ -175,7 +175,9 @@ def test_cancel_stops_within_one_row():
 
 
 @pytest.mark.parametrize("prediction,s,N,C", [("eps", 0, 4, 0), ("eps", 3, 20, 2), ("x0-prev", 0, 4, 0),
-                                               ("x0-prev", 3, 20, 2), ("x0-prev", STEPS, 20, 1)])
+                                               ("x0-prev", 3, 20, 2), ("x0-prev", STEPS, 20, 1),
+                                               ("x0-delta", 0, 4, 0), ("x0-delta", 3, 20, 2),
+                                               ("x0-delta", STEPS, 20, 1), ("x0-delta", 1, 40, 3)])
 def test_other_predictions_convert_to_x0(prediction, s, N, C):
     """Both samplers convert the output the same way, also when the previous frame lies outside the call
     (x0-prev: cached frames, a slid window); and the conversion changes the result."""
@@ -194,15 +196,17 @@ def test_other_predictions_convert_to_x0(prediction, s, N, C):
     assert (runs["reference"] - runs["x0"]).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("prediction", ["x0-prev", "x0-delta"])
 @pytest.mark.parametrize("sampler", ["reference", "cached"])
-def test_x0_prev_with_a_silent_network_repeats_the_last_context_frame(sampler):
-    """x0-prev's starting point: a DiT whose output is zero (as initialised) continues with the last frame."""
+def test_previous_frame_predictions_with_a_silent_network_repeat_the_last_context_frame(sampler, prediction):
+    """x0-prev's and x0-delta's starting point: a DiT whose output is zero (as initialised) continues with the
+    last frame."""
     dit, _ = tiny_dit()
     torch.nn.init.zeros_(dit.final.linear.weight)
     torch.nn.init.zeros_(dit.final.linear.bias)
     g = torch.Generator().manual_seed(0)
     context, noise = torch.randn(1, 3, 4, 4, generator=g), torch.randn(1, 20, 4, 4, generator=g)
-    run = make_sampler(sampler, dit, DiffusionSchedule(), ADScheduler(STEPS, 2, 16), prediction="x0-prev")
+    run = make_sampler(sampler, dit, DiffusionSchedule(), ADScheduler(STEPS, 2, 16), prediction=prediction)
     with torch.no_grad():
         list(run.denoise(context, noise))
     torch.testing.assert_close(run.latents[:, 3:], context[:, -1:].expand(-1, 20, -1, -1))

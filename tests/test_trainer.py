@@ -221,6 +221,7 @@ def _real_loss(*args):
     ["scheduler=naive-nondecreasing"],
     ["prediction=eps", "attention=full"],
     ["prediction=x0-prev"],
+    ["prediction=x0-delta"],
     ["context_noise=50", "clean_prefix_p=1"],
 ])
 def test_ablation_switches_are_real_code_paths(sets, vae_run, tmp_path, monkeypatch):

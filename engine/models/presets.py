@@ -48,9 +48,11 @@ class DiTConfig:
     rope_theta: float = 10000.0
 
 
-# What the DiT's output means: x0 (the paper's choice), eps (ablation), or x0-prev: a correction to the
-# previous frame (DiffusionSchedule.previous_frame_term), so that an untrained DiT repeats the last frame.
-PREDICTIONS = ("x0", "eps", "x0-prev")
+# What the DiT's output means: x0 (the paper's choice), eps (ablation), x0-prev: a correction to the
+# previous frame as the DiT sees it (DiffusionSchedule.previous_frame_term), so that an untrained DiT repeats
+# the last frame, or x0-delta: a correction to the previous frame's clean estimate (engine.diffusion.chain_x0),
+# which stays clean where x0-prev's term carries the previous frame's noise.
+PREDICTIONS = ("x0", "eps", "x0-prev", "x0-delta")
 
 
 @dataclass
