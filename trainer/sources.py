@@ -153,11 +153,15 @@ def load_diffusion_source(path: str) -> DiffusionSource:
                            run.train_config.ema_decay, dict(run.meta.get("sampling") or {}))
 
 
+_MAY_CHANGE = ("context_noise", "prediction")
+
+
 def _architecture(cfg: ModelConfig) -> dict:
-    """A model config less what a run may change when it continues a DiT: the context-noise level (a
-    continuation fine-tune may start or change it)."""
+    """A model config less what a run may change when it continues a DiT: the context-noise level and what the
+    output means (a fine-tune may start context noise, or move x0-prev to x0-delta: the same weights, whose
+    first new frame means the same in both)."""
     data = cfg.to_dict()
-    data["diffusion"] = {k: v for k, v in data["diffusion"].items() if k != "context_noise"}
+    data["diffusion"] = {k: v for k, v in data["diffusion"].items() if k not in _MAY_CHANGE}
     return data
 
 
