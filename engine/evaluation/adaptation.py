@@ -36,6 +36,8 @@ class ClipAdaptation:
     message: str
     held_out_before: float
     held_out_after: float
+    held_out_psnr_before: float  # dB of each DiT's continuation of the clip's own held-out frames (the check)
+    held_out_psnr_after: float
     psnr_plain: float
     psnr_adapted: float
     psnr_copy_last: float
@@ -105,7 +107,7 @@ def evaluate_adaptation(pipe, videos: Sequence[str | os.PathLike], request: RunR
         p_copy, _ = score_frames(truth, copy)
         results.append(ClipAdaptation(
             name, len(clip), event["kept"], event["message"], event["held_out_before"], event["held_out_after"],
-            _mean_db(p_plain), _mean_db(p_adapt), _mean_db(p_copy), float(np.nanmean(s_plain)),
+            event["psnr_before"], event["psnr_after"], _mean_db(p_plain), _mean_db(p_adapt), _mean_db(p_copy), float(np.nanmean(s_plain)),
             float(np.nanmean(s_adapt)), seconds))
     if progress:
         progress(len(loaded), len(loaded), "done")
@@ -128,14 +130,17 @@ def write_adaptation_report(result: AdaptationResult, out_dir: str | os.PathLike
              f"{len(result.clips)} video(s); each video's last {r.new_frames} frames are the truth, the frames "
              f"before them (at most {ADAPT_CLIP_FRAMES}) the clip; context {r.context}, s {r.s}, {r.steps} steps, "
              f"seed {r.seed}, {r.adapt_steps} adapt steps. PSNR (dB) / SSIM: mean over the new frames.", "",
-             "| video | clip frames | kept | held-out loss before -> after | PSNR without | PSNR with | gain | "
-             "copy last | SSIM without | SSIM with | adapt s |",
-             "| --- | ---: | :---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "The check (engine.adapt) scores both DiTs on the clip's own held-out last frames: the denoising loss, "
+             "and the PSNR of their continuation; the adapted DiT is kept only when both improve.", "",
+             "| video | clip frames | kept | check: loss before -> after | check: PSNR before -> after | "
+             "PSNR without | PSNR with | gain | copy last | SSIM without | SSIM with | adapt s |",
+             "| --- | ---: | :---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for c in result.clips:
         lines.append(f"| {c.name} | {c.clip_frames} | {'yes' if c.kept else 'no'} | {c.held_out_before:.4f} -> "
-                     f"{c.held_out_after:.4f} | {c.psnr_plain:.2f} | {c.psnr_adapted:.2f} | {c.gain:+.2f} | "
+                     f"{c.held_out_after:.4f} | {c.held_out_psnr_before:.2f} -> {c.held_out_psnr_after:.2f} | "
+                     f"{c.psnr_plain:.2f} | {c.psnr_adapted:.2f} | {c.gain:+.2f} | "
                      f"{c.psnr_copy_last:.2f} | {c.ssim_plain:.3f} | {c.ssim_adapted:.3f} | {c.adapt_seconds:.0f} |")
-    lines.append(f"| **mean** | | {sum(c.kept for c in result.clips)}/{len(result.clips)} | | "
+    lines.append(f"| **mean** | | {sum(c.kept for c in result.clips)}/{len(result.clips)} | | | "
                  f"{result.mean('psnr_plain'):.2f} | {result.mean('psnr_adapted'):.2f} | "
                  f"{result.mean('gain'):+.2f} | {result.mean('psnr_copy_last'):.2f} | "
                  f"{result.mean('ssim_plain'):.3f} | {result.mean('ssim_adapted'):.3f} | "
