@@ -227,3 +227,50 @@ def test_float32_linears_compile_to_onednn_and_the_pass_is_restored():
     assert "_linear_pointwise" in "".join(code) and "_mkl_linear" not in "".join(code)
     assert out.dtype == torch.float32 and (out - linear(x)).abs().max() <= 1e-5  # float32 arithmetic
     assert (CpuMkldnnDeviceOp.pack_linear_weight, CpuMkldnnDeviceOp.pack_linear) == before
+
+
+@pytest.mark.parametrize("P,M", [(0, 1), (5, 1), (0, 16), (2, 3)])
+def test_step_with_rotary_tables_from_the_caller_equals_computing_them(P, M):
+    """The compiled graphs take the new frames' rotary tables as inputs (`DiT._rotary(M, cache length)`, made
+    outside the graph); `DiT.step` must give exactly what it gives computing them from the past_len tensor."""
+    dit, _ = tiny_dit()
+    g = torch.Generator().manual_seed(8)
+    depth, heads, head_dim = len(dit.blocks), dit.heads, dit.x_embed.out_features // dit.heads
+    S = max(P, 1)
+    z = torch.randn(1, M, dit.num_tokens, dit.latent_dim, generator=g)
+    table = dit.conditioning_table(torch.tensor([0, 300, 1000]))
+    idx = torch.randint(0, 3, (M,), generator=g)
+    block_mods, final_mod = torch.stack(table.blocks)[:, :, idx], table.final[:, idx]
+    past_k, past_v = (torch.randn(depth, 1, heads, S, dit.num_tokens, head_dim, generator=g) for _ in range(2))
+    args = (z, block_mods, final_mod, past_k, past_v, torch.tensor([P]))
+    with torch.no_grad():
+        want = dit.step(*args, apart=True)
+        got = dit.step(*args, apart=True, rotary=dit._rotary(M, P, z.device))
+        shifted = dit.step(*args, apart=True, rotary=dit._rotary(M, P + 1, z.device))
+    assert want[0].abs().max() > 0.1  # a live model
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)  # the same operations on the same numbers, in eager
+    assert not torch.equal(shifted[1], want[1])  # the tables are used: other positions, other keys
+
+
+def test_float32_padded_cache_under_bfloat16_gives_the_same_result():
+    """The compile backend keeps its padded cache in float32 under bfloat16 autocast (attend_apart computes in
+    float32, and float32 holds every bfloat16 value exactly), so the result equals a bfloat16 padded cache."""
+    dit, _ = tiny_dit()
+    z = torch.randn(1, 1, dit.num_tokens, dit.latent_dim, generator=torch.Generator().manual_seed(9))
+    t = torch.full((1, 1), 400)
+
+    def runner(*args):
+        return dit.step(*args, apart=True)
+
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        cache = filled_cache(dit, 4, 1)  # bfloat16 keys, as the sampler caches them under autocast
+        same = StepDiT(dit, runner, past_slots=dit.window - 1)
+        wide = StepDiT(dit, runner, past_slots=dit.window - 1, past_dtype=torch.float32)
+        want, want_kv = same.forward_cached(z, t, cache)
+        got, got_kv = wide.forward_cached(z, t, cache)
+        assert wide._past(cache, 1, want, dit.window - 1)[0].dtype == torch.float32
+    assert want.abs().max() > 0.1
+    assert torch.equal(got, want)
+    for (gk, gv), (wk, wv) in zip(got_kv, want_kv):
+        assert torch.equal(gk, wk) and torch.equal(gv, wv)

@@ -81,8 +81,10 @@ class CompiledDiT(StepDiT):
     """
 
     def __init__(self, dit: nn.Module) -> None:
-        def step_apart(*args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            return dit.step(*args, apart=True)
+        def step_apart(z: torch.Tensor, block_mods: torch.Tensor, final_mod: torch.Tensor, past_k: torch.Tensor,
+                       past_v: torch.Tensor, past_len: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            return dit.step(z, block_mods, final_mod, past_k, past_v, past_len, apart=True, rotary=(cos, sin))
 
         compiled = torch.compile(step_apart, dynamic=False, mode=COMPILE_MODE)
         built: set[tuple] = set()  # (autocast state, input shapes) of the graphs compiled so far
@@ -110,7 +112,10 @@ class CompiledDiT(StepDiT):
             built.add(key)
             return out
 
-        super().__init__(dit, runner, dtype=None, past_slots=dit.window - 1)
+        # the rotary tables come in as inputs (no pow/cos/sin per element in every layer), and the padded cache
+        # is float32, the precision `attend_apart` computes in (under bfloat16 autocast its keys and values would
+        # otherwise be converted in every layer of every call; float32 holds bfloat16 values exactly)
+        super().__init__(dit, runner, dtype=None, past_slots=dit.window - 1, rotary=True, past_dtype=torch.float32)
 
     def __call__(self, *args, **kwargs) -> torch.Tensor:
         return self._dit(*args, **kwargs)  # the reference sampler stays the eager oracle

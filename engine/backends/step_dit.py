@@ -25,11 +25,16 @@ class StepDiT:
     `past_slots`: pad the cache to this many frames, so a runner specialised on shapes sees one shape for
     every cache length; None: pass exactly the cached frames (at least one slot, see `DiT.step`). A subclass
     may choose per call (`_slots`).
+    `rotary`: also hand the runner the new frames' rotary cos/sin tables (two more arguments, see `DiT.step`).
+    `past_dtype`: the padded cache's dtype when the runner wants another than its own (a runner that attends
+    in float32 then reads float32 keys instead of converting them in every call); None: as the runner's.
     """
 
     def __init__(self, dit: nn.Module, runner: StepFn, dtype: torch.dtype | None = None,
-                 past_slots: int | None = None) -> None:
+                 past_slots: int | None = None, rotary: bool = False, past_dtype: torch.dtype | None = None
+                 ) -> None:
         self._dit, self.runner, self.dtype, self.past_slots = dit, runner, dtype, past_slots
+        self.rotary, self.past_dtype = rotary, past_dtype
         self.depth, self.heads = len(dit.blocks), dit.heads
         self.head_dim = dit.x_embed.out_features // dit.heads
         self._stacked: tuple[Any, int, int, int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
@@ -85,7 +90,7 @@ class StepDiT:
             if held is cache and version == cache.version and held_batch == batch and held_slots == S:
                 return past
         P, L = cache.num_frames, self._dit.num_tokens
-        dtype = like.dtype if self.dtype is None else self.dtype
+        dtype = self.past_dtype or (like.dtype if self.dtype is None else self.dtype)
         k = torch.zeros(self.depth, batch, self.heads, S, L, self.head_dim, dtype=dtype, device=like.device)
         v = torch.zeros_like(k)
         if P:
@@ -106,5 +111,6 @@ class StepDiT:
         block_mods, final_mod = self._modulations(table, t, class_label, B)
         past_k, past_v, past_len = self._past(cache, B, block_mods, self._slots(cache, z.shape[1]))
         z = self._cast(z).clone(memory_format=torch.contiguous_format)
-        x0, new_k, new_v = self.runner(z, block_mods, final_mod, past_k, past_v, past_len)
+        rotary = self._dit._rotary(z.shape[1], cache.num_frames, z.device) if self.rotary else ()
+        x0, new_k, new_v = self.runner(z, block_mods, final_mod, past_k, past_v, past_len, *rotary)
         return x0, list(zip(new_k.unbind(0), new_v.unbind(0)))

@@ -341,14 +341,16 @@ class DiT(nn.Module):
 
     def _core(self, z: torch.Tensor, block_mods: list[torch.Tensor] | tuple[torch.Tensor, ...],
               final_mod: torch.Tensor, first_position: int | torch.Tensor, mask: torch.Tensor | None,
-              past: list[PastKV] | None) -> tuple[torch.Tensor, list[LayerKV]]:
+              past: list[PastKV] | None, rotary: tuple[torch.Tensor, torch.Tensor] | None = None
+              ) -> tuple[torch.Tensor, list[LayerKV]]:
         """The block math shared by `forward`, `forward_cached` and `step`: M new frames after the past keys.
 
         `first_position` (an int, or a 1-element tensor in `step`) is the rotary position of the first new frame;
-        `past[i]` attends over block i's cached keys/values followed by the new ones (None: nothing cached).
+        `past[i]` attends over block i's cached keys/values followed by the new ones (None: nothing cached);
+        `rotary`: the cos/sin tables of the new frames' positions when the caller has them already.
         """
         x = self.x_embed(z) + self.slot_embed
-        cos, sin = self._rotary(z.shape[1], first_position, z.device)
+        cos, sin = self._rotary(z.shape[1], first_position, z.device) if rotary is None else rotary
         new_kv = []
         for i, block in enumerate(self.blocks):
             x, kv = block(x, block_mods[i], cos, sin, mask, past[i] if past is not None else None)
@@ -356,7 +358,8 @@ class DiT(nn.Module):
         return self.final(x, final_mod), new_kv
 
     def step(self, z: torch.Tensor, block_mods: torch.Tensor, final_mod: torch.Tensor, past_k: torch.Tensor,
-             past_v: torch.Tensor, past_len: torch.Tensor, *, apart: bool = False
+             past_v: torch.Tensor, past_len: torch.Tensor, *, apart: bool = False,
+             rotary: tuple[torch.Tensor, torch.Tensor] | None = None
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Pure-tensor `forward_cached` for export (torch.export / AOTInductor / ONNX / TensorRT).
 
@@ -369,6 +372,9 @@ class DiT(nn.Module):
         Returns x0 [B, M, L, D] and the new frames' keys/values [depth, B, heads, M * L, head_dim].
         `apart`: attend with `attend_apart` (no copy of the cache per layer; for torch.compile) instead of
         concatenating the cache and the new keys for one fused attention operator (what exporters map).
+        `rotary`: the new frames' cos/sin tables, `DiT._rotary(M, past_len)` made by the caller (who knows past_len
+        as a number), so a compiled graph reads two small inputs instead of evaluating pow, cos and sin per
+        element in every layer; None: computed here from the past_len tensor.
         """
         _, M, L, _ = z.shape
         S = past_k.shape[3]
@@ -387,7 +393,7 @@ class DiT(nn.Module):
                 q, torch.cat([past_k[i].flatten(2, 3).to(k.dtype), k], 2),
                 torch.cat([past_v[i].flatten(2, 3).to(v.dtype), v], 2), attn_mask=mask)
                 for i in range(len(self.blocks))]
-        x0, kv = self._core(z, block_mods.unbind(0), final_mod, past_len, mask, past)
+        x0, kv = self._core(z, block_mods.unbind(0), final_mod, past_len, mask, past, rotary)
         return x0, torch.stack([k for k, _ in kv]), torch.stack([v for _, v in kv])
 
     def forward(self, z: torch.Tensor, t: torch.Tensor, class_label: torch.Tensor | None = None,
