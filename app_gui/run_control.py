@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from app_gui.eta import RunClock
+from engine.eta import RunClock
 from app_gui.heatmap import schedule_levels
 from app_gui.worker import Generation, Job
 from engine.errors import RunError

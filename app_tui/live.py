@@ -18,6 +18,7 @@ from app_tui.widgets.filmstrip import Filmstrip
 from app_tui.widgets.heatmap import ScheduleHeatmap
 from app_tui.widgets.preview import FramePreview
 from app_tui.worker import Failed, Job, Started, one_line
+from engine.eta import RunClock
 from engine.run import DEFAULT_FPS, clock
 
 REFRESH_HZ = 10  # live views redraw at most this often; enough to watch, cheap over SSH
@@ -89,6 +90,7 @@ class LiveRun:
 
     def _on_started(self, event: Started) -> None:
         plan = self.plan = event.plan
+        self.clock = RunClock(plan)  # the ETA the desktop app shows too: warm-up and decoding counted
         self.say(event.description)
         if plan.fit_note:
             self.say(f"input {plan.fit_note} for the model")
@@ -148,7 +150,7 @@ class LiveRun:
         bar.update(total=event.total_rows, progress=event.row)
         self.main_screen.query_one("#heatmap", ScheduleHeatmap).set_row(event.row)
         rate = event.frames_done / event.elapsed if event.elapsed > 0 else 0.0
-        left = self.plan.seconds_left(event.row, event.elapsed) if self.plan else None  # weighs rows by work
+        left = self.clock.row_done(event.row, event.elapsed) if self.plan else None
         made = len(self.frames) - self.num_context  # counts frames already shown, not only finished rows
         self._stats(
             f"{made}/{self.num_new} frames  row {event.row}/{event.total_rows}  "

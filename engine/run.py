@@ -244,6 +244,17 @@ class LevelMatrix:
         for r in range(len(self)):
             yield self[r]
 
+    def clean_counts(self) -> np.ndarray:
+        """[rows + 1] frames clean before the first call and after each one, without building any row: frames
+        finish in order, so each call's first frame not yet clean counts those before it, and the last call
+        leaves every frame clean."""
+        if self._repeat is None:
+            firsts = np.asarray(self._firsts, np.int64)
+        else:
+            firsts = np.array([self._firsts[stored] + shift for stored, shift in map(self._source, range(len(self) - 1))],
+                              np.int64)
+        return np.append(firsts, self.num_frames)
+
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         full = self._rows(np.arange(len(self)))
         return full if dtype is None else full.astype(dtype)

@@ -15,7 +15,7 @@ except ImportError:  # the gui extra is not installed
     pytest.skip("PySide6 is not installed (pip install 'ardiff[gui]')", allow_module_level=True)
 
 from app_gui import xcb_check
-from app_gui.eta import decodes_per_row
+from engine.eta import decodes_per_row
 from app_gui.settings import Settings
 from app_gui.window import MINIMUM_SIZE
 from engine.pipeline import Adapted, Adapting, FrameReady, Progress

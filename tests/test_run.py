@@ -12,7 +12,7 @@ import pytest
 
 from engine.errors import ArdiffError, RunError
 from engine.pipeline import Done, Planned, Progress, load_pipeline
-from engine.run import DEVICES, PRECISIONS, RunRequest, clock
+from engine.run import DEVICES, PRECISIONS, RunRequest, clock, plan_rows
 
 WINDOW = 16  # the tiny preset's
 
@@ -308,3 +308,17 @@ def test_the_readmes_table_of_defaults_is_run_requests():
     assert cells["min context"] == str(r.min_context) and cells["context"].startswith(f"{r.context} frames")
     assert cells["frame rate from nothing"].startswith(f"{r.fps:g} fps")
     assert cells["device, precision"] == f"{r.device}, {r.precision}"
+
+
+@pytest.mark.parametrize("s,frames,context", [(0, 40, 3), (5, 200, 8), (50, 30, 1), (1, 600, 0)])
+def test_clean_counts_are_the_full_matrix_s_without_building_it(s, frames, context):
+    """The ETA's decodes per row (engine.eta) come from LevelMatrix.clean_counts: equal to counting the clean
+    frames of every row of the full matrix, long runs (a repeating block) included."""
+    from engine.eta import decodes_per_row
+
+    request = RunRequest(new_frames=frames, s=s, steps=8, context=max(context, 1))
+    levels, _ = plan_rows(request, 16, context)
+    full = np.asarray(levels)
+    assert np.array_equal(levels.clean_counts(), (full == 0).sum(axis=1))
+    new = full[:, context:]
+    assert np.array_equal(decodes_per_row(levels, context), ((new[:-1] > 0) & (new[1:] == 0)).sum(axis=1))

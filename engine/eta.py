@@ -1,4 +1,5 @@
-"""A run's time left, from its plan and the rows measured so far, counting what the rows' frame count misses.
+"""A run's time left, from its plan and the rows measured so far, counting what the rows' frame count misses
+(both apps show it).
 
 `Plan.seconds_left` scales the time so far by the frames the DiT will push. Two costs break that: the first
 row carries the run's warm-up (first calls, decoding the context frames into the decoder's memory), and each
@@ -18,8 +19,11 @@ import numpy as np
 DECODE_PRIOR = 6.0
 
 
-def decodes_per_row(levels: np.ndarray, num_context: int) -> np.ndarray:
-    """Frames that turn clean (and are decoded) in each row: levels [rows + 1, context + new] -> [rows]."""
+def decodes_per_row(levels, num_context: int) -> np.ndarray:
+    """Frames that turn clean (and are decoded) in each row: levels [rows + 1, context + new] -> [rows]; from a
+    plan's LevelMatrix without building its rows (frames finish in order)."""
+    if hasattr(levels, "clean_counts"):
+        return np.diff(levels.clean_counts())
     new = np.asarray(levels)[:, num_context:]
     return ((new[:-1] > 0) & (new[1:] == 0)).sum(axis=1)
 
