@@ -21,6 +21,8 @@ CONTEXT_COLOUR = QColor(*visualize.CONTEXT_COLOUR)  # the person's frames, as in
 NEW_COLOUR = QColor(*visualize.NEW_COLOUR)  # frames the model made
 
 
+MAX_DRAWN = 2048  # rows and frames of a plan drawn at most: more than a screen shows, bounded for long runs
+
 def schedule_levels(num_new: int, num_context: int, steps: int, s: int, window: int,
                     min_context: int = RunRequest.min_context) -> np.ndarray:
     """[rows + 1, context + new] DDIM levels of a run before a model is at hand (the preview); a run draws
@@ -58,13 +60,17 @@ class ScheduleHeatmap(QWidget):
 
     def set_schedule(self, levels: np.ndarray, steps: int, num_context: int) -> None:
         """Show a new schedule ([rows + 1, frames] levels), nothing run yet."""
-        self.levels = np.array(levels)  # a copy: rows are overwritten with what actually ran
+        self.levels = levels  # the plan's LevelMatrix: rows are built only where drawn
         self.steps, self.num_context, self.row = max(1, steps), num_context, 0
         self._render()
         self.update()
 
     def _render(self) -> None:
-        rgb = colormap(self.levels / self.steps)
+        rows, frames = self.levels.shape  # a long run draws a sample of its rows and frames, not all of them
+        rows_of = np.minimum(np.arange(min(rows, MAX_DRAWN)) * rows // min(rows, MAX_DRAWN), rows - 1)
+        cols_of = np.minimum(np.arange(min(frames, MAX_DRAWN)) * frames // min(frames, MAX_DRAWN), frames - 1)
+        grid = np.stack([np.asarray(self.levels[int(r)])[cols_of] for r in rows_of])  # one row built at a time
+        rgb = colormap(grid / self.steps)
         self._done_img = _rgb_image(rgb)
         # Rows not yet run: blended towards the background so the current row stands out.
         self._dim_img = _rgb_image((rgb.astype(np.float32) * 0.35 + 40 * 0.65).astype(np.uint8))
@@ -74,15 +80,12 @@ class ScheduleHeatmap(QWidget):
         self.row = 0
         self.update()
 
-    def set_row(self, row: int, levels: np.ndarray | None = None) -> None:
-        """The sampler finished `row` (1-based); `levels` (from Progress) must match the planned row."""
+    def set_row(self, row: int) -> None:
+        """The sampler finished `row` (1-based); the rows drawn are the plan's, which is what runs (tests/test_run.py
+        holds the two equal)."""
         if self.levels is None:
             return
         self.row = int(np.clip(row, 0, len(self.levels) - 1))
-        if levels is not None and len(levels) == self.levels.shape[1] and \
-                not np.array_equal(self.levels[self.row], levels):
-            self.levels[self.row] = levels  # trust what actually ran over the plan
-            self._render()
         self.update()
 
     @property

@@ -211,7 +211,7 @@ class RunControl:
             self.filmstrip.set_frame(index, event.image)
         elif isinstance(event, Progress):
             run.adapting = False
-            self.heatmap.set_row(event.row, event.levels)
+            self.heatmap.set_row(event.row)
             self.run_panel.show_progress(event.row, event.total_rows, event.frames_done, run.num_new,
                                          event.elapsed, run.clock.row_done(event.row, event.elapsed))
         elif isinstance(event, Done):

@@ -644,3 +644,24 @@ def test_window_title_names_ardiff_once(qtbot, make_window):
     assert "ardiff" not in w.windowTitle() and w.windowTitle() == "continue a video"
     open_clip(qtbot, w, DEMO)
     assert w.windowTitle() == DEMO.name
+
+
+def test_heat_map_of_a_long_plan_draws_a_sample_in_bounded_memory(qtbot):
+    """A 100,000-frame plan (engine LevelMatrix) is drawn from sampled rows and frames, never the full matrix
+    (which would be about 400 GB)."""
+    import tracemalloc
+
+    from app_gui.heatmap import MAX_DRAWN, ScheduleHeatmap
+    from engine.run import RunRequest, plan_rows
+
+    levels, _ = plan_rows(RunRequest(new_frames=100_000, s=5, steps=50, context=8), 16, 8)
+    heat = ScheduleHeatmap()
+    qtbot.addWidget(heat)
+    tracemalloc.start()
+    heat.set_schedule(levels, 50, 8)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert heat._done_img.width() == MAX_DRAWN and heat._done_img.height() == MAX_DRAWN
+    assert peak < 200 * 2**20  # the drawn sample's images and one row at a time, far below the full matrix
+    heat.set_row(len(levels) - 1)
+    assert np.array_equal(heat.current_levels, np.zeros(100_008, np.int64))  # the last row: every frame clean
