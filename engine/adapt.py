@@ -41,8 +41,8 @@ def read_adapt_clip(path, resolution: int, estimated_frames: int | None = None) 
 class AdaptRecipe:
     """How adapting trains: `ardiff-train`'s continuation fine-tune, sized for a minute or two on a CPU."""
 
-    lr: float = 1e-4
-    batch_size: int = 4
+    lr: float = 2e-4  # with 300 steps: kept on 2 of 5 held-out clips, never worse (lr 1e-4, batch 4, 150: 0 of 5)
+    batch_size: int = 8
     clean_prefix_p: float = 0.75  # most windows conditioned on clean frames, as a continuation is
     grad_clip: float = 1.0
     check_draws: int = 16  # fixed (levels, noise) draws the held-out check averages over

@@ -30,7 +30,7 @@ PRECISION_HELP = ("auto: bfloat16 where the CPU/GPU does it natively, else float
 BACKENDS = ("eager", "compile", "aoti", "onnx", "tensorrt")
 SAMPLERS = ("cached", "reference")
 DEFAULT_FPS = 8.0  # the rate of a video made from nothing (a continued clip keeps its own)
-DEFAULT_ADAPT_STEPS = 150  # fine-tuning steps of "adapt to this clip" when it is turned on without a number
+DEFAULT_ADAPT_STEPS = 300  # fine-tuning steps of "adapt to this clip" when it is turned on without a number
 
 
 def frame_rate(fps: float) -> str:

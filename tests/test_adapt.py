@@ -43,7 +43,13 @@ def test_split_refuses_a_clip_too_short_to_hold_frames_out():
     assert err.value.field == "adapt_steps"
 
 
-def test_run_adapts_first_and_keeps_a_better_model(pipe):
+def test_run_adapts_first_and_keeps_a_better_model(pipe, monkeypatch):
+    import engine.pipeline as pipeline_mod
+
+    # the tiny random VAE decodes noise whatever the DiT does, so the continuation check is fixed here (it has
+    # tests of its own below); the loss check is real
+    psnrs = iter([20.0, 21.0])
+    monkeypatch.setattr(pipeline_mod.Pipeline, "_held_out_psnr", lambda self, dit, *a: next(psnrs))
     before = {k: v.clone() for k, v in pipe.checkpoint.dit.state_dict().items()}
     events = list(pipe.run(request(adapt_steps=30), still_clip()))
     kinds = [type(e) for e in events]
@@ -88,6 +94,33 @@ def test_a_lower_loss_with_worse_frames_is_not_used(pipe, monkeypatch):
     assert "PSNR 21.00 -> 20.50 dB" in adapted.message
     plain = [e for e in pipe.run(request(), still_clip()) if isinstance(e, Done)][0]
     assert np.array_equal(events[-1].video, plain.video)
+
+
+def test_held_out_psnr_is_the_decoded_continuation_against_the_real_frames(pipe, monkeypatch):
+    """The continuation check samples the held-out frames with the run's settings from the frames before them
+    and scores the decoded frames: here against themselves (100 dB, identical) and against their negative."""
+    from engine.adapt import ClipAdapter
+    from engine.metrics.image import psnr
+
+    clip = still_clip()
+    fitted, latents = pipe.encode_frames(clip)
+    adapter = ClipAdapter(pipe.checkpoint.dit, pipe.schedule, latents, pipe.window, "x0", 0, 0, frames=fitted)
+    made = {}
+    real_decode = pipe._decode
+
+    def spy(latent, state):
+        image = real_decode(latent, state)
+        made.setdefault("frames", []).append(image)
+        return image
+
+    monkeypatch.setattr(pipe, "_decode", spy)
+    score = pipe._held_out_psnr(pipe.checkpoint.dit, adapter, request(), 1.0)
+    decoded = np.stack(made["frames"])
+    split = adapter.split
+    assert len(decoded) == split.held_out
+    assert score == pytest.approx(float(np.mean(np.minimum(psnr(fitted[split.train:], decoded), 100.0))))
+    adapter.frames = np.concatenate([fitted[:split.train], decoded])  # as if the DiT had continued perfectly
+    assert pipe._held_out_psnr(pipe.checkpoint.dit, adapter, request(), 1.0) == 100.0
 
 
 def test_cancel_while_adapting_stops_the_run(pipe):
