@@ -39,7 +39,7 @@ from app_tui.settings import (
     parse_settings,
 )
 from app_tui.takes import TakesScreen
-from app_tui.player import Player
+from app_tui.player import Player, PlayerKeys
 from app_tui.widgets.files import VideoTree
 from app_tui.widgets.filmstrip import Filmstrip
 from app_tui.widgets.heatmap import ScheduleHeatmap
@@ -67,7 +67,7 @@ def _tree_root(clip: Path | None, last_dir: str = "") -> Path:
     return cwd if folder.is_relative_to(cwd) else folder
 
 
-class ArdiffApp(LiveRun, TakeSession, App[list[Path]]):
+class ArdiffApp(LiveRun, TakeSession, PlayerKeys, App[list[Path]]):
     """Continue a video with AR-Diffusion from a terminal. `exit` returns the paths saved, for printing.
 
     `prefs`: what to remember between sessions (main() loads them from the config folder; None: defaults,
@@ -444,18 +444,6 @@ class ArdiffApp(LiveRun, TakeSession, App[list[Path]]):
     def action_takes(self) -> None:
         if not isinstance(self.screen, TakesScreen):
             self.push_screen(TakesScreen())
-
-    def action_play(self) -> None:
-        self.player.toggle()
-
-    def action_step(self, delta: int) -> None:
-        self.player.step(delta)
-
-    def action_first(self) -> None:
-        self.player.first()
-
-    def action_last(self) -> None:
-        self.player.last()
 
     # ------------------------------------------------------------------ other keys
 

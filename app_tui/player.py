@@ -115,3 +115,21 @@ class Player:
         if self._timer is not None:
             self._timer.stop()
             self._timer = None
+
+
+class PlayerKeys:
+    """The player's key actions (Space, Left/Right, Home/End) for any screen or app holding a `player`."""
+
+    player: Player
+
+    def action_play(self) -> None:
+        self.player.toggle()
+
+    def action_step(self, delta: int) -> None:
+        self.player.step(delta)
+
+    def action_first(self) -> None:
+        self.player.first()
+
+    def action_last(self) -> None:
+        self.player.last()

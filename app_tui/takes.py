@@ -16,7 +16,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Footer, Label, OptionList
 from textual.widgets.option_list import Option
 
-from app_tui.player import Player
+from app_tui.player import Player, PlayerKeys
 from app_tui.widgets.preview import FramePreview, ImageMode
 from engine.takes import Take
 
@@ -119,7 +119,7 @@ class TakesScreen(ModalScreen[None]):
         self.dismiss(None)
 
 
-class CompareScreen(ModalScreen[None]):
+class CompareScreen(PlayerKeys, ModalScreen[None]):
     """Two takes side by side, stepping together: the same frame index in both (the shorter holds its last
     frame). The player's keys: Space, Left/Right and ,/., Home/End."""
 
@@ -162,18 +162,6 @@ class CompareScreen(ModalScreen[None]):
     @property
     def index(self) -> int:
         return self.player.head.index
-
-    def action_play(self) -> None:
-        self.player.toggle()
-
-    def action_step(self, delta: int) -> None:
-        self.player.step(delta)
-
-    def action_first(self) -> None:
-        self.player.first()
-
-    def action_last(self) -> None:
-        self.player.last()
 
     def action_close(self) -> None:
         self.player.clear()

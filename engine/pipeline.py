@@ -281,7 +281,7 @@ class Pipeline:
         """Mean PSNR (dB) of `dit`'s continuation of the clip's held-out frames from the context frames before
         them, decoded and compared with the real ones: the run's own settings and seed, so the check measures
         what the person would see."""
-        from engine.metrics.image import psnr
+        from engine.metrics.image import mean_psnr_db, psnr
 
         split = adapter.split
         num_context = min(request.context, split.train)
@@ -300,7 +300,7 @@ class Pipeline:
             made = np.stack([self._decode(sampler.latents[:, num_context + i], decoder)
                              for i in range(split.held_out)])
         real = adapter.frames[split.train: split.train + split.held_out]
-        return float(np.mean(np.minimum(psnr(real, made), 100.0)))  # identical frames (inf) count as 100 dB
+        return mean_psnr_db(psnr(real, made))
 
     def _adapt(self, adapter: ClipAdapter, plan: Plan, sampler, cancel) -> Iterator[Event]:
         """Fine-tune on the clip, then sample with the adapted DiT only if it passed the held-out check."""

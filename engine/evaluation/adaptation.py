@@ -22,7 +22,7 @@ import numpy as np
 
 from engine.adapt import ADAPT_CLIP_FRAMES
 from engine.errors import ArdiffError
-from engine.metrics.image import copy_last_frame_baseline, score_frames
+from engine.metrics.image import copy_last_frame_baseline, mean_psnr_db, score_frames
 from engine.run import RunRequest
 
 
@@ -107,16 +107,12 @@ def evaluate_adaptation(pipe, videos: Sequence[str | os.PathLike], request: RunR
         p_copy, _ = score_frames(truth, copy)
         results.append(ClipAdaptation(
             name, len(clip), event["kept"], event["message"], event["held_out_before"], event["held_out_after"],
-            event["psnr_before"], event["psnr_after"], _mean_db(p_plain), _mean_db(p_adapt), _mean_db(p_copy), float(np.nanmean(s_plain)),
+            event["psnr_before"], event["psnr_after"], mean_psnr_db(p_plain), mean_psnr_db(p_adapt),
+            mean_psnr_db(p_copy), float(np.nanmean(s_plain)),
             float(np.nanmean(s_adapt)), seconds))
     if progress:
         progress(len(loaded), len(loaded), "done")
     return AdaptationResult(pipe.describe(), request, results)
-
-
-def _mean_db(values: np.ndarray) -> float:
-    """Mean PSNR with identical frames (inf) counted at 100 dB, so one perfect frame cannot make the mean inf."""
-    return float(np.mean(np.minimum(values, 100.0)))
 
 
 def write_adaptation_report(result: AdaptationResult, out_dir: str | os.PathLike) -> dict[str, Path]:

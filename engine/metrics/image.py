@@ -51,6 +51,12 @@ def psnr(a, b) -> np.ndarray:
         return 10.0 * np.log10(DATA_RANGE**2 / mse)
 
 
+def mean_psnr_db(values: np.ndarray) -> float:
+    """Mean of per-frame PSNRs with identical frames (inf) counted at 100 dB, so one perfect frame cannot make
+    the mean infinite."""
+    return float(np.mean(np.minimum(values, 100.0)))
+
+
 def _gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> torch.Tensor:
     r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-(r * r) / (2 * sigma * sigma))
