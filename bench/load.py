@@ -10,7 +10,10 @@ Two paths, each run in a fresh process (the thread policy decides once per proce
   wall time of the child process and the generation time (Generate pressed to the last frame).
 
 Modes, compared in the same run: `policy` (engine.threads decides), `shipped` (`--threads` = every core, what
-shipped before the policy: torch's default), `shipped-passive` (the same with OMP_WAIT_POLICY=PASSIVE).
+shipped before the policy: torch's default), `shipped-passive` (the same with OMP_WAIT_POLICY=PASSIVE),
+`shipped-spin` (the same with GOMP_SPINCOUNT=1000: libgomp's threads spin briefly, then sleep). `--backend`
+picks the CLI path's sampling backend (`compile`: many small parallel regions per row, where the wait policy
+matters most).
 Runs alternate between modes within each load level. The busy loops are plain processes spinning in Python
 until a deadline (--max-load-s), stopped by this script when the level ends or anything fails.
 
@@ -37,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = ("policy", "shipped", "shipped-passive")
+MODES = ("policy", "shipped", "shipped-passive", "shipped-spin")
 PATHS = ("cli", "gui")
 
 
@@ -107,8 +110,11 @@ def child_env(mode: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("OMP_NUM_THREADS", "ARDIFF_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")}
     env["QT_QPA_PLATFORM"] = "offscreen"
+    env.pop("GOMP_SPINCOUNT", None)
     if mode == "shipped-passive":
         env["OMP_WAIT_POLICY"] = "PASSIVE"
+    elif mode == "shipped-spin":
+        env["GOMP_SPINCOUNT"] = "1000"
     return env
 
 
@@ -133,7 +139,8 @@ def run_child(cmd: list[str], args: argparse.Namespace, mode: str, what: str
 def run_cli(args: argparse.Namespace, mode: str, load: int, out_dir: Path) -> Run:
     cmd = [sys.executable, "-m", "engine.cli", "continue", str(args.clip), "-o", str(out_dir / "out.mp4"),
            "--frames", str(args.frames), "--s", str(args.s), "--steps", str(args.steps), "--context",
-           str(args.context), "--device", "cpu", "--precision", args.precision, *mode_threads(mode)]
+           str(args.context), "--device", "cpu", "--precision", args.precision, "--backend", args.backend,
+           *mode_threads(mode)]
     proc, wall = run_child(cmd, args, mode, "ardiff continue")
     sampling = re.search(r"; ([0-9.]+) s(,|$)", proc.stderr, re.M)
     threads = re.search(r"backend \w+[^\n]*?, (\d+ threads? \([^)]*\))", proc.stderr)
@@ -205,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--context", type=int, default=8)
     p.add_argument("--precision", default="auto")
+    p.add_argument("--backend", default="eager", help="the CLI path's sampling backend (eager, compile)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--loads", default="0,1,2", help="busy-loop processes per level, e.g. 0,1,2")
     p.add_argument("--paths", default=",".join(PATHS))
