@@ -74,6 +74,7 @@ class TrainConfig:
     tensorboard: bool = False  # also write TensorBoard events (only if torch.utils.tensorboard imports)
     # ---- model overrides (Table 3 ablations)
     attention: str = "causal"  # causal | full (DiT temporal attention)
+    rope_space: bool = False  # rotary places in the frame too (engine.models.presets.DiTConfig.rope_space)
     prediction: str = "x0"  # x0 | eps | x0-prev (what the DiT outputs: engine.models.presets.PREDICTIONS)
     context_noise: int = 0  # clean frames shown at a level drawn from 0..this in training, at this when sampling
     #   (engine.objective); 0 = clean, as the paper

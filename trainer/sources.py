@@ -25,9 +25,11 @@ from trainer.state import load_run, prefixed, weights_digest
 
 
 def model_config(cfg: TrainConfig) -> ModelConfig:
-    """The model config a run trains: its preset with the config's switches (attention, prediction, context noise)."""
+    """The model config a run trains: its preset with the config's switches (attention, rotary places, prediction,
+    context noise)."""
     mc = get_preset(cfg.preset)
     mc.dit.attention = cfg.attention
+    mc.dit.rope_space = cfg.rope_space
     mc.diffusion.prediction = cfg.prediction
     mc.diffusion.context_noise = cfg.context_noise
     return ModelConfig.from_dict(mc.to_dict())  # re-validated
@@ -153,15 +155,17 @@ def load_diffusion_source(path: str) -> DiffusionSource:
                            run.train_config.ema_decay, dict(run.meta.get("sampling") or {}))
 
 
-_MAY_CHANGE = ("context_noise", "prediction")
+_MAY_CHANGE = {"diffusion": ("context_noise", "prediction"), "dit": ("rope_space",)}
 
 
 def _architecture(cfg: ModelConfig) -> dict:
-    """A model config less what a run may change when it continues a DiT: the context-noise level and what the
+    """A model config less what a run may change when it continues a DiT: the context-noise level, what the
     output means (a fine-tune may start context noise, or move x0-prev to x0-delta: the same weights, whose
-    first new frame means the same in both)."""
+    first new frame means the same in both) and the rotary places in the frame (the same weights; a token's
+    attention to its own place is unchanged by them)."""
     data = cfg.to_dict()
-    data["diffusion"] = {k: v for k, v in data["diffusion"].items() if k not in _MAY_CHANGE}
+    for part, keys in _MAY_CHANGE.items():
+        data[part] = {k: v for k, v in data[part].items() if k not in keys}
     return data
 
 

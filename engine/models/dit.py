@@ -17,6 +17,7 @@ held in a `KVCache` and returns the new frames' keys/values, which the caller ap
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -27,6 +28,10 @@ from torch import nn
 from engine.models.layers import LabelEmbedder, Mlp, TimestepEmbedder, apply_rotary, approx_gelu, modulate, \
     rotary_cos_sin
 from engine.models.presets import ModelConfig
+
+# Rotary base of the spatial pairs (DiTConfig.rope_space): their angles per row/column step run from 1 rad down to
+# about 0.02, so neighbours differ clearly and the far side of a small grid does not wrap around.
+SPACE_ROPE_THETA = 100.0
 
 LayerKV = tuple[torch.Tensor, torch.Tensor]  # keys (rotary applied), values: [B, heads, tokens, head_dim]
 # queries, new keys, new values, mask -> attention output over the cached keys/values followed by the new ones
@@ -221,7 +226,7 @@ class DiT(nn.Module):
         self.num_tokens, self.latent_dim = cfg.vae.num_latent_tokens, cfg.vae.latent_dim
         self.num_timesteps = cfg.diffusion.num_timesteps
         self.num_classes, self.causal = d.num_classes, d.attention == "causal"
-        self.heads, self.rope_theta = d.heads, d.rope_theta
+        self.heads, self.rope_theta, self.rope_space = d.heads, d.rope_theta, d.rope_space
         self.x_embed = nn.Linear(self.latent_dim, d.hidden)
         self.slot_embed = nn.Parameter(torch.zeros(1, 1, self.num_tokens, d.hidden))
         self.t_embed = TimestepEmbedder(d.hidden)
@@ -332,11 +337,19 @@ class DiT(nn.Module):
         """cos/sin of the rotary positions of M frames from `first_position`; memoised for int positions."""
         key = (M, first_position, str(device)) if isinstance(first_position, int) else None
         if key is None or key not in self._rotary_tables:
-            positions = torch.arange(M * self.num_tokens, device=device) // self.num_tokens + first_position
-            table = rotary_cos_sin(positions, self.x_embed.out_features // self.heads, self.rope_theta)
+            tokens = torch.arange(M * self.num_tokens, device=device)
+            head_dim = self.x_embed.out_features // self.heads
+            cos, sin = rotary_cos_sin(tokens // self.num_tokens + first_position, head_dim, self.rope_theta)
+            if self.rope_space:  # the slowest half of the pairs: row, then column (see DiTConfig.rope_space)
+                side = math.isqrt(self.num_tokens)
+                slot, quarter = tokens % self.num_tokens, head_dim // 4
+                row_cos, row_sin = rotary_cos_sin(slot // side, quarter, SPACE_ROPE_THETA)
+                col_cos, col_sin = rotary_cos_sin(slot % side, quarter, SPACE_ROPE_THETA)
+                cos = torch.cat([cos[..., :quarter], row_cos, col_cos], -1)  # quarter pairs each: time, rows, cols
+                sin = torch.cat([sin[..., :quarter], row_sin, col_sin], -1)
             if key is None:
-                return table
-            self._rotary_tables[key] = table
+                return cos, sin
+            self._rotary_tables[key] = (cos, sin)
         return self._rotary_tables[key]
 
     def _core(self, z: torch.Tensor, block_mods: list[torch.Tensor] | tuple[torch.Tensor, ...],

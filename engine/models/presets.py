@@ -46,6 +46,12 @@ class DiTConfig:
     num_classes: int = 0  # 0: unconditional; otherwise class index num_classes is the null class for CFG
     attention: str = "causal"  # "causal" (block-causal over frames) | "full" (the paper's ablation)
     rope_theta: float = 10000.0
+    # Also give each token its place in the frame: the slowest half of the rotary pairs (which turn by under 0.2
+    # rad over a 16-frame window, so time hardly uses them) turn by the token's row and column in the square
+    # grid of latent tokens instead. Attention then sees relative places, so "the same region in the frame
+    # before" is one pattern for every region. Between tokens of the same place only those pairs' small time
+    # turn is lost, which lets a DiT trained without it continue with it.
+    rope_space: bool = False
 
 
 # What the DiT's output means: x0 (the paper's choice), eps (ablation), x0-prev: a correction to the
@@ -124,6 +130,10 @@ def validate_config(cfg: ModelConfig) -> None:
         raise ValueError(f"dit.hidden ({d.hidden}) / dit.heads ({d.heads}) must be an even integer (rotary)")
     if d.attention not in ("causal", "full"):
         raise ValueError(f"dit.attention must be 'causal' or 'full', got {d.attention!r}")
+    if d.rope_space and (math.isqrt(v.num_latent_tokens) ** 2 != v.num_latent_tokens
+                         or (d.hidden // d.heads) % 8):  # a quarter of the head each for rows and columns
+        raise ValueError(f"dit.rope_space needs a square grid of latent tokens (got {v.num_latent_tokens}) and a "
+                         f"head size divisible by 8 (got {d.hidden // d.heads})")
     if cfg.diffusion.prediction not in PREDICTIONS:
         raise ValueError(f"diffusion.prediction must be one of {', '.join(PREDICTIONS)}, "
                          f"got {cfg.diffusion.prediction!r}")
