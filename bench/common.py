@@ -10,19 +10,22 @@ import sys
 import time
 from typing import Callable
 
-import torch
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), or what the platform says."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "cpu"
 
 
 def machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    import torch  # here, so scripts that time start-up can import this module without torch
+
     from engine.device import cpu_supports_bf16
 
-    return (f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+    return (f"{cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
             f"native bf16: {'yes' if cpu_supports_bf16() else 'no'}")
 
 

@@ -40,6 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import cpu_model  # noqa: E402
 MODES = ("policy", "shipped", "shipped-passive", "shipped-spin")
 PATHS = ("cli", "gui")
 
@@ -193,14 +196,6 @@ def gui_child(args: argparse.Namespace) -> int:
 
 
 # -- the run -------------------------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown CPU"
 
 
 def main(argv: list[str] | None = None) -> int:

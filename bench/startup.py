@@ -27,6 +27,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import cpu_model  # noqa: E402
 IMPORT_TIMER = "import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
 
 
@@ -42,14 +45,6 @@ def wall_seconds(cmd: list[str]) -> float:
     start = time.perf_counter()
     subprocess.run(cmd, capture_output=True, check=True, cwd=ROOT)
     return time.perf_counter() - start
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "cpu"
 
 
 def main() -> None:

@@ -229,11 +229,14 @@ def test_float32_linears_compile_to_onednn_and_the_pass_is_restored():
     assert (CpuMkldnnDeviceOp.pack_linear_weight, CpuMkldnnDeviceOp.pack_linear) == before
 
 
+@pytest.mark.parametrize("rope_space", [False, True])
 @pytest.mark.parametrize("P,M", [(0, 1), (5, 1), (0, 16), (2, 3)])
-def test_step_with_rotary_tables_from_the_caller_equals_computing_them(P, M):
+def test_step_with_rotary_tables_from_the_caller_equals_computing_them(P, M, rope_space):
     """The compiled graphs take the new frames' rotary tables as inputs (`DiT._rotary(M, cache length)`, made
-    outside the graph); `DiT.step` must give exactly what it gives computing them from the past_len tensor."""
+    outside the graph); `DiT.step` must give exactly what it gives computing them from the past_len tensor (as
+    the exported graphs do), with the rotary places in the frame too (DiTConfig.rope_space)."""
     dit, _ = tiny_dit()
+    dit.rope_space = rope_space
     g = torch.Generator().manual_seed(8)
     depth, heads, head_dim = len(dit.blocks), dit.heads, dit.x_embed.out_features // dit.heads
     S = max(P, 1)

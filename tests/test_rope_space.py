@@ -94,28 +94,6 @@ def test_cache_equals_full_window(seed):
     assert_reorder_close(x0, full[:, 5:], *dit_stages(cfg))
 
 
-@pytest.mark.parametrize("P,M", [(0, 1), (5, 1), (2, 3)])
-def test_step_tables_from_the_caller_equal_the_graphs_own(P, M):
-    """The compiled graph gets the tables from `_rotary(M, P)` (an int P); the exported graph makes them from the
-    past_len tensor: both must hold the place pairs."""
-    dit = dit_for(config())
-    g = torch.Generator().manual_seed(8)
-    depth, heads, head_dim = len(dit.blocks), dit.heads, dit.x_embed.out_features // dit.heads
-    S = max(P, 1)
-    z = torch.randn(1, M, dit.num_tokens, dit.latent_dim, generator=g)
-    table = dit.conditioning_table(torch.tensor([0, 300, 1000]))
-    idx = torch.randint(0, 3, (M,), generator=g)
-    block_mods, final_mod = torch.stack(table.blocks)[:, :, idx], table.final[:, idx]
-    past_k, past_v = (torch.randn(depth, 1, heads, S, dit.num_tokens, head_dim, generator=g) for _ in range(2))
-    args = (z, block_mods, final_mod, past_k, past_v, torch.tensor([P]))
-    with torch.no_grad():
-        for apart in (True, False):
-            want = dit.step(*args, apart=apart)
-            got = dit.step(*args, apart=apart, rotary=dit._rotary(M, P, z.device))
-            for a, b in zip(got, want):
-                assert torch.equal(a, b)
-
-
 @pytest.mark.parametrize("s,N,C", [(0, 20, 3), (3, 20, 0), (STEPS, 20, 2)])
 def test_cached_sampler_equals_reference(s, N, C):
     cfg = config()
