@@ -161,8 +161,8 @@ _MAY_CHANGE = {"diffusion": ("context_noise", "prediction"), "dit": ("rope_space
 def _architecture(cfg: ModelConfig) -> dict:
     """A model config less what a run may change when it continues a DiT: the context-noise level, what the
     output means (a fine-tune may start context noise, or move x0-prev to x0-delta: the same weights, whose
-    first new frame means the same in both) and the rotary places in the frame (the same weights; a token's
-    attention to its own place is unchanged by them)."""
+    first new frame means the same in both) and the rotary places in the frame (the same weights; between
+    tokens of one place those pairs only lose their small time turn)."""
     data = cfg.to_dict()
     for part, keys in _MAY_CHANGE.items():
         data[part] = {k: v for k, v in data[part].items() if k not in keys}
