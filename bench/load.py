@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import cpu_model  # noqa: E402
+
 MODES = ("policy", "shipped", "shipped-passive", "shipped-spin")
 PATHS = ("cli", "gui")
 
@@ -111,9 +112,9 @@ class BusyLoops:
 
 def child_env(mode: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
-           if k not in ("OMP_NUM_THREADS", "ARDIFF_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")}
+           if k not in ("OMP_NUM_THREADS", "ARDIFF_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
+                        "MKL_NUM_THREADS")}
     env["QT_QPA_PLATFORM"] = "offscreen"
-    env.pop("GOMP_SPINCOUNT", None)
     if mode == "shipped-passive":
         env["OMP_WAIT_POLICY"] = "PASSIVE"
     elif mode == "shipped-spin":

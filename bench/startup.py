@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import os
 import statistics
 import subprocess
@@ -30,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import cpu_model  # noqa: E402
+
 IMPORT_TIMER = "import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
 
 
@@ -54,7 +56,7 @@ def main() -> None:
     args = p.parse_args()
     py = sys.executable
     with tempfile.TemporaryDirectory() as tmp:
-        runs = iter(range(1_000_000))  # a new output file for every run
+        runs = itertools.count()  # a new output file for every run
 
         def out() -> str:
             return str(Path(tmp) / f"out-{next(runs)}.mp4")
