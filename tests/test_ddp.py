@@ -15,6 +15,7 @@ import torch
 import torch.multiprocessing as mp
 
 from trainer.config import load_config
+from trainer.runtime import leave_process_group
 from trainer.state import load_run
 from trainer.train import train
 
@@ -40,13 +41,12 @@ def _worker(rank: int, world: int, port: int, root: str, batch: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
+    finished = False
     try:
         _run_both(root, world, batch)
+        finished = True
     finally:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        leave_process_group(finished)
 
 
 def _without_key_bias(name: str, t: torch.Tensor) -> torch.Tensor:
@@ -127,10 +127,7 @@ def _refused_worker(rank: int, world: int, port: int, root: str) -> None:
         with open(os.path.join(root, f"refused-{rank}"), "w") as f:
             f.write(str(err))
     finally:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        leave_process_group(finished=True)  # both ranks get here, refused or not
 
 
 @pytest.mark.timeout(120)

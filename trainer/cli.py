@@ -138,16 +138,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     old_show = warnings.showwarning
     warnings.showwarning = _show_warning
+    code = 1
     try:  # SIGTERM unwinds as Ctrl-C does (releasing the run dir's lock); inside the loop train() saves first
-        return run_entry("ardiff-train", lambda: args.func(args), [], expected=(ValueError,),
+        code = run_entry("ardiff-train", lambda: args.func(args), [], expected=(ValueError,),
                          memory_hint="lower batch_size or num_frames, or use a smaller preset",
                          interrupt_note="no checkpoint written for the unfinished step")
+        return code
     finally:
         warnings.showwarning = old_show
-        import torch.distributed as dist
+        from trainer.runtime import leave_process_group
 
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+        leave_process_group(finished=code == 0)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,17 @@ def init_process(device: str, precision: str) -> Process:
     return Process(dist.get_rank(), world, dev, dtype is not None, note)
 
 
+def leave_process_group(finished: bool) -> None:
+    """Leave the process group, if this process joined one. After a run every rank finished, the ranks first
+    wait for each other: a rank that closed its gloo connections while another still used them made that one
+    abort at exit ("terminate called without an active exception"). After a failure nobody waits, since the
+    other ranks may never come."""
+    if dist.is_available() and dist.is_initialized():
+        if finished:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
 def precision_note(precision: str, device: torch.device, bf16: bool) -> str:
     """Why the run computes in bf16 autocast or float32, in words for the console."""
     if precision == "fp32":
