@@ -169,6 +169,20 @@ def test_forward_backward_gives_finite_nonzero_gradients():
 
 
 @torch.no_grad()
+def test_latent_noise_is_scaled_by_each_channels_std_and_reaches_only_the_decoder():
+    torch.manual_seed(0)
+    vae = make_vae(gate=0.5, local_latents=True)
+    x = frames(2, 3)
+    z = vae.encode(x)
+    noise = torch.randn_like(z)
+    std = z.flatten(0, -2).std(0)
+    # exact: the same float32 ops in the same order on both sides
+    assert torch.equal(vae(x, noise), vae.decode(z + noise * std))
+    assert torch.equal(vae(x, torch.zeros_like(z)), vae(x))
+    assert not torch.allclose(vae(x, noise), vae(x))
+
+
+@torch.no_grad()
 def test_bf16_autocast_runs_and_is_close_to_fp32():
     vae = make_vae(gate=0.5)
     x = frames(2, 3)

@@ -354,6 +354,24 @@ def test_decoder_fine_tune_keeps_the_latents_and_packages_with_the_dit(vae_run, 
         train(cfg_for("vae-image", "train_encoder=false", "max_steps=1"), tmp_path / "bad")
 
 
+def test_decoder_latent_noise_trains_the_decoder_on_perturbed_latents(vae_run, tmp_path):
+    # The same decoder-only fine-tune with and without latent noise: the encoder stays bit for bit in both, the
+    # decoders differ (the noise reached them), and the recipe says which was used.
+    runs = {noise: train(cfg_for("vae-temporal", f"vae={vae_run.run_dir}", "train_encoder=false", "max_steps=2",
+                                 "gan=false", "temporal_rest_lr_scale=1.0", f"decoder_latent_noise={noise}"),
+                         tmp_path / f"n{noise}") for noise in (0.0, 0.5)}
+    plain, noisy = (load_run(r.run_dir) for r in runs.values())
+    assert plain.meta["recipe"][-1]["decoder_latent_noise"] == 0.0
+    assert noisy.meta["recipe"][-1]["decoder_latent_noise"] == 0.5
+    source = load_run(vae_run.run_dir).ema
+    assert torch.equal(source["encoder_blocks.0.attn.qkv.weight"], noisy.ema["encoder_blocks.0.attn.qkv.weight"])
+    assert not torch.equal(plain.ema["to_pixels.weight"], noisy.ema["to_pixels.weight"])
+    with pytest.raises(ConfigError, match="decoder_latent_noise"):
+        cfg_for("diffusion", "vae=x", "decoder_latent_noise=0.5")
+    with pytest.raises(ConfigError, match="decoder_latent_noise"):
+        cfg_for("vae-temporal", "vae=x", "decoder_latent_noise=-1")
+
+
 # --------------------------------------------------------------------------- messy data
 
 

@@ -94,6 +94,8 @@ class TrainConfig:
     temporal_rest_lr_scale: float = 0.1  # vae-temporal: lr factor for the non-temporal parameters; 0 = frozen
     train_encoder: bool = True  # VAE stages: false freezes the encoder and its latent scale, so the latents, and a
     #   DiT trained on them, stay valid: a decoder-only fine-tune (e.g. with the GAN) of a packaged model's VAE
+    decoder_latent_noise: float = 0.0  # VAE stages: each clip's latents get noise of up to this many channel stds
+    #   (uniform per clip) before decoding: a decoder robust to the DiT's imperfect latents (ARVAE.forward)
     latent_scale_samples: int = 256  # items encoded to measure 1 / std of the latents at the end of VAE stages
     # ---- diffusion stage
     scheduler: str = "fopp"  # fopp | equal | independent | naive-nondecreasing
@@ -219,7 +221,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         if getattr(cfg, key) < 0:
             raise ConfigError(f"config key {key!r} must be >= 0, got {getattr(cfg, key)}")
     for key in ("lr", "disc_lr", "min_lr", "weight_decay", "grad_clip", "l1_weight", "disc_weight",
-                "temporal_rest_lr_scale"):
+                "temporal_rest_lr_scale", "decoder_latent_noise"):
         if not getattr(cfg, key) >= 0:
             raise ConfigError(f"config key {key!r} must be >= 0, got {getattr(cfg, key)}")
     if cfg.lr <= 0:
@@ -246,6 +248,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.stage == "vae-image" and cfg.vae and cfg.pca_init_frames:
         raise ConfigError("vae-image: pca_init_frames starts a new VAE; it cannot be combined with vae=PATH "
                           "(which continues a trained one)")
+    if cfg.decoder_latent_noise and cfg.stage == "diffusion":
+        raise ConfigError("config key 'decoder_latent_noise' is for the VAE stages (the diffusion stage's "
+                          "counterpart is context_noise)")
     if cfg.stage == "vae-temporal" and cfg.num_frames == 1:
         raise ConfigError("the vae-temporal stage trains cross-frame attention: num_frames must be 0 or >= 2")
     if cfg.stage == "vae-image" and cfg.num_frames > 1:

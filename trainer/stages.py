@@ -188,8 +188,16 @@ class VAEStage(Stage):
 
     def micro_step(self, x: torch.Tensor) -> float:
         cfg, autocast, sums = self.cfg, self.ctx.proc.autocast, self.sums
+        noise = None
+        if cfg.decoder_latent_noise:  # drawn for the global batch, this rank's slice (as the diffusion stage)
+            proc, vae_cfg = self.ctx.proc, self.ctx.model_cfg.vae
+            gb = x.shape[0] * proc.world
+            std = cfg.decoder_latent_noise * torch.rand(gb, 1, 1, 1, generator=self.ctx.gen)
+            noise = std * torch.randn((gb, x.shape[1], vae_cfg.num_latent_tokens, vae_cfg.latent_dim),
+                                      generator=self.ctx.gen)
+            noise = noise[proc.rank::proc.world].to(proc.device)
         with autocast():
-            rec = self.net(x)
+            rec = self.net(x, noise)
         rec_loss = (rec.float() - x).abs().mean()
         loss = cfg.l1_weight * rec_loss
         sums["rec"] += rec_loss.item()
@@ -251,7 +259,8 @@ class VAEStage(Stage):
         return float(self.model.latent_scale)
 
     def recipe_entry(self, step: int) -> dict:
-        return {**super().recipe_entry(step), "gan": self.cfg.gan, "train_encoder": self.cfg.train_encoder}
+        return {**super().recipe_entry(step), "gan": self.cfg.gan, "train_encoder": self.cfg.train_encoder,
+                "decoder_latent_noise": self.cfg.decoder_latent_noise}
 
 
 class VAEImageStage(VAEStage):

@@ -375,9 +375,18 @@ class ARVAE(nn.Module):
         frames, _ = self._decode_frames(latents, [None] * len(self.decoder_blocks))
         return frames
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """Reconstruction (encode then decode), for training."""
-        return self.decode(self.encode(frames))
+    def forward(self, frames: torch.Tensor, latent_noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Reconstruction (encode then decode), for training.
+
+        `latent_noise` [B, N, L, D] (optional): noise in units of each latent channel's standard deviation (over
+        this batch), added to the latents before decoding, so the decoder learns to decode imperfect latents
+        (the DiT's) into frames without region seams rather than only the encoder's exact ones.
+        """
+        z = self.encode(frames)
+        if latent_noise is not None:
+            channel_std = z.detach().float().flatten(0, -2).std(0)  # [D]
+            z = z + (latent_noise.to(z.device) * channel_std).to(z.dtype)
+        return self.decode(z)
 
     def start_decode(
         self, batch_size: Optional[int] = None, device: Optional[torch.device | str] = None,
