@@ -354,22 +354,42 @@ def test_decoder_fine_tune_keeps_the_latents_and_packages_with_the_dit(vae_run, 
         train(cfg_for("vae-image", "train_encoder=false", "max_steps=1"), tmp_path / "bad")
 
 
-def test_decoder_latent_noise_trains_the_decoder_on_perturbed_latents(vae_run, tmp_path):
-    # The same decoder-only fine-tune with and without latent noise: the encoder stays bit for bit in both, the
-    # decoders differ (the noise reached them), and the recipe says which was used.
-    runs = {noise: train(cfg_for("vae-temporal", f"vae={vae_run.run_dir}", "train_encoder=false", "max_steps=2",
-                                 "gan=false", "temporal_rest_lr_scale=1.0", f"decoder_latent_noise={noise}"),
-                         tmp_path / f"n{noise}") for noise in (0.0, 0.5)}
-    plain, noisy = (load_run(r.run_dir) for r in runs.values())
-    assert plain.meta["recipe"][-1]["decoder_latent_noise"] == 0.0
-    assert noisy.meta["recipe"][-1]["decoder_latent_noise"] == 0.5
+@pytest.mark.parametrize("option, key", [("decoder_latent_noise=0.5", "decoder_latent_noise"),
+                                         ("seam_weight=2", "seam_weight")])
+def test_decoder_fine_tune_options_reach_the_decoder(vae_run, tmp_path, option, key):
+    # The same decoder-only fine-tune with and without the option: the encoder stays bit for bit, the decoders
+    # differ (the option changed the decoder's gradients), and the recipe says which was used.
+    plain = train(cfg_for("vae-temporal", f"vae={vae_run.run_dir}", "train_encoder=false", "max_steps=2",
+                          "gan=false", "temporal_rest_lr_scale=1.0"), tmp_path / "plain")
+    tuned = train(cfg_for("vae-temporal", f"vae={vae_run.run_dir}", "train_encoder=false", "max_steps=2",
+                          "gan=false", "temporal_rest_lr_scale=1.0", option), tmp_path / "tuned")
+    plain, tuned_run = load_run(plain.run_dir), load_run(tuned.run_dir)
+    assert plain.meta["recipe"][-1][key] == 0.0
+    assert tuned_run.meta["recipe"][-1][key] == float(option.split("=")[1])
     source = load_run(vae_run.run_dir).ema
-    assert torch.equal(source["encoder_blocks.0.attn.qkv.weight"], noisy.ema["encoder_blocks.0.attn.qkv.weight"])
-    assert not torch.equal(plain.ema["to_pixels.weight"], noisy.ema["to_pixels.weight"])
-    with pytest.raises(ConfigError, match="decoder_latent_noise"):
-        cfg_for("diffusion", "vae=x", "decoder_latent_noise=0.5")
-    with pytest.raises(ConfigError, match="decoder_latent_noise"):
-        cfg_for("vae-temporal", "vae=x", "decoder_latent_noise=-1")
+    assert torch.equal(source["encoder_blocks.0.attn.qkv.weight"], tuned_run.ema["encoder_blocks.0.attn.qkv.weight"])
+    assert not torch.equal(plain.ema["to_pixels.weight"], tuned_run.ema["to_pixels.weight"])
+    if key == "seam_weight":
+        assert all(r["seam"] > 0 for r in tuned.records)
+    with pytest.raises(ConfigError, match=key):
+        cfg_for("diffusion", "vae=x", option)
+    with pytest.raises(ConfigError, match=key):
+        cfg_for("vae-temporal", "vae=x", f"{key}=-1")
+
+
+def test_border_gradient_loss_counts_only_steps_across_region_borders():
+    from trainer.losses import border_gradient_loss
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.rand(1, 2, 3, 8, 8, generator=g)
+    assert border_gradient_loss(real, real, 4) == 0
+    inside = real.clone()
+    inside[..., 1, 1] += 0.5  # a change away from the borders (columns and rows 3|4) leaves the loss at 0
+    assert border_gradient_loss(inside, real, 4) == 0
+    step = real.clone()
+    step[..., :, 4:] += 0.3  # a step of 0.3 across the vertical border: 8 rows x 3 channels x 2 frames of 0.3
+    across = 2 * 3 * 8  # the vertical border's steps; the horizontal border's (as many) do not change
+    assert border_gradient_loss(step, real, 4).item() == pytest.approx(0.3 * across / (2 * across), rel=1e-6)
 
 
 # --------------------------------------------------------------------------- messy data

@@ -82,6 +82,8 @@ class TrainConfig:
     vae: str = ""  # vae-temporal: the vae-image run; diffusion: a VAE run dir or an ardiff checkpoint;
     #   vae-image (optional): a VAE run or checkpoint to train further (its image stage, from its EMA weights)
     l1_weight: float = 1.0
+    seam_weight: float = 0.0  # times the L1 of the frames' steps across region borders against the real ones'
+    #   (trainer.losses.border_gradient_loss): the seams `ardiff eval` measures, as a loss
     gan: bool = True  # hinge GAN with a PatchGAN discriminator (after disc_start steps)
     disc_start: int = 0  # optimizer step at which the GAN loss starts (paper: 50k)
     disc_weight: float = 0.8  # times the VQGAN adaptive weight
@@ -221,7 +223,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         if getattr(cfg, key) < 0:
             raise ConfigError(f"config key {key!r} must be >= 0, got {getattr(cfg, key)}")
     for key in ("lr", "disc_lr", "min_lr", "weight_decay", "grad_clip", "l1_weight", "disc_weight",
-                "temporal_rest_lr_scale", "decoder_latent_noise"):
+                "temporal_rest_lr_scale", "decoder_latent_noise", "seam_weight"):
         if not getattr(cfg, key) >= 0:
             raise ConfigError(f"config key {key!r} must be >= 0, got {getattr(cfg, key)}")
     if cfg.lr <= 0:
@@ -251,6 +253,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.decoder_latent_noise and cfg.stage == "diffusion":
         raise ConfigError("config key 'decoder_latent_noise' is for the VAE stages (the diffusion stage's "
                           "counterpart is context_noise)")
+    if cfg.seam_weight and cfg.stage == "diffusion":
+        raise ConfigError("config key 'seam_weight' is for the VAE stages")
     if cfg.stage == "vae-temporal" and cfg.num_frames == 1:
         raise ConfigError("the vae-temporal stage trains cross-frame attention: num_frames must be 0 or >= 2")
     if cfg.stage == "vae-image" and cfg.num_frames > 1:

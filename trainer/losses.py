@@ -1,4 +1,4 @@
-"""Training losses of the AR-VAE: L1 + the adaptive hinge GAN (the DiT's objective is engine.objective, which
+"""Training losses of the AR-VAE: L1, the region-border gradient term, the adaptive hinge GAN (the DiT's objective is engine.objective, which
 "adapt to this clip" shares)."""
 
 from __future__ import annotations
@@ -25,3 +25,16 @@ def adaptive_gan_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last_layer
         rec_grad, g_grad = both[0], both[1]
     weight = rec_grad.float().norm() / (g_grad.float().norm() + 1e-4)
     return weight.clamp(0.0, 1e4).detach()
+
+
+def border_gradient_loss(rec: torch.Tensor, real: torch.Tensor, region: int) -> torch.Tensor:
+    """Mean |d rec - d real| over the pixel steps that cross a border of the `region`-pixel squares, in x and y,
+    on [..., H, W] frames: the loss counterpart of `ardiff eval`'s seam measure (engine.metrics.image.seam_energy),
+    zero when the decoder's frames step across region borders as the real ones do."""
+    def across(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        gx = x[..., :, region::region] - x[..., :, region - 1:-1:region]
+        gy = x[..., region::region, :] - x[..., region - 1:-1:region, :]
+        return gx, gy
+
+    (rx, ry), (tx, ty) = across(rec.float()), across(real.float())
+    return torch.cat([(rx - tx).abs().flatten(), (ry - ty).abs().flatten()]).mean()

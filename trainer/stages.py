@@ -29,7 +29,7 @@ from engine.schedulers import make_training_scheduler
 from trainer.config import ConfigError, TrainConfig, stage_num_frames
 from trainer.latent_stats import init_vae_from_pca, measure_latent_scale, normalize_latent_channels
 from engine.objective import context_levels, diffusion_loss
-from trainer.losses import adaptive_gan_weight
+from trainer.losses import adaptive_gan_weight, border_gradient_loss
 from trainer.metrics import Log
 from trainer.runtime import Process
 from trainer.sources import VAESource, check_vae_matches, init_dit_from, load_vae_source, previous_discriminator
@@ -177,7 +177,7 @@ class VAEStage(Stage):
 
     def begin_step(self, step: int) -> None:
         self.gan_on = self.disc is not None and step >= self.cfg.disc_start
-        self.sums = {"rec": 0.0, "g": 0.0, "d": 0.0, "gan_weight": 0.0}
+        self.sums = {"rec": 0.0, "seam": 0.0, "g": 0.0, "d": 0.0, "gan_weight": 0.0}
 
     def accumulating(self) -> contextlib.AbstractContextManager:
         ctx = contextlib.ExitStack()
@@ -201,6 +201,10 @@ class VAEStage(Stage):
         rec_loss = (rec.float() - x).abs().mean()
         loss = cfg.l1_weight * rec_loss
         sums["rec"] += rec_loss.item()
+        if cfg.seam_weight:
+            seam_loss = border_gradient_loss(rec, x, self.model.region_size)
+            loss = loss + cfg.seam_weight * seam_loss
+            sums["seam"] += seam_loss.item()
         if self.gan_on:
             self.disc.requires_grad_(False)
             with autocast():
@@ -233,6 +237,8 @@ class VAEStage(Stage):
     def record(self) -> dict:
         n = self.cfg.grad_accum
         out = {"rec": self.sums["rec"] / n}
+        if self.cfg.seam_weight:
+            out.update(seam=self.sums["seam"] / n)
         if self.gan_on:
             out.update(g=self.sums["g"] / n, d=self.sums["d"] / n, gan_weight=self.sums["gan_weight"] / n)
         return out
@@ -260,7 +266,7 @@ class VAEStage(Stage):
 
     def recipe_entry(self, step: int) -> dict:
         return {**super().recipe_entry(step), "gan": self.cfg.gan, "train_encoder": self.cfg.train_encoder,
-                "decoder_latent_noise": self.cfg.decoder_latent_noise}
+                "decoder_latent_noise": self.cfg.decoder_latent_noise, "seam_weight": self.cfg.seam_weight}
 
 
 class VAEImageStage(VAEStage):
