@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from engine.checkpoint import read_checkpoint_header
 from engine.models.presets import get_preset
 from tests.tolerance import assert_reorder_close, dit_stages, relative_reorder_tolerance, vae_stages
 from trainer import cli
@@ -375,6 +376,21 @@ def test_decoder_fine_tune_options_reach_the_decoder(vae_run, tmp_path, option, 
         cfg_for("diffusion", "vae=x", option)
     with pytest.raises(ConfigError, match=key):
         cfg_for("vae-temporal", "vae=x", f"{key}=-1")
+
+
+def test_package_records_every_decoder_fine_tune_of_a_chain(vae_run, dit_run, tmp_path):
+    # A decoder fine-tuned twice (say a temporal stage, then a seam fine-tune of it): the package's recipe keeps
+    # both stages after the DiT's, not only the last.
+    first = train(cfg_for("vae-temporal", f"vae={vae_run.run_dir}", "train_encoder=false", "max_steps=2",
+                          "gan=false"), tmp_path / "first")
+    second = train(cfg_for("vae-temporal", f"vae={first.run_dir}", "train_encoder=false", "max_steps=1",
+                           "gan=false", "seam_weight=2"), tmp_path / "second")
+    out = tmp_path / "m.safetensors"
+    assert cli.main(["package", "--vae", str(second.run_dir), "--diffusion", str(dit_run.run_dir), "-o", str(out)]) == 0
+    _, meta = read_checkpoint_header(out)
+    assert meta["steps"] == {"vae-image": 100, "diffusion": 100, "vae-temporal (decoder only)": 2,
+                             "vae-temporal (decoder only) #2": 1}
+    assert [r.get("seam_weight", 0.0) for r in meta["recipe"][2:]] == [0.0, 2.0]
 
 
 def test_border_gradient_loss_counts_only_steps_across_region_borders():

@@ -61,8 +61,9 @@ def package(diffusion_run: str, output: str, vae: str | None = None, dtype: str 
     dit = DiT(diff.model_config)
     dit.load_state_dict(diff.ema)
     recipe = list(diff.recipe)
-    if other_vae:
-        recipe += got.recipe[-1:]  # the decoder fine-tune, after the stages the DiT's VAE went through
+    if other_vae:  # the decoder fine-tunes (one or several) after the stages the DiT's VAE went through
+        shared = [r for r in diff.recipe if r["stage"] != "diffusion"]
+        recipe += got.recipe[len(shared):] if got.recipe[:len(shared)] == shared else got.recipe[-1:]
     meta = {
         "recipe": recipe,
         "steps": steps_by_stage(recipe),
