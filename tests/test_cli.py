@@ -194,12 +194,13 @@ def test_info_summarises_the_provenance_for_people_and_keeps_json_whole(capsys):
     and none of the build machine's paths (those are for --json, which keeps the whole record)."""
     code, out, _ = run_cli(capsys, "info")
     assert code == 0
-    assert "training      vae-image 2,400 steps, vae-temporal 400 steps, diffusion 3,700 steps" in out
-    assert "trained with  fopp compositions, clean prefix 0.75, predicts x0" in out
+    assert ("training      vae-image 1,200 steps, diffusion 7,000 steps, vae-temporal (decoder only) 400 steps, "
+            "vae-temporal (decoder only) #2 1,500 steps") in out
+    assert "trained with  fopp compositions, clean prefix 0.95, predicts x0-delta\n" in out
     assert "{" not in out and "/runs/" not in out and "--json" in out
     code, out, _ = run_cli(capsys, "info", "--json")
     meta = json.loads(out)["meta"]
-    assert meta["steps"]["diffusion"] == 3700 and "sources" in meta and meta["recipe"][0]["stage"] == "vae-image"
+    assert meta["steps"]["diffusion"] == 7000 and "sources" in meta and meta["recipe"][0]["stage"] == "vae-image"
 
 
 def _clip(tmp_path: Path, height: int = 24, width: int = 32, count: int = 6) -> Path:

@@ -291,11 +291,17 @@ def test_package_records_the_history_guidance_to_sample_with(vae_run, dit_run, t
     bad = tmp_path / "bad.safetensors"
     assert cli.main(["package", "--diffusion", str(dit_run.run_dir), "-o", str(bad), "--history-guidance", "-1"]) == 2
     assert "history_guidance must be a number >= 0" in capsys.readouterr().err and not bad.exists()
+    # a DiT that predicts a correction to the frame before cannot be history-guided: refused, nothing written
+    import dataclasses
+
+    from engine.checkpoint import save_checkpoint
+    ck = load_checkpoint(plain)
+    cfg = dataclasses.replace(ck.config, diffusion=dataclasses.replace(ck.config.diffusion, prediction="x0-delta"))
+    delta = save_checkpoint(tmp_path / "delta.safetensors", ck.vae, ck.dit, cfg, meta=ck.meta)
+    assert cli.main(["package", "--diffusion", str(delta), "-o", str(bad), "--history-guidance", "2"]) == 2
+    assert "predicts x0 or eps, not x0-delta" in capsys.readouterr().err and not bad.exists()
 
 
-    plain = tmp_path / "plain.safetensors"
-    assert cli.main(["package", "--diffusion", str(dit_run.run_dir), "-o", str(plain)]) == 0
-    assert "sampling" not in load_checkpoint(plain).meta
 def test_load_run_reads_one_chosen_checkpoint(tmp_path):
     from trainer.state import checkpoints_dir
 
@@ -649,12 +655,14 @@ def test_console_script_exit_code(tmp_path):
 
 
 def test_packaged_configs_parse():
-    for name in ("tiny", "default", "default-quick", "paper"):
+    for name in ("tiny", "default", "default-quick", "wide-quick", "paper"):
         for stage in ("vae-image", "vae-temporal", "diffusion"):
             cfg = load_config(stage, name, ["vae=x"] if stage != "vae-image" else [])
             assert cfg.preset == name.removesuffix("-quick") or name == "tiny"
     paper = load_config("diffusion", "paper", ["vae=x"])
     assert (paper.lr, paper.batch_size, paper.grad_accum) == (2e-4, 16, 8)
+    shipped = load_config("diffusion", "wide-quick", ["vae=x"])  # the shipped model's DiT recipe
+    assert (shipped.prediction, shipped.context_noise, shipped.latent_norm) == ("x0-delta", 50, "channel")
 
 
 def test_lr_schedule_and_ema_rule():
