@@ -106,7 +106,7 @@ class ParameterPanel(QWidget):
         self.history_guidance.setRange(-HISTORY_STEP, MAX_HISTORY_GUIDANCE)
         self.history_guidance.setSingleStep(HISTORY_STEP)
         self.history_guidance.setDecimals(1)
-        self.history_guidance.setToolTip(
+        self._history_tip = (
             "Lean on the context: x0 = free + w (x0 − free), free = the frames in flight without what came "
             "before. 1 = off, above 1 leans harder on the context, 0 ignores it; “model” = the model's own "
             "value. Any value but 1 costs one more network call per row (about 0.6x the speed).")
@@ -153,10 +153,15 @@ class ParameterPanel(QWidget):
         for w in (self.class_label, self.guidance, self.class_caption, self.guidance_caption):
             w.setVisible(num_classes > 0)
 
-    def set_model_history_guidance(self, value: float | None) -> None:
-        """Name the loaded model's own history guidance on the "model" choice (None: no model yet)."""
+    def set_model_history_guidance(self, value: float | None, supported: bool = True) -> None:
+        """Name the loaded model's own history guidance on the "model" choice (None: no model yet); a model that
+        cannot be history-guided (Pipeline.history_guidance_supported) greys the field out and says why."""
         text = "model default" if value is None else f"model ({value:g})"
         self.history_guidance.setSpecialValueText(text)
+        self.history_guidance.setEnabled(supported)
+        self.history_guidance.setToolTip(self._history_tip if supported else
+                                         "This model cannot be history-guided: its DiT predicts a correction to "
+                                         "the frame before, which the history-free call does not see.")
 
     def _steps_changed(self, steps: int) -> None:
         # s >= steps is already frame by frame; larger values change nothing.
@@ -182,7 +187,13 @@ class ParameterPanel(QWidget):
         return None if v < 0 or self.class_label.maximum() < 0 else v
 
     def history_guidance_value(self) -> float | None:
-        """The history guidance to sample with; None = the model's own (the lowest, "model" entry)."""
+        """The history guidance to sample with; None = the model's own (the lowest, "model" entry, and always for
+        a model that cannot be history-guided: the field is greyed out)."""
+        if not self.history_guidance.isEnabled():
+            return None
+        return self._history_guidance_setting()
+
+    def _history_guidance_setting(self) -> float | None:
         v = self.history_guidance.value()
         return None if v <= self.history_guidance.minimum() else v
 
@@ -204,5 +215,5 @@ class ParameterPanel(QWidget):
         st.context, st.seed = self.context.value(), self.seed.value()
         st.guidance = self.guidance.value()
         st.adapt = self.adapt.isChecked()
-        st.history_guidance = self.history_guidance_value()
+        st.history_guidance = self._history_guidance_setting()  # kept for the next model that can use it
         st.class_label = self.class_label.value() if self.class_label.maximum() >= 0 else self._wanted_class

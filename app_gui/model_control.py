@@ -71,7 +71,7 @@ class ModelControl:
         self.model_panel.set_cuda_problem(None if why is None else f"CUDA is not available: {why}")
         self.params.set_limits(pipe.window, pipe.schedule.T)
         self.params.set_num_classes(int(getattr(pipe.config.dit, "num_classes", 0) or 0))
-        self.params.set_model_history_guidance(pipe.history_guidance)
+        self.params.set_model_history_guidance(pipe.history_guidance, pipe.history_guidance_supported)
         self._update_status_model()
         self.statusBar().showMessage("Model ready", 4000)
         self._refresh_clip_note()

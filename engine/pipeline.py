@@ -29,7 +29,7 @@ from engine.errors import RunError
 from engine.frames import frames_to_tensor, tensor_to_frames
 from engine.limits import check_level_matrix, check_sampling
 from engine.run import Plan, RunRequest, check_precision, plan_rows, scheduler_for
-from engine.sampling import SamplerStats, make_sampler
+from engine.sampling import HISTORY_GUIDANCE_UNSUPPORTED, SamplerStats, make_sampler, supports_history_guidance
 
 
 @dataclass
@@ -127,6 +127,7 @@ class Pipeline:
         self.schedule = DiffusionSchedule(d.num_timesteps, d.beta_start, d.beta_end, d.schedule)
         # what this model samples with unless a call says otherwise (its checkpoint's own; 1.0 = off)
         self.history_guidance = sampling_defaults(self.checkpoint.meta)["history_guidance"]
+        self.history_guidance_supported = supports_history_guidance(d.prediction)  # the apps offer it only then
         self.resolution = cfg.vae.image_size
         self.window = cfg.window
         if self.exported is not None and self.exported.manifest["max_frames"] < self.window:
@@ -182,6 +183,9 @@ class Pipeline:
         if request.class_label is not None and not request.class_label < self.dit.num_classes:
             raise RunError("class_label", f"class_label must be in 0..{self.dit.num_classes - 1} for this model, "
                            f"got {request.class_label}" if self.dit.num_classes else "this model is unconditional")
+        if request.history_guidance not in (None, 1.0) and not self.history_guidance_supported:
+            raise RunError("history_guidance", HISTORY_GUIDANCE_UNSUPPORTED.format(
+                prediction=self.config.diffusion.prediction))
         if continuing and not 1 <= request.context <= self.window - 1:
             raise RunError("context", f"context must be 1..{self.window - 1} frames (the model's window is "
                            f"{self.window} and at least one new frame must fit), got {request.context}")

@@ -69,9 +69,8 @@ class Sampler:
             raise ValueError(f"sampling window {self.scheduler.window} exceeds the model's window {self.dit.window}")
         if not (np.isfinite(self.history_guidance) and self.history_guidance >= 0):
             raise ValueError(f"history guidance must be a number >= 0, got {self.history_guidance!r}")
-        if self.history_guidance != 1.0 and self.prediction in ("x0-prev", "x0-delta"):
-            raise ValueError(f"history guidance needs a DiT that predicts x0 or eps, not {self.prediction} (its "
-                             f"output is tied to the frame before, which the history-free call does not see)")
+        if self.history_guidance != 1.0 and not supports_history_guidance(self.prediction):
+            raise ValueError(HISTORY_GUIDANCE_UNSUPPORTED.format(prediction=self.prediction))
         if not 0 <= self.context_noise <= self.schedule.T:
             raise ValueError(f"context noise must be a timestep in 0..{self.schedule.T}, got {self.context_noise}")
         self.grid = self.schedule.ddim_grid(self.scheduler.num_steps)
@@ -239,6 +238,16 @@ class CachedSampler(Sampler):
     def _free_call(self, z: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         # through forward_cached with an empty cache, so compiled and exported DiTs serve this call too
         return self.dit.forward_cached(z, t, KVCache(start=-1), labels, table=self._table)[0]
+
+
+HISTORY_GUIDANCE_UNSUPPORTED = ("history guidance needs a DiT that predicts x0 or eps, not {prediction} (its output "
+                                "is tied to the frame before, which the history-free call does not see)")
+
+
+def supports_history_guidance(prediction: str) -> bool:
+    """Whether a DiT with this prediction can be history-guided: its output must stand on its own (x0 or eps);
+    an x0-prev or x0-delta output is tied to the frame before, which the history-free call does not see."""
+    return prediction in ("x0", "eps")
 
 
 CONTEXT_NOISE_SEED = 0x5EED  # the context frames' noise: fixed, so a run repeats and the samplers agree

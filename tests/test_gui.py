@@ -606,6 +606,27 @@ def test_history_guidance_the_model_refuses_is_a_one_line_error(qtbot, make_wind
     assert np.array_equal(w.result, result) and w.run_panel.generate_button.isEnabled()
 
 
+def test_history_guidance_is_greyed_out_for_a_model_that_cannot_use_it(qtbot, make_window, tmp_path):
+    # An x0-delta DiT cannot be history-guided (engine.sampling.supports_history_guidance): the field is greyed
+    # out with the reason, runs use the model's own value (off), and the user's setting is kept for later models.
+    import dataclasses
+
+    from engine.checkpoint import save_checkpoint
+    from engine.models import build_models, get_preset
+
+    cfg = get_preset("tiny")
+    cfg = dataclasses.replace(cfg, diffusion=dataclasses.replace(cfg.diffusion, prediction="x0-delta"))
+    vae, dit = build_models(cfg)
+    w = make_window(save_checkpoint(tmp_path / "delta.safetensors", vae, dit, cfg))
+    assert w.pipeline.history_guidance_supported is False
+    spin = w.params.history_guidance
+    assert not spin.isEnabled() and "cannot be history-guided" in spin.toolTip()
+    spin.setValue(2.5)  # a value from earlier settings
+    assert w.params.history_guidance_value() is None
+    w.params.store(st := Settings())
+    assert st.history_guidance == 2.5
+
+
 def test_history_guidance_settings_round_trip_and_fallback(qtbot, make_window):
     from app_gui.settings import MODEL_HISTORY_GUIDANCE
 

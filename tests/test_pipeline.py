@@ -165,3 +165,25 @@ def test_a_bad_sampling_entry_fails_at_load(tiny_checkpoint, tmp_path, sampling)
 
     with pytest.raises(CheckpointError, match="sampling"):
         load_pipeline(_with_sampling_meta(tiny_checkpoint, tmp_path, sampling), device="cpu")
+
+
+def test_history_guidance_for_a_model_that_cannot_use_it_fails_at_the_call(tiny_checkpoint, tmp_path):
+    """An x0-delta DiT cannot be history-guided: the plan refuses w != 1 naming the field, before any frame;
+    w = 1 and the model's own value run."""
+    import dataclasses
+
+    from engine.checkpoint import load_checkpoint, save_checkpoint
+    from engine.errors import RunError
+
+    ck = load_checkpoint(tiny_checkpoint)
+    cfg = dataclasses.replace(ck.config, diffusion=dataclasses.replace(ck.config.diffusion, prediction="x0-delta"))
+    path = save_checkpoint(tmp_path / "delta.safetensors", ck.vae, ck.dit, cfg)
+    pipe = load_pipeline(path, device="cpu")
+    assert pipe.history_guidance_supported is False
+    assert load_pipeline(tiny_checkpoint, device="cpu").history_guidance_supported is True
+    with pytest.raises(RunError, match="history guidance needs a DiT that predicts x0 or eps") as err:
+        pipe.continue_video(clip(), num_new_frames=2, s=1, steps=2, history_guidance=2.0)
+    assert err.value.field == "history_guidance"
+    for guidance in (None, 1.0):
+        assert isinstance(list(pipe.continue_video(clip(), num_new_frames=2, s=1, steps=2,
+                                                   history_guidance=guidance))[-1], Done)

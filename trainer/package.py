@@ -16,6 +16,7 @@ from engine.checkpoint import read_checkpoint_header, sampling_defaults, save_ch
 from engine.errors import CheckpointError
 from engine.hub import is_reference
 from engine.models.dit import DiT
+from engine.sampling import HISTORY_GUIDANCE_UNSUPPORTED, supports_history_guidance
 from trainer.model_card import write_model_card
 from trainer.provenance import VAEProvenance
 from trainer.sources import load_diffusion_source, load_vae_source
@@ -79,6 +80,9 @@ def package(diffusion_run: str, output: str, vae: str | None = None, dtype: str 
     }
     sampling = dict(diff.sampling)
     if history_guidance is not None:
+        if history_guidance != 1.0 and not supports_history_guidance(diff.model_config.diffusion.prediction):
+            raise CheckpointError("--history-guidance: " + HISTORY_GUIDANCE_UNSUPPORTED.format(
+                prediction=diff.model_config.diffusion.prediction))
         sampling["history_guidance"] = history_guidance
     if sampling:
         meta["sampling"] = sampling
