@@ -1,5 +1,5 @@
-"""Training losses of the AR-VAE: L1, the region-border gradient term, the adaptive hinge GAN (the DiT's objective is engine.objective, which
-"adapt to this clip" shares)."""
+"""Training losses of the AR-VAE: L1, the region-border gradient term and the adaptive hinge GAN (the DiT's
+objective is engine.objective, which "adapt to this clip" shares)."""
 
 from __future__ import annotations
 
