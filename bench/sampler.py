@@ -135,7 +135,7 @@ def main() -> None:
                 cells, diff = [], 0.0
                 for backend, run in runs.items():
                     ratio = float(np.median([r / t for r, t in zip(times["reference"], times[backend])]))
-                    cells.append(f"{np.median(times[backend]):.2f} | {ratio:.1f}x")
+                    cells.append(f"{np.median(times[backend]):.2f} | {ratio:.2f}x")
                     if backend != "null":
                         diff = max(diff, (run.latents - ref.latents).abs().max().item())
                 print(f"| {dtype} | {N} | {s} | {ref.stats.rows} | {ref_t:.2f} | {' | '.join(cells)} | "
