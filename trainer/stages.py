@@ -188,16 +188,8 @@ class VAEStage(Stage):
 
     def micro_step(self, x: torch.Tensor) -> float:
         cfg, autocast, sums = self.cfg, self.ctx.proc.autocast, self.sums
-        noise = None
-        if cfg.decoder_latent_noise:  # drawn for the global batch, this rank's slice (as the diffusion stage)
-            proc, vae_cfg = self.ctx.proc, self.ctx.model_cfg.vae
-            gb = x.shape[0] * proc.world
-            std = cfg.decoder_latent_noise * torch.rand(gb, 1, 1, 1, generator=self.ctx.gen)
-            noise = std * torch.randn((gb, x.shape[1], vae_cfg.num_latent_tokens, vae_cfg.latent_dim),
-                                      generator=self.ctx.gen)
-            noise = noise[proc.rank::proc.world].to(proc.device)
         with autocast():
-            rec = self.net(x, noise)
+            rec = self.net(x, self._latent_noise(x))
         rec_loss = (rec.float() - x).abs().mean()
         loss = cfg.l1_weight * rec_loss
         sums["rec"] += rec_loss.item()
@@ -223,6 +215,17 @@ class VAEStage(Stage):
             (d_loss / cfg.grad_accum).backward()
             sums["d"] += d_loss.item()
         return loss.item()
+
+    def _latent_noise(self, x: torch.Tensor) -> torch.Tensor | None:
+        """decoder_latent_noise's draw for frames x [B, N, ...]: each clip's noise, in channel stds, scaled by
+        U(0, decoder_latent_noise); drawn for the global batch and sliced per rank, as the diffusion stage does."""
+        if not self.cfg.decoder_latent_noise:
+            return None
+        proc, vae_cfg, gen = self.ctx.proc, self.ctx.model_cfg.vae, self.ctx.gen
+        gb = x.shape[0] * proc.world
+        std = self.cfg.decoder_latent_noise * torch.rand(gb, 1, 1, 1, generator=gen)
+        noise = std * torch.randn((gb, x.shape[1], vae_cfg.num_latent_tokens, vae_cfg.latent_dim), generator=gen)
+        return noise[proc.rank::proc.world].to(proc.device)
 
     def step_extras(self, lr: float) -> None:
         cfg = self.cfg
