@@ -393,7 +393,8 @@ def cmd_info(args: argparse.Namespace) -> int:
           f"x D={v.latent_dim}")
     print(f"  AR-VAE        {counts['vae'] / 1e6:.2f}M parameters (encoder {counts['vae_encoder'] / 1e6:.2f}M, "
           f"decoder {counts['vae_decoder'] / 1e6:.2f}M); width {v.width}, depth {v.encoder_depth}+"
-          f"{v.decoder_depth}, patch {v.patch_size}")
+          f"{v.decoder_depth}, patch {v.patch_size}" + (f", border mixer {v.mixer_channels} channels"
+                                                         if v.mixer_channels else ""))
     print(f"  DiT           {counts['dit'] / 1e6:.2f}M parameters; hidden {d.hidden}, depth {d.depth}, "
           f"heads {d.heads}, attention {d.attention}, classes {d.num_classes or 'none'}")
     diff = cfg.diffusion

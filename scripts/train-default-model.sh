@@ -26,12 +26,14 @@ $BIN/ardiff-train prepare "$CLIPS"/carphone_pristine.mp4 "$CLIPS"/bikes.mp4 -o d
 $BIN/ardiff-train prepare synthetic:bouncing -o data/eval-bouncing --count 32 --frames 32 --seed 1
 
 # 2. Training: the AR-VAE (per frame from a local-PCA start, then the decoder's temporal path, then a seam
-#    fine-tune of the whole decoder), the DiT with FoPP in three phases, and the ablation runs to step K.
+#    fine-tune of the whole decoder that adds its border mixer), the DiT with FoPP in three phases, and the
+#    ablation runs to step K.
 $BIN/ardiff-train vae-image    --config wide-quick --run-dir runs/vae-image
 $BIN/ardiff-train vae-temporal --config wide-quick --set vae=runs/vae-image --run-dir runs/vae-temporal
 $BIN/ardiff-train vae-temporal --config wide-quick --set vae=runs/vae-temporal --set temporal_rest_lr_scale=1.0 \
-    --set seam_weight=2 --set decoder_latent_noise=0.15 --set data=data/train-64 --set num_frames=8 \
-    --set lr=1e-4 --set min_lr=1e-5 --set max_steps=1500 --set checkpoint_every=100 --run-dir runs/vae-seams
+    --set seam_weight=2 --set decoder_latent_noise=0.15 --set mixer_channels=32 --set data=data/train-64 \
+    --set num_frames=8 --set lr=1e-4 --set min_lr=1e-5 --set max_steps=1500 --set checkpoint_every=100 \
+    --run-dir runs/vae-seams
 # DiT phase 1: lr 3e-4 to step 3,000 (on camera footage the DiT peaks there); phase 2: lr 3e-5 to 6,000;
 # phase 3: the continuation task (a clean prefix on 95% of clips) to 7,000.
 $BIN/ardiff-train diffusion    --config wide-quick --set vae=runs/vae-image --run-dir runs/dit

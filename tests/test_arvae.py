@@ -344,3 +344,55 @@ def test_scale_latent_channels_rescales_latents_and_keeps_reconstruction():
         vae.scale_latent_channels(torch.zeros(vae.cfg.latent_dim))
     with pytest.raises(ValueError, match="local latents"):
         ARVAE(get_preset("tiny").vae).scale_latent_channels(scale)
+
+
+@torch.no_grad()
+def test_border_mixer_starts_as_the_identity_and_keeps_decoding_causal_and_incremental():
+    # Added to a trained decoder, the mixer must not change a frame until it is trained (a decoder fine-tune
+    # starts from the exact model); once trained it changes frames, and decoding stays causal and incremental.
+    plain = make_vae(gate=1.0, local_latents=True)
+    mixed = ARVAE(tiny_cfg(local_latents=True, mixer_channels=8)).eval()
+    missing, unexpected = mixed.load_state_dict(plain.state_dict(), strict=False)
+    assert missing and all(k.startswith("mixer.") for k in missing) and not unexpected
+    z = latents(plain, 2, 5)
+    assert torch.equal(mixed.decode(z), plain.decode(z))
+
+    torch.nn.init.normal_(mixed.mixer.net[-1].weight, std=0.1)  # as if trained
+    out = mixed.decode(z)
+    assert not torch.allclose(out, plain.decode(z), atol=1e-3)
+    state = mixed.start_decode(batch_size=2, device="cpu", dtype=torch.float32)
+    steps = torch.stack([mixed.decode_next(z[:, i], state) for i in range(5)], dim=1)
+    assert_reorder_close(steps, out, *vae_stages(mixed.cfg))
+    later = z.clone()
+    later[:, 3:] = latents(plain, 2, 2)
+    assert torch.equal(mixed.decode(later)[:, :3], out[:, :3])  # frames 0-2 never see latents 3, 4
+
+    dec = {id(p) for p in mixed.decoder_parameters()}
+    assert {id(p) for p in mixed.mixer.parameters()} <= dec
+    assert not dec & {id(p) for p in mixed.encoder_parameters()}
+
+
+@torch.no_grad()
+def test_border_mixer_reads_three_pixels_either_side():
+    # Three 3x3 layers: enough to meet the neighbouring region across a border, and no further.
+    from engine.models.arvae import BorderMixer
+
+    torch.manual_seed(0)
+    mixer = BorderMixer(4)
+    for conv in (m for m in mixer.net if isinstance(m, torch.nn.Conv2d)):
+        torch.nn.init.normal_(conv.weight, std=0.3)
+    x = torch.rand(1, 3, 16, 16)
+    bumped = x.clone()
+    bumped[..., 8, 8] += 1.0
+    changed = (mixer(bumped) - mixer(x)).abs().amax(dim=(0, 1)) > 0
+    assert changed[8, 5] and changed[8, 11] and changed[5, 8] and changed[11, 11]
+    assert not changed[8, 12] and not changed[4, 8] and not changed[8, 4]
+
+
+def test_mixer_channels_must_not_be_negative():
+    from engine.models.presets import ModelConfig
+
+    cfg = get_preset("tiny")
+    cfg.vae.mixer_channels = -1
+    with pytest.raises(ValueError, match="mixer_channels"):
+        ModelConfig.from_dict(cfg.to_dict())

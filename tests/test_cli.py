@@ -196,6 +196,7 @@ def test_info_summarises_the_provenance_for_people_and_keeps_json_whole(capsys):
     assert code == 0
     assert ("training      vae-image 1,200 steps, diffusion 7,000 steps, vae-temporal (decoder only) 400 steps, "
             "vae-temporal (decoder only) #2 1,500 steps") in out
+    assert "border mixer 32 channels" in out  # the decoder's mixer, from the packaged config
     assert "trained with  fopp compositions, clean prefix 0.95, predicts x0-delta\n" in out
     assert "{" not in out and "/runs/" not in out and "--json" in out
     code, out, _ = run_cli(capsys, "info", "--json")

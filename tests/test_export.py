@@ -35,15 +35,15 @@ STEP_TOL = 1e-4  # per-step outputs and final latents, float32 (measured: about 
 @pytest.fixture(scope="module")
 def live_checkpoint(tmp_path_factory, tiny_checkpoint):
     """The tiny checkpoint with the VAE's temporal path switched on too (random gates), so memory matters, and
-    local latents (the `default` preset's attention masks), so the graphs carry them."""
+    local latents (the `default` preset's attention masks) and a border mixer, so the graphs carry them."""
     import dataclasses
 
     from engine.models.arvae import ARVAE
 
     ck = load_checkpoint(tiny_checkpoint)
-    config = ck.config.replace(vae=dataclasses.replace(ck.config.vae, local_latents=True))
+    config = ck.config.replace(vae=dataclasses.replace(ck.config.vae, local_latents=True, mixer_channels=4))
     vae = ARVAE(config.vae)
-    vae.load_state_dict(ck.vae.state_dict(), strict=False)  # + the region paths, randomized below
+    vae.load_state_dict(ck.vae.state_dict(), strict=False)  # + the region paths and the mixer, randomized below
     randomize_(vae, std=0.1, seed=1)
     path = tmp_path_factory.mktemp("export-ckpt") / "tiny-live.safetensors"
     save_checkpoint(path, vae, ck.dit, config)

@@ -384,6 +384,38 @@ def test_decoder_fine_tune_options_reach_the_decoder(vae_run, tmp_path, option, 
         cfg_for("vae-temporal", "vae=x", f"{key}=-1")
 
 
+def test_a_decoder_fine_tune_adds_the_border_mixer_and_the_dit_stays_valid(vae_run, dit_run, tmp_path):
+    # mixer_channels added to a VAE without one: the run starts from the exact source (the mixer is the identity),
+    # trains it, keeps the encoder; the package pairs it with a DiT trained on the mixer-less VAE, and records it.
+    from engine.checkpoint import load_checkpoint
+
+    mixed = train(cfg_for("vae-temporal", f"vae={vae_run.run_dir}", "train_encoder=false", "max_steps=2",
+                          "gan=false", "temporal_rest_lr_scale=1.0", "mixer_channels=4"), tmp_path / "mixed")
+    run = load_run(mixed.run_dir)
+    assert run.model_config.vae.mixer_channels == 4 and run.meta["recipe"][-1]["mixer_channels"] == 4
+    assert run.ema["mixer.net.4.weight"].abs().sum() > 0  # trained away from its zero start
+    source = load_run(vae_run.run_dir).ema
+    assert torch.equal(source["encoder_blocks.0.attn.qkv.weight"], run.ema["encoder_blocks.0.attn.qkv.weight"])
+
+    out = tmp_path / "m.safetensors"
+    assert cli.main(["package", "--vae", str(mixed.run_dir), "--diffusion", str(dit_run.run_dir), "-o", str(out)]) == 0
+    ck = load_checkpoint(out)
+    assert ck.config.vae.mixer_channels == 4 and ck.vae.mixer is not None
+    assert ck.config.dit == load_run(dit_run.run_dir).model_config.dit
+
+    # a DiT may train on the mixed VAE's latents (they are the source's), and continue its run on it
+    more = train(cfg_for("diffusion", f"vae={mixed.run_dir}", "max_steps=1"), tmp_path / "dit-on-mixed")
+    assert load_run(more.run_dir).model_config.vae.mixer_channels == 0
+    # continuing a mixed VAE without its mixer would drop trained weights: refused, naming the key
+    with pytest.raises(ConfigError, match="mixer_channels=4 .wanted 0"):
+        train(cfg_for("vae-temporal", f"vae={mixed.run_dir}", "train_encoder=false", "max_steps=1", "gan=false"),
+              tmp_path / "dropped")
+    with pytest.raises(ConfigError, match="mixer_channels"):
+        cfg_for("diffusion", "vae=x", "mixer_channels=4")
+    with pytest.raises(ConfigError, match="mixer_channels"):
+        cfg_for("vae-temporal", "vae=x", "mixer_channels=-1")
+
+
 def test_package_records_every_decoder_fine_tune_of_a_chain(vae_run, dit_run, tmp_path):
     # A decoder fine-tuned twice (say a temporal stage, then a seam fine-tune of it): the package's recipe keeps
     # both stages after the DiT's, not only the last.

@@ -47,11 +47,13 @@ def dit_stages(cfg) -> tuple[int, int]:
 def vae_stages(cfg) -> tuple[int, int]:
     """(stages, longest reduction) of the AR-VAE's decoder (or encoder) path of a VAE config: per transformer
     block the same 9-ish stages as the DiT's, plus the patch and token projections (4); reductions over the
-    width, the MLP's width, a patch's pixels and the tokens of a temporal window."""
+    width, the MLP's width, a patch's pixels and the tokens of a temporal window; the border mixer adds its three
+    3x3 convolutions (reductions over 9 x its channels)."""
     blocks = cfg.encoder_depth + cfg.decoder_depth
     tokens = (cfg.image_size // cfg.patch_size) ** 2 + cfg.num_latent_tokens
-    return 9 * blocks + 4, max(cfg.width, int(cfg.width * cfg.mlp_ratio), 3 * cfg.patch_size ** 2,
-                                tokens * cfg.temporal_window)
+    mixer = 3 if cfg.mixer_channels else 0
+    return 9 * blocks + 4 + mixer, max(cfg.width, int(cfg.width * cfg.mlp_ratio), 3 * cfg.patch_size ** 2,
+                                        tokens * cfg.temporal_window, 9 * cfg.mixer_channels)
 
 
 def assert_reorder_close(actual: torch.Tensor, expected: torch.Tensor, stages: int, reduction: int) -> None:

@@ -98,6 +98,8 @@ class TrainConfig:
     #   DiT trained on them, stay valid: a decoder-only fine-tune (e.g. with the GAN) of a packaged model's VAE
     decoder_latent_noise: float = 0.0  # VAE stages: each clip's latents get noise of up to this many channel stds
     #   (uniform per clip) before decoding: a decoder robust to the DiT's imperfect latents (ARVAE.forward)
+    mixer_channels: int = 0  # VAE stages: the decoder's border mixer (engine.models.presets.VAEConfig); a run may
+    #   add it to a VAE without one (it starts as the identity)
     latent_scale_samples: int = 256  # items encoded to measure 1 / std of the latents at the end of VAE stages
     # ---- diffusion stage
     scheduler: str = "fopp"  # fopp | equal | independent | naive-nondecreasing
@@ -219,7 +221,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                 "num_items", "frame_stride", "frame_every", "disc_layers", "disc_channels", "latent_scale_samples"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"config key {key!r} must be >= 1, got {getattr(cfg, key)}")
-    for key in ("num_frames", "warmup_steps", "num_workers", "disc_start", "seed", "pca_init_frames", "context_noise"):
+    for key in ("num_frames", "warmup_steps", "num_workers", "disc_start", "seed", "pca_init_frames", "context_noise",
+                "mixer_channels"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"config key {key!r} must be >= 0, got {getattr(cfg, key)}")
     for key in ("lr", "disc_lr", "min_lr", "weight_decay", "grad_clip", "l1_weight", "disc_weight",
@@ -255,6 +258,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                           "counterpart is context_noise)")
     if cfg.seam_weight and cfg.stage == "diffusion":
         raise ConfigError("config key 'seam_weight' is for the VAE stages")
+    if cfg.mixer_channels and cfg.stage == "diffusion":
+        raise ConfigError("config key 'mixer_channels' is for the VAE stages (the diffusion stage takes its VAE "
+                          "as it is)")
     if cfg.stage == "vae-temporal" and cfg.num_frames == 1:
         raise ConfigError("the vae-temporal stage trains cross-frame attention: num_frames must be 0 or >= 2")
     if cfg.stage == "vae-image" and cfg.num_frames > 1:

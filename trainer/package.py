@@ -1,7 +1,8 @@
 """`ardiff-train package`: a VAE run + a diffusion run -> the single checkpoint engine.checkpoint loads.
 
-EMA weights of both networks, the diffusion run's model config, and as metadata the training recipe (every
-stage with its steps), the data provenance of each stage, the latent scale, and where it all came from.
+EMA weights of both networks, the diffusion run's model config (with the VAE's decoder-only keys), and as
+metadata the training recipe (every stage with its steps), the data provenance of each stage, the latent scale,
+and where it all came from.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from engine.models.dit import DiT
 from engine.sampling import HISTORY_GUIDANCE_UNSUPPORTED, supports_history_guidance
 from trainer.model_card import write_model_card
 from trainer.provenance import VAEProvenance
-from trainer.sources import load_diffusion_source, load_vae_source
+from trainer.sources import load_diffusion_source, load_vae_source, same_latents_config
 
 DTYPES = {"fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
@@ -53,13 +54,14 @@ def package(diffusion_run: str, output: str, vae: str | None = None, dtype: str 
             f"(step {used.step}, weights {used.digest}), but --vae {vae_path} holds different weights "
             f"({got.digest}, step {got.step}) and another encoder or latent scale: package the "
             f"VAE the diffusion model was trained on, or one fine-tuned from it with train_encoder = false")
-    if src.model_config.vae != diff.model_config.vae:
+    if not same_latents_config(src.model_config.vae, diff.model_config.vae):
         raise CheckpointError(f"--vae {vae_path} has a different VAE config than the diffusion run's model")
+    config = diff.model_config.replace(vae=src.model_config.vae)  # with the decoder's own keys (its mixer)
     if used.latent_channel_scale is not None:  # latent_norm=channel: the same fold as in training
         src.vae.scale_latent_channels(torch.tensor(used.latent_channel_scale, dtype=torch.float64))
     scale = float(used.latent_scale if used.latent_scale is not None else got.latent_scale)
     src.vae.latent_scale.fill_(scale)  # the scale the diffusion model saw its latents at
-    dit = DiT(diff.model_config)
+    dit = DiT(config)
     dit.load_state_dict(diff.ema)
     recipe = list(diff.recipe)
     if other_vae:  # the decoder fine-tunes (one or several) after the stages the DiT's VAE went through
@@ -87,9 +89,9 @@ def package(diffusion_run: str, output: str, vae: str | None = None, dtype: str 
     if sampling:
         meta["sampling"] = sampling
         sampling_defaults(meta)  # a bad value is refused here, before anything is written
-    path = save_checkpoint(output, src.vae, dit, diff.model_config, meta=meta, dtype=DTYPES[dtype])
+    path = save_checkpoint(output, src.vae, dit, config, meta=meta, dtype=DTYPES[dtype])
     read_checkpoint_header(path)  # what the engine reads first: fail here, not in the user's hands
-    write_model_card(path, diff.model_config, meta, license=license, datasets=datasets,
+    write_model_card(path, config, meta, license=license, datasets=datasets,
                      sources=[diffusion_run, vae_path])
     return path
 

@@ -18,7 +18,7 @@ from engine.hub import is_reference, resolve_checkpoint
 from engine.models.arvae import ARVAE
 from engine.models.discriminator import PatchDiscriminator
 from engine.models.dit import DiT
-from engine.models.presets import ModelConfig, get_preset
+from engine.models.presets import ModelConfig, VAEConfig, get_preset
 from trainer.config import ConfigError, TrainConfig
 from trainer.provenance import VAEProvenance
 from trainer.state import load_run, prefixed, weights_digest
@@ -26,8 +26,9 @@ from trainer.state import load_run, prefixed, weights_digest
 
 def model_config(cfg: TrainConfig) -> ModelConfig:
     """The model config a run trains: its preset with the config's switches (attention, rotary places, prediction,
-    context noise)."""
+    context noise, the decoder's border mixer)."""
     mc = get_preset(cfg.preset)
+    mc.vae.mixer_channels = cfg.mixer_channels
     mc.dit.attention = cfg.attention
     mc.dit.rope_space = cfg.rope_space
     mc.diffusion.prediction = cfg.prediction
@@ -90,10 +91,27 @@ def checkpoint_vae_source(ck) -> VAESource:
     return VAESource(ck.vae.float(), ck.config, provenance)
 
 
+# VAE config keys that change the decoder alone: the latents, and a DiT trained on them, stay what they were.
+DECODER_ONLY_KEYS = ("mixer_channels",)
+
+
+def same_latents_config(a: VAEConfig, b: VAEConfig) -> bool:
+    """Whether two VAE configs differ at most in their decoder-only keys (a DiT of one fits the other)."""
+    strip = lambda c: {k: v for k, v in c.__dict__.items() if k not in DECODER_ONLY_KEYS}
+    return strip(a) == strip(b)
+
+
+def adds_mixer(src: VAESource, model_cfg: ModelConfig) -> bool:
+    """Whether a VAE run adds the border mixer to a source VAE that has none (it starts as the identity)."""
+    return src.model_config.vae.mixer_channels == 0 and model_cfg.vae.mixer_channels > 0
+
+
 def check_vae_matches(src: VAESource, model_cfg: ModelConfig, where: str) -> None:
-    """Refuse a VAE whose config is not the one of this run's preset (one line naming every difference)."""
+    """Refuse a VAE whose config is not the one of this run's preset (one line naming every difference). The
+    diffusion stage ignores decoder-only keys; a VAE stage may add a border mixer to a VAE without one."""
     have, want = src.model_config.vae.__dict__, model_cfg.vae.__dict__
-    diff = [f"{k}={have[k]} (wanted {want[k]})" for k in want if have.get(k) != want[k]]
+    free = DECODER_ONLY_KEYS if where == "diffusion" else ("mixer_channels",) if adds_mixer(src, model_cfg) else ()
+    diff = [f"{k}={have[k]} (wanted {want[k]})" for k in want if k not in free and have.get(k) != want[k]]
     if diff:
         raise ConfigError(f"the VAE at {src.provenance.path} (preset {src.model_config.name!r}) does not match "
                           f"preset {model_cfg.name!r} of this {where} run: {', '.join(diff)}; set preset= to the "
@@ -155,14 +173,14 @@ def load_diffusion_source(path: str) -> DiffusionSource:
                            run.train_config.ema_decay, dict(run.meta.get("sampling") or {}))
 
 
-_MAY_CHANGE = {"diffusion": ("context_noise", "prediction"), "dit": ("rope_space",)}
+_MAY_CHANGE = {"diffusion": ("context_noise", "prediction"), "dit": ("rope_space",), "vae": DECODER_ONLY_KEYS}
 
 
 def _architecture(cfg: ModelConfig) -> dict:
     """A model config less what a run may change when it continues a DiT: the context-noise level, what the
     output means (a fine-tune may start context noise, or move x0-prev to x0-delta: the same weights, whose
     first new frame means the same in both) and the rotary places in the frame (the same weights; between
-    tokens of one place those pairs only lose their small time turn)."""
+    tokens of one place those pairs only lose their small time turn), and the decoder-only VAE keys."""
     data = cfg.to_dict()
     for part, keys in _MAY_CHANGE.items():
         data[part] = {k: v for k, v in data[part].items() if k not in keys}

@@ -32,7 +32,7 @@ from engine.objective import context_levels, diffusion_loss
 from trainer.losses import adaptive_gan_weight, border_gradient_loss
 from trainer.metrics import Log
 from trainer.runtime import Process
-from trainer.sources import VAESource, check_vae_matches, init_dit_from, load_vae_source, previous_discriminator
+from trainer.sources import VAESource, adds_mixer, check_vae_matches, init_dit_from, load_vae_source, previous_discriminator
 from trainer.state import TrainingState
 
 
@@ -139,7 +139,12 @@ class VAEStage(Stage):
         self.started_from_source()
         model = self.model = ARVAE(ctx.model_cfg.vae)
         if self.vae_src is not None:
-            model.load_state_dict(self.vae_src.vae.state_dict())
+            adding = adds_mixer(self.vae_src, ctx.model_cfg)  # the rest is the source's, the mixer its identity
+            missing, _ = model.load_state_dict(self.vae_src.vae.state_dict(), strict=not adding)
+            assert all(k.startswith("mixer.") for k in missing), missing
+            if adding:
+                ctx.log.info(f"the decoder gains a border mixer ({cfg.mixer_channels} channels), starting as the "
+                             f"identity")
         temporal = list(model.temporal_parameters())
         temporal_ids = {id(p) for p in temporal}
         rest = [p for p in model.parameters() if id(p) not in temporal_ids]
@@ -269,7 +274,8 @@ class VAEStage(Stage):
 
     def recipe_entry(self, step: int) -> dict:
         return {**super().recipe_entry(step), "gan": self.cfg.gan, "train_encoder": self.cfg.train_encoder,
-                "decoder_latent_noise": self.cfg.decoder_latent_noise, "seam_weight": self.cfg.seam_weight}
+                "decoder_latent_noise": self.cfg.decoder_latent_noise, "seam_weight": self.cfg.seam_weight,
+                "mixer_channels": self.cfg.mixer_channels}
 
 
 class VAEImageStage(VAEStage):

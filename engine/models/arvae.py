@@ -187,6 +187,32 @@ class DecoderBlock(nn.Module):
         return self._finish(x, a), mem
 
 
+class BorderMixer(nn.Module):
+    """A residual convolution over decoded frames (VAEConfig.mixer_channels): three 3x3 layers, so each pixel
+    reads 3 pixels either side, enough to meet its neighbouring region across a border. The last layer starts at
+    zero (`ARVAE.initialize_weights`): the mixer starts as the identity, and a decoder fine-tune can add it to a
+    trained VAE without changing a single frame."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, channels, 3), nn.GELU(), nn.Conv2d(channels, channels, 3), nn.GELU(),
+                                 nn.Conv2d(channels, 3, 3))
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames [..., 3, H, W] -> the same, mixed."""
+        x = frames.reshape(-1, *frames.shape[-3:])
+        for layer in self.net:
+            x = layer(_pad_edges(x) if isinstance(layer, nn.Conv2d) else x)
+        return frames + x.view(frames.shape)
+
+
+def _pad_edges(x: torch.Tensor) -> torch.Tensor:
+    """[..., H, W] -> [..., H + 2, W + 2], the edge pixels repeated (a frame's edge is no border to smooth):
+    `padding_mode="replicate"` written as concatenations, which AOTInductor also compiles with a dynamic batch."""
+    x = torch.cat([x[..., :, :1], x, x[..., :, -1:]], dim=-1)
+    return torch.cat([x[..., :1, :], x, x[..., -1:, :]], dim=-2)
+
+
 @dataclass
 class DecodeState:
     """Incremental decoding state: per decoder layer, the temporal memory of the last W - 1 frames."""
@@ -231,6 +257,7 @@ class ARVAE(nn.Module):
         self.dec_norm = nn.LayerNorm(C)
         self.to_pixels = nn.Linear(C, cfg.patch_size * cfg.patch_size * 3)
         self.region_out = nn.ConvTranspose2d(cfg.latent_dim, 3, region, stride=region) if region else None
+        self.mixer = BorderMixer(cfg.mixer_channels) if cfg.mixer_channels else None
         self.initialize_weights()
 
     @property
@@ -242,7 +269,7 @@ class ARVAE(nn.Module):
 
     def initialize_weights(self) -> None:
         """DiT-style: xavier-uniform linears with zero bias, 2-D sin-cos position embeddings (trainable), small
-        normal token embeddings, temporal gates at zero.
+        normal token embeddings, temporal gates and the border mixer's last layer at zero.
 
         Sin-cos positions, as DiT and MAE use, give neighbouring patches similar embeddings from the first step
         (in a 500-step run the loss matched that of small random ones; the prior costs nothing).
@@ -270,6 +297,9 @@ class ARVAE(nn.Module):
             if block.temporal is not None:
                 nn.init.trunc_normal_(block.temporal.offset_key, std=0.02)
                 nn.init.zeros_(block.temporal.gate)
+        if self.mixer is not None:
+            nn.init.zeros_(self.mixer.net[-1].weight)
+            nn.init.zeros_(self.mixer.net[-1].bias)
         self.latent_scale.fill_(1.0)
 
     @torch.no_grad()
@@ -341,7 +371,8 @@ class ARVAE(nn.Module):
     def decoder_parameters(self) -> Iterator[nn.Parameter]:
         """The decoder's per-frame parameters (everything of the decoder except `temporal_parameters()`)."""
         temporal = {id(p) for p in self.temporal_parameters()}
-        for m in (self.from_latent, self.decoder_blocks, self.dec_norm, self.to_pixels, self.region_out):
+        for m in (self.from_latent, self.decoder_blocks, self.dec_norm, self.to_pixels, self.region_out,
+                  self.mixer):
             if m is not None:
                 yield from (p for p in m.parameters() if id(p) not in temporal)
         yield from (self.mask_token, self.dec_pos_embed, self.latent_slot_embed)
@@ -448,12 +479,12 @@ class ARVAE(nn.Module):
         # No tanh: the output is trained towards [-1, 1] by the L1 loss and left unsquashed so saturated
         # pixels keep their gradient; callers clamp when converting to uint8.
         frames = self._unpatchify(self.to_pixels(self.dec_norm(x[:, :, :self.cfg.num_patches])))
-        if self.region_out is None:
-            return frames
-        B, N, L, D = latents.shape
-        side = math.isqrt(L)
-        grid = (latents / self.latent_scale).to(frames.dtype).reshape(B * N, side, side, D).permute(0, 3, 1, 2)
-        return frames + self.region_out(grid).view(frames.shape)
+        if self.region_out is not None:
+            B, N, L, D = latents.shape
+            side = math.isqrt(L)
+            grid = (latents / self.latent_scale).to(frames.dtype).reshape(B * N, side, side, D).permute(0, 3, 1, 2)
+            frames = frames + self.region_out(grid).view(frames.shape)
+        return frames if self.mixer is None else self.mixer(frames)
 
     @property
     def memory_slots(self) -> int:

@@ -29,6 +29,12 @@ class VAEConfig:
     # per token (that would erase a region's brightness from the linear path); latent_scale still gives the
     # diffusion model unit variance. False: the paper's TiTok-style tokens, free to encode anything, unit norm.
     local_latents: bool = False
+    # Hidden channels of the border mixer (0: none): a small residual convolution over each decoded frame, so
+    # neighbouring regions' pixels meet across their borders. Local latents reach the frame through a linear path
+    # per region, so any disagreement between two regions' latents (the DiT's, never exactly the encoder's) shows
+    # as a step on their border; the mixer is trained to leave the real frames' steps and smooth the rest. It
+    # starts at the identity and changes only the decoder: a DiT trained on the latents stays valid.
+    mixer_channels: int = 0
 
     @property
     def num_patches(self) -> int:
@@ -152,6 +158,8 @@ def validate_config(cfg: ModelConfig) -> None:
             raise ValueError(f"{name} must be >= 1, got {value}")
     if d.num_classes < 0:
         raise ValueError(f"dit.num_classes must be >= 0, got {d.num_classes}")
+    if v.mixer_channels < 0:
+        raise ValueError(f"vae.mixer_channels must be >= 0 (0: no border mixer), got {v.mixer_channels}")
 
 
 PRESETS: dict[str, ModelConfig] = {
