@@ -1,4 +1,4 @@
-"""Reference vs cached sampler: wall time and frame-forwards for the `default` preset (random weights).
+"""Reference vs cached sampler: wall time and frame-forwards for a preset (random weights) or a checkpoint.
 
 The cached sampler runs eagerly and, with --backends, with its one-frame DiT calls (and window refreshes)
 compiled by torch.compile (`compile`, engine.backends.compiled) or on the graphs `ardiff-export` writes
@@ -85,6 +85,9 @@ def streaming(cfg, vae, dit, steps: int, s: int, context: int, new: int, backend
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--preset", default="default")
+    parser.add_argument("--checkpoint", default=None,
+                        help="time this model instead of random weights for --preset (e.g. assets/ardiff-default."
+                             "safetensors: its decoder's border mixer is in no preset)")
     parser.add_argument("--frames", default="16,128")
     parser.add_argument("--s", default="0,5,10,25,50")
     parser.add_argument("--steps", type=int, default=50)
@@ -96,7 +99,8 @@ def main() -> None:
                              "speed-up is the median of the per-repeat ratios")
     parser.add_argument("--no-streaming", action="store_true")
     args = parser.parse_args()
-    ckpt = load_checkpoint(make_checkpoint(args.preset, Path(args.workdir) / f"{args.preset}.safetensors"))
+    path = args.checkpoint or make_checkpoint(args.preset, Path(args.workdir) / f"{args.preset}.safetensors")
+    ckpt = load_checkpoint(path)
     cfg, vae, dit = ckpt.config, ckpt.vae, ckpt.dit
     fast = {"eager": dit}
     for backend in args.backends.split(","):
@@ -107,7 +111,7 @@ def main() -> None:
         elif backend != "eager":
             out, _ = get_export(ckpt.path, backend, Path(args.workdir), "fp32")
             fast[backend] = E.ExportedModels.load(out, ckpt, backend).dit
-    print(header(f"Sampler, preset {args.preset}, n = {args.steps}"))
+    print(header(f"Sampler, {args.checkpoint or 'preset ' + args.preset}, n = {args.steps}"))
     cols = " | ".join(f"cached {b} s | speed-up" for b in fast)
     for dtype in args.dtypes.split(","):
         if "compile" in fast:  # one graph per autocast state, compiled before the clock starts

@@ -110,7 +110,12 @@ def check_vae_matches(src: VAESource, model_cfg: ModelConfig, where: str) -> Non
     """Refuse a VAE whose config is not the one of this run's preset (one line naming every difference). The
     diffusion stage ignores decoder-only keys; a VAE stage may add a border mixer to a VAE without one."""
     have, want = src.model_config.vae.__dict__, model_cfg.vae.__dict__
-    free = DECODER_ONLY_KEYS if where == "diffusion" else ("mixer_channels",) if adds_mixer(src, model_cfg) else ()
+    if where == "diffusion":
+        free = DECODER_ONLY_KEYS  # the DiT learns the latents; the decoder after them is no concern of its run
+    elif adds_mixer(src, model_cfg):
+        free = ("mixer_channels",)
+    else:
+        free = ()
     diff = [f"{k}={have[k]} (wanted {want[k]})" for k in want if k not in free and have.get(k) != want[k]]
     if diff:
         raise ConfigError(f"the VAE at {src.provenance.path} (preset {src.model_config.name!r}) does not match "
