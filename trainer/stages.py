@@ -32,7 +32,8 @@ from engine.objective import context_levels, diffusion_loss
 from trainer.losses import adaptive_gan_weight, border_gradient_loss
 from trainer.metrics import Log
 from trainer.runtime import Process
-from trainer.sources import VAESource, adds_mixer, check_vae_matches, init_dit_from, load_vae_source, previous_discriminator
+from trainer.sources import (VAESource, adds_mixer, check_vae_matches, init_dit_from, load_vae_source,
+                             previous_discriminator)
 from trainer.state import TrainingState
 
 
