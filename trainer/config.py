@@ -213,6 +213,14 @@ def read_toml(path: Path, stage: str) -> dict[str, Any]:
     return values
 
 
+# Keys only the VAE stages read, with what a diffusion run should know instead.
+_VAE_ONLY_KEYS = {
+    "decoder_latent_noise": " (the diffusion stage's counterpart is context_noise)",
+    "seam_weight": "",
+    "mixer_channels": " (the diffusion stage takes its VAE as it is)",
+}
+
+
 def validate(cfg: TrainConfig) -> TrainConfig:
     for key, choices in _CHOICES.items():
         if getattr(cfg, key) not in choices:
@@ -253,14 +261,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.stage == "vae-image" and cfg.vae and cfg.pca_init_frames:
         raise ConfigError("vae-image: pca_init_frames starts a new VAE; it cannot be combined with vae=PATH "
                           "(which continues a trained one)")
-    if cfg.decoder_latent_noise and cfg.stage == "diffusion":
-        raise ConfigError("config key 'decoder_latent_noise' is for the VAE stages (the diffusion stage's "
-                          "counterpart is context_noise)")
-    if cfg.seam_weight and cfg.stage == "diffusion":
-        raise ConfigError("config key 'seam_weight' is for the VAE stages")
-    if cfg.mixer_channels and cfg.stage == "diffusion":
-        raise ConfigError("config key 'mixer_channels' is for the VAE stages (the diffusion stage takes its VAE "
-                          "as it is)")
+    for key, note in _VAE_ONLY_KEYS.items():
+        if getattr(cfg, key) and cfg.stage == "diffusion":
+            raise ConfigError(f"config key {key!r} is for the VAE stages{note}")
     if cfg.stage == "vae-temporal" and cfg.num_frames == 1:
         raise ConfigError("the vae-temporal stage trains cross-frame attention: num_frames must be 0 or >= 2")
     if cfg.stage == "vae-image" and cfg.num_frames > 1:

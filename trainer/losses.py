@@ -7,7 +7,6 @@ import torch
 import torch.distributed as dist
 
 
-
 def adaptive_gan_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor,
                         distributed: bool = False) -> torch.Tensor:
     """VQGAN's rule (Esser et al. 2021, taming-transformers `calculate_adaptive_weight`):
