@@ -141,7 +141,7 @@ class Pipeline:
         source = self.checkpoint.path.name if self.checkpoint.path else "in-memory model"
         backend = "" if self.exported is None else f"; sampling with {self.exported.describe()}"
         if self.backend == "compile":
-            backend = " (one-frame DiT calls and window refreshes compiled by torch.compile, the rest eager)"
+            backend = " (one-frame DiT calls and window refreshes compiled by AOTInductor, the rest eager)"
         guidance = f", history guidance {self.history_guidance:g}" if self.history_guidance != 1.0 else ""
         return (f"{self.config.name} model {source} ({self.resolution}x{self.resolution}, window {self.window}"
                 f"{guidance}) on {self.device}, {precision}, backend {self.backend}{backend}")
@@ -368,8 +368,14 @@ class Pipeline:
         with self.autocast():
             for i in range(num_context):  # the decoder's temporal memory starts from the real clip
                 self.vae.decode_next(context[:, i], decoder)
-        for step in sampler.denoise(context, noise, label, cancel):
+        rows = sampler.denoise(context, noise, label, cancel)
+        while True:
+            # the row's DiT call and the decode at the pipeline's precision; the caller's code between events
+            # runs outside it (a generator suspended inside `with` would leave autocast on for the caller)
             with self.autocast():
+                step = next(rows, None)
+                if step is None:
+                    break
                 images = [self._decode(step.latents[:, i], decoder) for i in range(len(step.clean_frames))]
             for index, image in zip(step.clean_frames, images):
                 video.append(image)
@@ -392,7 +398,7 @@ def load_pipeline(checkpoint: str | Path | Checkpoint | None = None, device: str
     `precision` "auto" | "fp32" | "bf16" (see `engine.device.resolve_device`); the exported backends run at the
     precision they were exported with.
 
-    `backend` "compile" compiles the cached sampler's one-frame DiT call with torch.compile (seconds, at load;
+    `backend` "compile" compiles the cached sampler's one-frame DiT call with AOTInductor (seconds, at load;
     engine.backends.compiled); "aoti" | "onnx" | "tensorrt" sample with the graphs `ardiff-export` wrote to
     `export_dir` (made from this same checkpoint), on the device they were exported for; None: the backend the
     export in `export_dir` was made for.

@@ -39,7 +39,9 @@ def test_continue_streams_frames_in_order(pipe):
     assert done.stats.frame_forwards > 0
 
 
-def test_same_seed_same_video_and_samplers_agree(pipe):
+def test_same_seed_same_video_and_samplers_agree(tiny_checkpoint):
+    # float32: in bfloat16 the reference's recomputed windows and the cache's keys round apart (pixel levels)
+    pipe = load_pipeline(tiny_checkpoint, device="cpu", precision="fp32")
     frames = clip()
     runs = [list(pipe.continue_video(frames, num_new_frames=20, s=2, steps=5, seed=3, sampler=name))[-1].video
             for name in ("cached", "reference", "cached")]
@@ -126,6 +128,21 @@ def test_precision_choice_overrides_the_cpu_default(monkeypatch, tiny_checkpoint
                           frames)
     with pytest.raises(ValueError, match="precision must be one of"):
         load_pipeline(tiny_checkpoint, "cpu", precision="fp16")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_dit_samples_at_the_pipelines_precision_and_the_caller_does_not(tiny_checkpoint, precision):
+    """The sampler's DiT calls run under the pipeline's autocast (they ran in float32 whatever the precision),
+    and the caller's code between events does not: the stream is a generator, and autocast must not stay on
+    while it is suspended."""
+    pipe = load_pipeline(tiny_checkpoint, "cpu", precision=precision)
+    seen = []
+    forward_cached = pipe.dit.forward_cached
+    pipe.dit.forward_cached = lambda *args, **kw: seen.append(torch.is_autocast_enabled("cpu")) or forward_cached(
+        *args, **kw)
+    between = [torch.is_autocast_enabled("cpu") for _ in pipe.continue_video(clip(3), num_new_frames=3, s=1, steps=2)]
+    assert len(seen) >= 3 and set(seen) == {precision == "bf16"}
+    assert not any(between)
 
 
 def test_fit_note(pipe):
