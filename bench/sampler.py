@@ -1,7 +1,7 @@
 """Reference vs cached sampler: wall time and frame-forwards for a preset (random weights) or a checkpoint.
 
 The cached sampler runs eagerly and, with --backends, with its one-frame DiT calls (and window refreshes)
-compiled by torch.compile (`compile`, engine.backends.compiled) or on the graphs `ardiff-export` writes
+compiled by AOTInductor in-process (`compile`, engine.backends.compiled) or on the graphs `ardiff-export` writes
 (`aoti`, `onnx`): the reference stays
 eager, the oracle. Backend `null` stands in a DiT that costs nothing (it hands back its input and zero
 keys/values): its time is the sampler's own work, the floor under every other backend (its latents are
@@ -118,7 +118,7 @@ def main() -> None:
             start = time.perf_counter()
             with torch.no_grad(), autocast(dtype):
                 fast["compile"].warm_up()
-            print(f"torch.compile of the DiT graphs, one frame and window refresh ({dtype}): "
+            print(f"compile backend: both DiT graphs, one frame and window refresh, compiled or loaded ({dtype}): "
                   f"{time.perf_counter() - start:.1f} s\n")
         print(f"| dtype | N | s | rows | reference s | {cols} | reference frame-fwd | cached frame-fwd "
               f"| max abs diff |")

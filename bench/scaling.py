@@ -57,7 +57,7 @@ def main() -> None:
             start = time.perf_counter()
             with torch.no_grad(), autocast(dtype):
                 runs["compile"][1].warm_up()
-            print(f"(torch.compile of the one-frame call, {dtype}: {time.perf_counter() - start:.1f} s)")
+            print(f"(compile backend, graphs compiled or loaded, {dtype}: {time.perf_counter() - start:.1f} s)")
         for name in names:
             kind, model = runs[name]
             times_short, times_long, ratios = [], [], []

@@ -18,6 +18,13 @@ def _seed_and_threads():
     yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _graph_cache(tmp_path_factory):
+    """Graphs compiled by backend "compile" go to a folder of the session's, never the user's cache."""
+    os.environ["ARDIFF_GRAPH_CACHE"] = str(tmp_path_factory.mktemp("graphs"))
+    yield
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """A `tiny` checkpoint with random (non-zero) weights, so every path of the models is live."""

@@ -1,4 +1,4 @@
-"""`backend="compile"`: the cached sampler's one-frame DiT calls through torch.compile (Inductor).
+"""`backend="compile"`: the cached sampler's one-frame DiT calls compiled ahead of time (AOTInductor).
 
 At s >= steps every AD row is one frame after a full cache: 16 tokens through every layer. Eager PyTorch
 spends more of such a call on per-operator overhead than on arithmetic (bench/models.py: a one-frame call
@@ -11,38 +11,43 @@ cache is rebuilt when the window slides), which at s >= steps are the rest of th
 calls with several frames (s < steps, the first window) run eagerly: each frame count would cost a compile
 of its own.
 
-Compiling takes seconds (once per process and batch size; Inductor's on-disk cache shortens later runs), so
-`warm_up` does it before sampling starts, and a machine that cannot compile (no C++ compiler on CPU) fails
-there with a `CompileError`, before any frame is promised.
+The graphs are exported (torch.export) and compiled by AOTInductor, not run through torch.compile: a loaded
+AOTInductor graph holds its weights and is called straight from C++, where torch.compile's graph went through
+dynamo and handed every frozen weight to its C++ wrapper on each call, a sixth of a one-frame call's time
+(bench/RESULTS.md, 2026-12-08). Compiling takes seconds for each model, batch size, precision and thread
+count; the graphs are kept on disk (`graph_cache_dir()`), so later runs load them instead. `warm_up` compiles
+or loads them before sampling starts, and a machine that cannot compile (no C++ compiler on CPU) fails there
+with a `CompileError`, before any frame is promised.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import os
+import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import torch
 from torch import nn
-from torch._dynamo.exc import TorchDynamoException
-from torch._inductor import config as inductor_config
+from torch._inductor import aoti_compile_and_package, aoti_load_package
 
+from engine.atomic import atomic_path
 from engine.errors import ArdiffError, one_line
 from engine.models.dit import ConditioningTable, KVCache
 from engine.backends.step_dit import StepDiT
 
-# Weights become constants (folded, pre-packed for the CPU GEMM kernels) and the graph's wrapper is C++ (no
-# Python between its ~50 kernels). These are patched around the compiling call rather than passed in
-# torch.compile's options: passed there, freezing did not reach the GEMM lowering. Once a graph exists for a
-# call's shapes and autocast state, calls skip the patching (dynamo does not guard on Inductor's config).
-# No max-autotune: its C++ GEMM templates lost to oneDNN's kernels for these 16-row products, and on a busy
-# machine the autotuner's timings pick at random (bench/RESULTS.md, 2026-12-07 and "Inductor's options for the
-# one-frame call").
-COMPILE_MODE = None
-INDUCTOR_CONFIG = {
-    "freezing": True,
-    "cpp_wrapper": True,
-}
+# Weights become constants (folded, pre-packed for the CPU GEMM kernels). No max-autotune: its C++ GEMM
+# templates lost to oneDNN's kernels for these 16-row products, and on a busy machine the autotuner's timings
+# pick at random (bench/RESULTS.md, 2026-12-07 and "Inductor's options for the one-frame call").
+INDUCTOR_CONFIG = {"freezing": True}
+
+# what export and AOTInductor raise when this machine cannot build the graph (no C++ compiler, a failed link,
+# an operator they do not lower): each becomes a CompileError that names the eager backend
+COMPILE_FAILURES = (RuntimeError, OSError, NotImplementedError, torch._dynamo.exc.TorchDynamoException)
 
 
 @contextlib.contextmanager
@@ -70,47 +75,139 @@ def onednn_float32_linears() -> Iterator[None]:
 
 
 class CompileError(ArdiffError):
-    """torch.compile cannot build the DiT step here (e.g. no C++ compiler for Inductor's CPU kernels)."""
+    """The DiT step cannot be compiled here (e.g. no C++ compiler for Inductor's CPU kernels)."""
+
+
+class StepGraph(nn.Module):
+    """`DiT.step` as the compiled graphs run it: attention apart, the caller's rotary tables, and the autocast
+    state of the call it was built for set inside (so the graph does not depend on the state it is exported in)."""
+
+    def __init__(self, dit: nn.Module, device_type: str, autocast_dtype: torch.dtype | None) -> None:
+        super().__init__()
+        self.dit, self.device_type, self.autocast_dtype = dit, device_type, autocast_dtype
+
+    def forward(self, z: torch.Tensor, block_mods: torch.Tensor, final_mod: torch.Tensor, past_k: torch.Tensor,
+                past_v: torch.Tensor, past_len: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with torch.autocast(self.device_type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            return self.dit.step(z, block_mods, final_mod, past_k, past_v, past_len, apart=True, rotary=(cos, sin))
+
+
+GraphFn = Callable[[list[torch.Tensor]], list[torch.Tensor]]
+
+GRAPHS_KEPT = 16  # compiled graphs kept on disk (the least recently used go first); each holds a DiT's weights
+# changes whenever what compile_step builds changes in a way graph_key cannot see (e.g. onednn_float32_linears)
+GRAPH_FORMAT = "dit-step-1"
+
+
+def graph_cache_dir() -> Path:
+    """Where compiled graphs are kept between runs: $ARDIFF_GRAPH_CACHE, else e.g. ~/.cache/ardiff/graphs."""
+    import platformdirs
+
+    return Path(os.environ.get("ARDIFF_GRAPH_CACHE") or Path(platformdirs.user_cache_dir("ardiff")) / "graphs")
+
+
+def graph_key(program: torch.export.ExportedProgram, args: tuple[torch.Tensor, ...],
+              autocast_dtype: torch.dtype | None) -> str:
+    """What a compiled graph depends on, hashed: its code, input shapes, weights, precision, thread count,
+    the CPU's vector instructions, torch's version and the compile options."""
+    device = args[0].device
+    h = hashlib.sha256(json.dumps([
+        GRAPH_FORMAT, torch.__version__, _machine(device), torch.get_num_threads(), str(autocast_dtype),
+        INDUCTOR_CONFIG, [(list(a.shape), str(a.dtype)) for a in args],
+    ]).encode())
+    h.update(program.graph_module.print_readable(print_output=False, include_stride=True).encode())
+    for name, tensor in sorted({**program.state_dict, **program.constants}.items()):
+        h.update(f"{name} {tensor.dtype} {list(tensor.shape)}".encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def _machine(device: torch.device) -> str:
+    """What compiled code is specific to: the CPU's vector instructions, or the GPU's model."""
+    if device.type == "cuda":
+        return f"cuda {torch.cuda.get_device_name(device)} {torch.cuda.get_device_capability(device)}"
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    return f"{device.type} {pick_vec_isa()}"
+
+
+
+def _load(path: Path) -> GraphFn:
+    return aoti_load_package(str(path)).loader.run
+
+
+def _keep_recent(folder: Path, keep: int) -> None:
+    """Remove all but the `keep` most recently used graphs in the cache folder (ardiff's own files only)."""
+    graphs = sorted(folder.glob("*.pt2"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in graphs[keep:]:
+        old.unlink(missing_ok=True)
+
+
+def compile_step(dit: nn.Module, args: tuple[torch.Tensor, ...]) -> GraphFn:
+    """`DiT.step` for exactly these inputs' shapes and the caller's autocast state, compiled ahead of time by
+    AOTInductor with the weights inside; returns its runner (a list of inputs -> [x0, keys, values]).
+
+    The compiled graph is kept in `graph_cache_dir()`, so a later run with the same model and settings loads
+    it in a fraction of a second instead of compiling again; a cache that cannot be written is skipped."""
+    device = args[0].device
+    autocast_dtype = (torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None)
+    graph = StepGraph(dit, device.type, autocast_dtype)
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch's own deprecation notice, raised inside the compiler: nothing a user can act on
+        warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
+        program = torch.export.export(graph, args, strict=False)
+        path = graph_cache_dir() / f"{graph_key(program, args, autocast_dtype)}.pt2"
+        if path.is_file():
+            try:
+                runner = _load(path)
+                os.utime(path)  # recently used: kept longest
+                return runner
+            except RuntimeError:  # unreadable (cut short, another torch's format): compiled again below
+                pass
+        try:
+            with atomic_path(path) as tmp:
+                _compile(program, tmp)
+            _keep_recent(path.parent, GRAPHS_KEPT)
+            return _load(path)
+        except OSError:  # no writable cache (a read-only home, a full disk): compile into a scratch folder
+            with tempfile.TemporaryDirectory(prefix="ardiff-graph-") as folder:
+                tmp = Path(folder) / "step.pt2"
+                _compile(program, tmp)
+                return _load(tmp)  # the loader unpacks the package: the file may go once it is loaded
+
+
+def _compile(program: torch.export.ExportedProgram, path: Path) -> None:
+    with onednn_float32_linears():
+        # a copy: AOTInductor adds its own entries to the dict it is given
+        aoti_compile_and_package(program, package_path=str(path), inductor_configs=dict(INDUCTOR_CONFIG))
 
 
 class CompiledDiT(StepDiT):
     """Stands in for the DiT: one-frame `forward_cached` calls and window refreshes run compiled, the rest
     eager.
 
-    The weights are frozen into the graph at the first call: change them and build a new CompiledDiT.
+    The weights are frozen into the graphs at the first call of each shape: change them and build a new
+    CompiledDiT.
     """
 
     def __init__(self, dit: nn.Module) -> None:
-        def step_apart(z: torch.Tensor, block_mods: torch.Tensor, final_mod: torch.Tensor, past_k: torch.Tensor,
-                       past_v: torch.Tensor, past_len: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            return dit.step(z, block_mods, final_mod, past_k, past_v, past_len, apart=True, rotary=(cos, sin))
-
-        compiled = torch.compile(step_apart, dynamic=False, mode=COMPILE_MODE)
-        built: set[tuple] = set()  # (autocast state, input shapes) of the graphs compiled so far
+        graphs: dict[tuple, GraphFn] = {}  # per autocast state, thread count and input shapes
 
         def runner(*args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            # the thread count too: Inductor's CPU graphs are built for one, and a call after the caller
-            # changed it must take the guarded path below (a recompile), not the unguarded one (dynamo raises)
-            key = (torch.is_autocast_enabled(args[0].device.type), torch.get_autocast_dtype(args[0].device.type),
-                   torch.get_num_threads(), *((a.shape, a.dtype) for a in args))
-            if key in built:  # the hot path: no config patching, no warning filters
-                # A graph for exactly this call exists (the key above), so dynamo need only tell its graphs
-                # apart (this model's from another's, one batch size from another) instead of re-checking every
-                # guard (what that saves: bench/RESULTS.md, "dynamo's guards on the compiled one-frame call").
-                with torch.no_grad(), torch.compiler.set_stance(skip_guard_eval_unsafe=True):
-                    return compiled(*args)
-            with torch.no_grad(), inductor_config.patch(INDUCTOR_CONFIG), onednn_float32_linears(), \
-                    warnings.catch_warnings():
-                # torch's own deprecation notice, raised inside the autotuner: nothing a user can act on
-                warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
+            # the thread count too: Inductor builds its CPU kernels for the count it sees while compiling
+            device = args[0].device.type
+            key = (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device), torch.get_num_threads(),
+                   *((a.shape, a.dtype) for a in args))
+            graph = graphs.get(key)
+            if graph is None:
                 try:
-                    out = compiled(*args)
-                except TorchDynamoException as err:
-                    raise CompileError(f"torch.compile could not build the DiT step on this machine "
+                    graph = graphs[key] = compile_step(dit, args)
+                except COMPILE_FAILURES as err:
+                    raise CompileError(f"the DiT step could not be compiled on this machine "
                                        f"({one_line(err)[:300]}); use backend 'eager'") from err
-            built.add(key)
-            return out
+            x0, keys, values = graph(list(args))
+            return x0, keys, values
 
         # the rotary tables come in as inputs (no pow/cos/sin per element in every layer), and the padded cache
         # is float32, the precision `attend_apart` computes in (under bfloat16 autocast its keys and values would
