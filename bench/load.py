@@ -175,10 +175,13 @@ def gui_child(args: argparse.Namespace) -> int:
 
     pipe = load_model(args.checkpoint or "", "cpu", precision=args.precision)  # applies the policy first
     from engine.pipeline import Done
+    from engine.run import RunRequest
     frames, _, _ = read_clip(str(args.clip))
     done: list[Done] = []
     failed: list[str] = []
-    job = Job(context=frames[-args.context:], num_new=args.frames, s=args.s, steps=args.steps, seed=0)
+    request = RunRequest(new_frames=args.frames, s=args.s, steps=args.steps, seed=0, context=args.context,
+                         precision=args.precision)
+    job = Job(request, frames, str(args.clip))
     start = time.perf_counter()
     gen = Generation(pipe, job)
     gen.event.connect(lambda e: done.append(e) if isinstance(e, Done) else None)

@@ -2,6 +2,7 @@
 
 import os
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -241,32 +242,54 @@ def one_frame(dit, fast, batch=2, seed=10):
         return fast.forward_cached(z, t, cache)[0], dit.forward_cached(z, t, cache)[0]
 
 
+def record_keys(monkeypatch) -> list[str]:
+    """The graph keys compile_step looks up, in order."""
+    keys, graph_key = [], compiled.graph_key
+    monkeypatch.setattr(compiled, "graph_key", lambda *args: keys.append(graph_key(*args)) or keys[-1])
+    return keys
+
+
+def compile_from(packages: dict[str, bytes], keys: list[str], monkeypatch) -> list[Path]:
+    """Stands in for AOTInductor (seconds per graph): "compiles" by writing the package compiled earlier for the
+    key being looked up. Returns the paths it wrote."""
+    written = []
+
+    def write(program, path):
+        written.append(Path(path))
+        Path(path).write_bytes(packages[keys[-1]])
+
+    monkeypatch.setattr(compiled, "_compile", write)
+    return written
+
+
 def test_a_later_run_loads_the_compiled_graph_and_a_damaged_one_is_compiled_again(model, monkeypatch):
     dit, fast = model
-    first, want = one_frame(dit, fast)  # compiled (here or above) and kept in the graph cache
-
-    def no_compiler(*args, **kwargs):
-        raise AssertionError("compiled again although the graph is in the cache")
-
+    keys = record_keys(monkeypatch)
+    first, want = one_frame(dit, fast)  # compiled (here or in a test above) and kept in the graph cache
+    assert (first - want).abs().max() <= reorder_tolerance(want, *STAGES)
     with monkeypatch.context() as patch:
-        patch.setattr(compiled, "_compile", no_compiler)
-        again, _ = one_frame(dit, CompiledDiT(dit))  # a new process would do the same: load, not compile
+        patch.setattr(compiled, "_compile", lambda *args: pytest.fail("compiled although the graph is cached"))
+        again, _ = one_frame(dit, CompiledDiT(dit))  # what a new process does: load, not compile
     assert torch.equal(again, first)
-    for package in compiled.graph_cache_dir().glob("*.pt2"):
-        package.write_bytes(package.read_bytes()[:1000])  # cut short, as by a full disk or a killed writer
-    compiles = []
-    _compile = compiled._compile
-    monkeypatch.setattr(compiled, "_compile", lambda *args: compiles.append(1) or _compile(*args))
+    package = compiled.graph_cache_dir() / f"{keys[-1]}.pt2"
+    good = package.read_bytes()
+    package.write_bytes(good[:1000])  # cut short, as by a full disk
+    written = compile_from({keys[-1]: good}, keys, monkeypatch)
     repaired, _ = one_frame(dit, CompiledDiT(dit))
-    assert compiles == [1] and (repaired - want).abs().max() <= reorder_tolerance(want, *STAGES)
+    assert len(written) == 1 and torch.equal(repaired, first) and package.read_bytes() == good
 
 
 def test_a_cache_that_cannot_be_written_is_skipped(model, monkeypatch, tmp_path):
     dit, _ = model
+    keys = record_keys(monkeypatch)
+    first, _ = one_frame(dit, CompiledDiT(dit))  # loaded from the session's graph cache, or compiled into it
+    packages = {keys[-1]: (compiled.graph_cache_dir() / f"{keys[-1]}.pt2").read_bytes()}
     (tmp_path / "a-file").write_text("not a folder")
     monkeypatch.setenv("ARDIFF_GRAPH_CACHE", str(tmp_path / "a-file" / "graphs"))
-    got, want = one_frame(dit, CompiledDiT(dit), batch=1)
-    assert (got - want).abs().max() <= reorder_tolerance(want, *STAGES)
+    written = compile_from(packages, keys, monkeypatch)
+    got, _ = one_frame(dit, CompiledDiT(dit))
+    assert torch.equal(got, first)
+    assert len(written) == 1 and not written[0].exists()  # compiled into a scratch folder, gone once loaded
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
 
 

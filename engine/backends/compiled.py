@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import json
 import os
+import platform
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
@@ -116,7 +117,8 @@ def graph_key(program: torch.export.ExportedProgram, args: tuple[torch.Tensor, .
         GRAPH_FORMAT, torch.__version__, _machine(device), torch.get_num_threads(), str(autocast_dtype),
         INDUCTOR_CONFIG, [(list(a.shape), str(a.dtype)) for a in args],
     ]).encode())
-    h.update(program.graph_module.print_readable(print_output=False, include_stride=True).encode())
+    h.update(program.graph_module.code.encode())  # the operations; their shapes follow from the inputs' and weights'
+    h.update(json.dumps([list(a.stride()) for a in args]).encode())
     for name, tensor in sorted({**program.state_dict, **program.constants}.items()):
         h.update(f"{name} {tensor.dtype} {list(tensor.shape)}".encode())
         h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -124,12 +126,17 @@ def graph_key(program: torch.export.ExportedProgram, args: tuple[torch.Tensor, .
 
 
 def _machine(device: torch.device) -> str:
-    """What compiled code is specific to: the CPU's vector instructions, or the GPU's model."""
+    """What compiled code is specific to: the GPU's model, or the CPU's instruction set (Inductor compiles with
+    -march=native, so a cache shared between machines must tell them apart; read without Inductor's own probe,
+    which compiles test programs)."""
     if device.type == "cuda":
         return f"cuda {torch.cuda.get_device_name(device)} {torch.cuda.get_device_capability(device)}"
-    from torch._inductor.cpu_vec_isa import pick_vec_isa
-
-    return f"{device.type} {pick_vec_isa()}"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            flags = next((line for line in info if line.startswith(("flags", "Features"))), "")
+    except OSError:  # not Linux
+        flags = platform.processor()
+    return f"{device.type} {platform.machine()} {torch.backends.cpu.get_cpu_capability()} {flags.strip()}"
 
 
 
