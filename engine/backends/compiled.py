@@ -87,6 +87,12 @@ class StepGraph(nn.Module):
         super().__init__()
         self.dit, self.device_type, self.autocast_dtype = dit, device_type, autocast_dtype
 
+    @classmethod
+    def for_call(cls, dit: nn.Module, args: tuple[torch.Tensor, ...]) -> StepGraph:
+        """The graph for a call with these inputs, under the autocast state the caller is in now."""
+        device = args[0].device.type
+        return cls(dit, device, torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None)
+
     def forward(self, z: torch.Tensor, block_mods: torch.Tensor, final_mod: torch.Tensor, past_k: torch.Tensor,
                 past_v: torch.Tensor, past_len: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -157,14 +163,12 @@ def compile_step(dit: nn.Module, args: tuple[torch.Tensor, ...]) -> GraphFn:
 
     The compiled graph is kept in `graph_cache_dir()`, so a later run with the same model and settings loads
     it in a fraction of a second instead of compiling again; a cache that cannot be written is skipped."""
-    device = args[0].device
-    autocast_dtype = (torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None)
-    graph = StepGraph(dit, device.type, autocast_dtype)
+    graph = StepGraph.for_call(dit, args)
     with torch.no_grad(), warnings.catch_warnings():
         # torch's own deprecation notice, raised inside the compiler: nothing a user can act on
         warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
         program = torch.export.export(graph, args, strict=False)
-        path = graph_cache_dir() / f"{graph_key(program, args, autocast_dtype)}.pt2"
+        path = graph_cache_dir() / f"{graph_key(program, args, graph.autocast_dtype)}.pt2"
         if path.is_file():
             try:
                 runner = _load(path)
