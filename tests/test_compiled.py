@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from engine.backends import compiled
+from engine.checkpoint import load_checkpoint
 from engine.cli import main
 from engine.backends.compiled import CompiledDiT, CompileError
 from engine.models import build_models, get_preset
@@ -34,8 +35,9 @@ def filled_cache(dit, frames: int, batch: int) -> KVCache:
 
 
 @pytest.fixture(scope="module")
-def model():
-    dit, _ = tiny_dit()
+def model(tiny_checkpoint):
+    # the checkpoint's DiT, so the pipeline test below finds graphs of the same model in the graph cache
+    dit = load_checkpoint(tiny_checkpoint).dit.eval()
     return dit, CompiledDiT(dit)
 
 
