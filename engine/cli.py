@@ -155,8 +155,8 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     _add_threads(p)
     p.add_argument("--sampler", default=RunRequest.sampler, choices=SAMPLERS)
     p.add_argument("--backend", default=RunRequest.backend, choices=BACKENDS,
-                   help="compile: compile the one-frame DiT call ahead of time (seconds the first time, kept for later "
-                        "runs; faster at large s); "
+                   help="compile: compile the one-frame DiT call ahead of time (seconds the first time, kept "
+                        "for later runs; faster at large s); "
                         "aoti/onnx/tensorrt: run the graphs ardiff-export wrote to --export-dir")
     p.add_argument("--export-dir", default=None, help="folder written by ardiff-export for this checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -742,8 +742,8 @@ def _load_sampling_pipeline(args: argparse.Namespace):
     if args.backend == "compile":
         from engine.backends.compiled import graph_cache_dir
 
-        _say(args, "compiling the one-frame DiT call with AOTInductor (about 25 s on 2 CPU cores the first time; "
-                   f"later runs load it from {graph_cache_dir()})")
+        _say(args, "compiling the one-frame DiT call with AOTInductor (about 25 s on 2 CPU cores the first "
+                   f"time; later runs load it from {graph_cache_dir()})")
     return load_pipeline(args.checkpoint, args.device, backend=args.backend, export_dir=args.export_dir,
                          precision=args.precision)
 

@@ -1,1 +1,1 @@
-"""The fast backends: the one-frame DiT step as one graph, compiled in-process (AOTInductor) or exported and run."""
+"""The fast backends: the one-frame DiT step as one graph, compiled in-process or exported and run."""

@@ -81,7 +81,7 @@ class CompileError(ArdiffError):
 
 class StepGraph(nn.Module):
     """`DiT.step` as the compiled graphs run it: attention apart, the caller's rotary tables, and the autocast
-    state of the call it was built for set inside (so the graph does not depend on the state it is exported in)."""
+    state of the call it was built for set inside (not the state it happens to be exported in)."""
 
     def __init__(self, dit: nn.Module, device_type: str, autocast_dtype: torch.dtype | None) -> None:
         super().__init__()
@@ -91,19 +91,22 @@ class StepGraph(nn.Module):
     def for_call(cls, dit: nn.Module, args: tuple[torch.Tensor, ...]) -> StepGraph:
         """The graph for a call with these inputs, under the autocast state the caller is in now."""
         device = args[0].device.type
-        return cls(dit, device, torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None)
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        return cls(dit, device, dtype)
 
-    def forward(self, z: torch.Tensor, block_mods: torch.Tensor, final_mod: torch.Tensor, past_k: torch.Tensor,
-                past_v: torch.Tensor, past_len: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        with torch.autocast(self.device_type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            return self.dit.step(z, block_mods, final_mod, past_k, past_v, past_len, apart=True, rotary=(cos, sin))
+    def forward(self, z: torch.Tensor, block_mods: torch.Tensor, final_mod: torch.Tensor,
+                past_k: torch.Tensor, past_v: torch.Tensor, past_len: torch.Tensor, cos: torch.Tensor,
+                sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        dtype = self.autocast_dtype
+        with torch.autocast(self.device_type, dtype=dtype, enabled=dtype is not None):
+            return self.dit.step(z, block_mods, final_mod, past_k, past_v, past_len, apart=True,
+                                 rotary=(cos, sin))
 
 
 GraphFn = Callable[[list[torch.Tensor]], list[torch.Tensor]]
 
-GRAPHS_KEPT = 16  # compiled graphs kept on disk (the least recently used go first); each holds a DiT's weights
-# changes whenever what compile_step builds changes in a way graph_key cannot see (e.g. onednn_float32_linears)
+GRAPHS_KEPT = 16  # graphs kept on disk (the least recently used go first); each holds a DiT's weights
+# changes whenever what compile_step builds changes in a way graph_key cannot see (onednn_float32_linears)
 GRAPH_FORMAT = "dit-step-1"
 
 
@@ -111,19 +114,20 @@ def graph_cache_dir() -> Path:
     """Where compiled graphs are kept between runs: $ARDIFF_GRAPH_CACHE, else e.g. ~/.cache/ardiff/graphs."""
     import platformdirs
 
-    return Path(os.environ.get("ARDIFF_GRAPH_CACHE") or Path(platformdirs.user_cache_dir("ardiff")) / "graphs")
+    folder = os.environ.get("ARDIFF_GRAPH_CACHE")
+    return Path(folder) if folder else Path(platformdirs.user_cache_dir("ardiff")) / "graphs"
 
 
 def graph_key(program: torch.export.ExportedProgram, args: tuple[torch.Tensor, ...],
               autocast_dtype: torch.dtype | None) -> str:
     """What a compiled graph depends on, hashed: its code, input shapes, weights, precision, thread count,
-    the CPU's vector instructions, torch's version and the compile options."""
+    the machine's instruction set, torch's version and the compile options."""
     device = args[0].device
     h = hashlib.sha256(json.dumps([
         GRAPH_FORMAT, torch.__version__, _machine(device), torch.get_num_threads(), str(autocast_dtype),
         INDUCTOR_CONFIG, [(list(a.shape), str(a.dtype)) for a in args],
     ]).encode())
-    h.update(program.graph_module.code.encode())  # the operations; their shapes follow from the inputs' and weights'
+    h.update(program.graph_module.code.encode())  # the operations (shapes follow from inputs and weights)
     h.update(json.dumps([list(a.stride()) for a in args]).encode())
     for name, tensor in sorted({**program.state_dict, **program.constants}.items()):
         h.update(f"{name} {tensor.dtype} {list(tensor.shape)}".encode())
@@ -132,9 +136,9 @@ def graph_key(program: torch.export.ExportedProgram, args: tuple[torch.Tensor, .
 
 
 def _machine(device: torch.device) -> str:
-    """What compiled code is specific to: the GPU's model, or the CPU's instruction set (Inductor compiles with
-    -march=native, so a cache shared between machines must tell them apart; read without Inductor's own probe,
-    which compiles test programs)."""
+    """What compiled code is specific to: the GPU's model, or the CPU's instruction set (Inductor compiles
+    with -march=native, so a cache shared between machines must tell them apart; read without Inductor's own
+    probe, which compiles test programs)."""
     if device.type == "cuda":
         return f"cuda {torch.cuda.get_device_name(device)} {torch.cuda.get_device_capability(device)}"
     try:
@@ -143,7 +147,6 @@ def _machine(device: torch.device) -> str:
     except OSError:  # not Linux
         flags = platform.processor()
     return f"{device.type} {platform.machine()} {torch.backends.cpu.get_cpu_capability()} {flags.strip()}"
-
 
 
 def _load(path: Path) -> GraphFn:
@@ -208,8 +211,8 @@ class CompiledDiT(StepDiT):
         def runner(*args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             # the thread count too: Inductor builds its CPU kernels for the count it sees while compiling
             device = args[0].device.type
-            key = (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device), torch.get_num_threads(),
-                   *((a.shape, a.dtype) for a in args))
+            key = (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device),
+                   torch.get_num_threads(), *((a.shape, a.dtype) for a in args))
             graph = graphs.get(key)
             if graph is None:
                 try:

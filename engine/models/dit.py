@@ -383,7 +383,7 @@ class DiT(nn.Module):
         meets a zero-sized dimension (torch.export would specialise it). Rotary positions: the cached frames
         sit at 0..past_len-1, the new ones at past_len..past_len+M-1, as in `forward_cached`.
         Returns x0 [B, M, L, D] and the new frames' keys/values [depth, B, heads, M * L, head_dim].
-        `apart`: attend with `attend_apart` (no copy of the cache per layer; for the compile backend) instead of
+        `apart`: attend with `attend_apart` (no copy of the cache per layer; for compiled graphs) instead of
         concatenating the cache and the new keys for one fused attention operator (what exporters map).
         `rotary`: the new frames' cos/sin tables, `DiT._rotary(M, past_len)` made by the caller (who knows past_len
         as a number), so a compiled graph reads two small inputs instead of evaluating pow, cos and sin per
